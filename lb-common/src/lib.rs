@@ -1,0 +1,394 @@
+//! Map keys, values, names and limits shared by the BPF data plane and the `lb` daemon.
+//! Everything here is `#[repr(C)]` plain data with explicit padding, so both sides agree byte for byte.
+#![no_std]
+
+pub mod csum;
+
+use core::mem::size_of;
+
+/// Addresses and ports in map keys and values are kept in network byte order,
+/// exactly as they appear in packets, so the data plane never swaps bytes.
+/// Userspace converts with `u32::from_be`/`to_be` at the edge.
+pub type Be32 = u32;
+pub type Be16 = u16;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+// ---- Map names (BPF object names are limited to 15 bytes) -------------------
+
+/// `ServiceKey -> Service`. Written by the daemon, read by the data plane for new flows.
+pub const MAP_SERVICES: &str = "LB_SERVICES";
+/// `BackendKey -> Backend`. Written by the daemon (a new generation per change), read on new flows.
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// `FlowKey -> Flow` (LRU). Written by the data plane (both directions of every flow),
+/// read by it on every packet; the daemon reads it for `lb flows` and removes expired pairs.
+pub const MAP_FLOWS: &str = "LB_FLOWS";
+/// `u32 (IPv4, network order) -> LocalAddr`: the agent's own addresses, on which wildcard
+/// services answer. Written by the daemon from netlink.
+pub const MAP_LOCAL_ADDRS: &str = "LB_LOCAL_ADDRS";
+/// `u32 ifindex -> u32`: interfaces an XDP program may redirect to. Written by the daemon.
+pub const MAP_XDP_TX: &str = "LB_XDP_TX";
+/// `[0] -> Config`. Written by the daemon at start, read by the data plane.
+pub const MAP_CONFIG: &str = "LB_CONFIG";
+/// `service id -> u32` round-robin cursor, advanced atomically by the data plane.
+pub const MAP_RR: &str = "LB_RR";
+/// Per-CPU `service id -> Counters`. Written by the data plane, summed by the daemon.
+pub const MAP_SERVICE_STATS: &str = "LB_SVC_STATS";
+/// Per-CPU `backend id -> Counters`. Written by the data plane, summed by the daemon.
+pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+/// Per-CPU `Stat as u32 -> u64`: drops, errors and passes by cause.
+pub const MAP_STATS: &str = "LB_STATS";
+
+/// Every map the data plane declares, in the order `lb status` and the README list them.
+pub const ALL_MAPS: [&str; 10] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_FLOWS,
+    MAP_LOCAL_ADDRS,
+    MAP_XDP_TX,
+    MAP_CONFIG,
+    MAP_RR,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+    MAP_STATS,
+];
+
+/// Program names in the object (also the names under which they are pinned).
+pub const PROG_XDP: &str = "lb_xdp";
+pub const PROG_TC: &str = "lb_tc";
+
+// ---- Default capacities (the daemon may override them at load time) ---------
+
+pub const MAX_SERVICES: u32 = 16_384;
+/// Backend slots across all services and both generations of a service during a swap.
+pub const MAX_BACKEND_SLOTS: u32 = 262_144;
+/// Distinct backend ids (for per-backend counters).
+pub const MAX_BACKEND_IDS: u32 = 65_536;
+/// Flow-table entries: two per flow (one per direction).
+pub const MAX_FLOW_ENTRIES: u32 = 524_288;
+pub const MAX_LOCAL_ADDRS: u32 = 256;
+pub const MAX_XDP_TX: u32 = 1_024;
+/// Backends one service may have; bounds the data plane's index arithmetic.
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 4_096;
+/// Attempts to find a free NAT source port for a new flow before giving up.
+pub const NAT_PORT_TRIES: u32 = 16;
+
+// ---- Services and backends -------------------------------------------------
+
+/// Identifies a service: destination address, port and protocol of the client's packet.
+/// `addr == 0` is a wildcard: the service answers on every address in `LB_LOCAL_ADDRS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: Be32,
+    pub port: Be16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+
+/// `Service::flags`: pick the backend from a hash of the client address
+/// (HAProxy's `balance source`) instead of round-robin.
+pub const SVC_F_AFFINITY_SOURCE: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Stable id: index into `LB_RR` and `LB_SVC_STATS`.
+    pub id: u32,
+    /// Backends in the current generation; 0 means the service drops new flows.
+    pub count: u32,
+    /// Generation of the backend set in `LB_BACKENDS`. Swapping it is the one
+    /// write that moves the service to a new set, so no packet sees half a change.
+    pub generation: u32,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Service>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub service_id: u32,
+    pub generation: u32,
+    pub index: u32,
+}
+const _: () = assert!(size_of::<BackendKey>() == 12);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Be32,
+    /// Agent address used as the source in full-NAT mode: the one the kernel
+    /// would use to reach `addr`, so replies come back to this agent.
+    pub nat_addr: Be32,
+    pub port: Be16,
+    pub _pad: u16,
+    /// Stable id: index into `LB_BE_STATS`.
+    pub id: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 16);
+
+// ---- Flows -----------------------------------------------------------------
+
+/// A packet's 5-tuple as it arrives (either direction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Be32,
+    pub dst: Be32,
+    pub sport: Be16,
+    pub dport: Be16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 16);
+
+/// `Flow::flags`: this entry translates replies (backend -> client).
+pub const FLOW_F_REPLY: u32 = 1;
+/// FIN or RST seen in either direction: the flow lives only `tcp_closing_timeout` more.
+pub const FLOW_F_CLOSING: u32 = 2;
+
+/// What to do with packets matching a `FlowKey`: the addresses and ports to write.
+/// The entry for the other direction is found by swapping the new addresses and ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub new_src: Be32,
+    pub new_dst: Be32,
+    pub new_sport: Be16,
+    pub new_dport: Be16,
+    pub flags: u32,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `bpf_ktime_get_ns()` when the flow was created and when a packet last matched.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<Flow>() == 40);
+
+impl FlowKey {
+    /// Key of the entry for the other direction of the flow this value belongs to.
+    pub const fn peer_of(flow: &Flow, proto: u8) -> Self {
+        Self {
+            src: flow.new_dst,
+            dst: flow.new_src,
+            sport: flow.new_dport,
+            dport: flow.new_sport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+// ---- Configuration -----------------------------------------------------------
+
+/// `Config::flags`: DNAT only, backends see the client's address.
+pub const CFG_F_PRESERVE_CLIENT_IP: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub flags: u32,
+    /// Inclusive NAT source port range (host order) for full NAT.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub tcp_timeout_ns: u64,
+    pub tcp_closing_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+}
+const _: () = assert!(size_of::<Config>() == 32);
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            flags: 0,
+            nat_port_min: 20_000,
+            nat_port_max: 30_999,
+            tcp_timeout_ns: 3_600 * 1_000_000_000,
+            tcp_closing_timeout_ns: 10 * 1_000_000_000,
+            udp_timeout_ns: 60 * 1_000_000_000,
+        }
+    }
+}
+
+impl Config {
+    /// How long a flow may stay idle before a new packet treats it as gone.
+    pub const fn timeout_ns(&self, proto: u8, flags: u32) -> u64 {
+        if proto == IPPROTO_UDP {
+            self.udp_timeout_ns
+        } else if flags & FLOW_F_CLOSING != 0 {
+            self.tcp_closing_timeout_ns
+        } else {
+            self.tcp_timeout_ns
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalAddr {
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<LocalAddr>() == 8);
+
+// ---- Counters ----------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(size_of::<Counters>() == 24);
+
+/// Data-plane events counted per CPU in `LB_STATS`, by cause.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Not IPv4 (IPv6, ARP, ...): passed.
+    PassNotIpv4 = 0,
+    /// IPv4 but neither TCP nor UDP: passed.
+    PassNotL4,
+    /// Headers cut short or lengths that do not add up: passed for the stack to judge.
+    PassMalformed,
+    /// A fragment without ports (not the first): passed.
+    PassFragment,
+    /// TCP or UDP that is neither a tracked flow nor a service: passed untouched.
+    PassNotService,
+    /// TCP without SYN to a service and no flow (e.g. a connection that predates us): passed.
+    PassMidstream,
+    /// First fragment of a datagram to a service: cannot be balanced without reassembly.
+    DropFragment,
+    /// New flow to a service with no backends.
+    DropNoBackend,
+    /// No free NAT source port after `NAT_PORT_TRIES` attempts.
+    DropNatPorts,
+    /// The flow table refused an insert.
+    DropFlowInsert,
+    /// Backend index out of range or backend missing mid-swap.
+    ErrBackendLookup,
+    /// TTL would reach zero: passed so the stack answers with ICMP.
+    PassTtl,
+    /// Forwarded by redirect to the egress interface.
+    Redirect,
+    /// Rewritten and handed to the kernel stack (no neighbour or route known).
+    PassToStack,
+    /// XDP could not redirect to the egress interface: left for the TC program.
+    PassToTc,
+    /// Flows created.
+    FlowCreated,
+    /// Stale flow entries replaced by the data plane (expired or reused after close).
+    FlowReplaced,
+    /// A packet the program could not rewrite (helper failure): dropped.
+    ErrRewrite,
+}
+
+pub const STAT_COUNT: u32 = Stat::ErrRewrite as u32 + 1;
+
+impl Stat {
+    pub const ALL: [Self; STAT_COUNT as usize] = [
+        Self::PassNotIpv4,
+        Self::PassNotL4,
+        Self::PassMalformed,
+        Self::PassFragment,
+        Self::PassNotService,
+        Self::PassMidstream,
+        Self::DropFragment,
+        Self::DropNoBackend,
+        Self::DropNatPorts,
+        Self::DropFlowInsert,
+        Self::ErrBackendLookup,
+        Self::PassTtl,
+        Self::Redirect,
+        Self::PassToStack,
+        Self::PassToTc,
+        Self::FlowCreated,
+        Self::FlowReplaced,
+        Self::ErrRewrite,
+    ];
+
+    /// Name used in metrics labels and `lb status`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PassNotIpv4 => "pass_not_ipv4",
+            Self::PassNotL4 => "pass_not_tcp_udp",
+            Self::PassMalformed => "pass_malformed",
+            Self::PassFragment => "pass_fragment",
+            Self::PassNotService => "pass_not_service",
+            Self::PassMidstream => "pass_midstream_no_flow",
+            Self::DropFragment => "drop_fragment",
+            Self::DropNoBackend => "drop_no_backend",
+            Self::DropNatPorts => "drop_nat_ports_exhausted",
+            Self::DropFlowInsert => "drop_flow_insert",
+            Self::ErrBackendLookup => "error_backend_lookup",
+            Self::PassTtl => "pass_ttl_exceeded",
+            Self::Redirect => "redirect",
+            Self::PassToStack => "pass_to_stack",
+            Self::PassToTc => "pass_to_tc",
+            Self::FlowCreated => "flow_created",
+            Self::FlowReplaced => "flow_replaced",
+            Self::ErrRewrite => "error_rewrite",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), made only of integers, with explicit padding.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::LocalAddr {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_of_swaps_the_rewrite() {
+        let fwd = Flow {
+            new_src: 1,
+            new_dst: 2,
+            new_sport: 3,
+            new_dport: 4,
+            ..Flow::default()
+        };
+        let peer = FlowKey::peer_of(&fwd, IPPROTO_TCP);
+        assert_eq!((peer.src, peer.dst, peer.sport, peer.dport), (2, 1, 4, 3));
+        assert_eq!(peer.proto, IPPROTO_TCP);
+    }
+
+    #[test]
+    fn stat_names_are_unique_and_cover_all() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "Stat::ALL out of order at {i}");
+            for t in &Stat::ALL[i + 1..] {
+                assert_ne!(s.name(), t.name());
+            }
+        }
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in ALL_MAPS {
+            assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+        }
+    }
+
+    #[test]
+    fn timeouts_follow_protocol_and_state() {
+        let c = Config::default();
+        assert_eq!(c.timeout_ns(IPPROTO_UDP, 0), c.udp_timeout_ns);
+        assert_eq!(c.timeout_ns(IPPROTO_TCP, 0), c.tcp_timeout_ns);
+        assert_eq!(c.timeout_ns(IPPROTO_TCP, FLOW_F_CLOSING), c.tcp_closing_timeout_ns);
+    }
+}

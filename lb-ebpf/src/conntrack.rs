@@ -1,0 +1,228 @@
+//! Connection tracking: find the flow a packet belongs to (either direction), or create one
+//! for a new connection to a service, choosing its backend and, in full NAT, its source port.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_get_prandom_u32,
+};
+use lb_common::{
+    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_CLOSING, FLOW_F_REPLY, Flow,
+    FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE,
+    Service, ServiceKey, Stat,
+};
+
+use crate::{
+    maps::{
+        LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_RR, LB_SERVICES, LB_SVC_STATS,
+        config, count,
+    },
+    parse::Parsed,
+};
+
+/// Refresh `last_seen_ns` at most this often: fewer writes to a shared cache line.
+const TOUCH_EVERY_NS: u64 = 100_000_000;
+
+/// Returns the flow for this packet: an existing one, or a new one if the packet opens a
+/// connection to a service. `Err` says why the packet is not (or cannot be) balanced.
+#[inline(always)]
+pub fn track(p: &Parsed, now: u64) -> Result<Flow, Stat> {
+    let cfg = config();
+    if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
+        // SAFETY: the map hands out a pointer to a live element; we copy it out.
+        let flow = unsafe { *entry };
+        let idle = now.saturating_sub(flow.last_seen_ns);
+        let expired = idle > cfg.timeout_ns(p.key.proto, flow.flags);
+        // A client reusing its port after a close starts a new connection.
+        let reopened =
+            flow.flags & (FLOW_F_CLOSING | FLOW_F_REPLY) == FLOW_F_CLOSING && p.is_tcp_open();
+        if !expired && !reopened {
+            if p.first_fragment {
+                return Err(Stat::DropFragment);
+            }
+            if idle > TOUCH_EVERY_NS {
+                // SAFETY: as above; a racing writer can only store another recent time.
+                unsafe { (*entry).last_seen_ns = now };
+            }
+            if p.key.proto == IPPROTO_TCP && p.is_tcp_close() {
+                close(entry, &flow, p.key.proto);
+            }
+            return Ok(flow);
+        }
+        remove_pair(&p.key, &flow);
+        count(Stat::FlowReplaced);
+    }
+
+    let service = lookup_service(&p.key).ok_or(Stat::PassNotService)?;
+    if p.first_fragment {
+        return Err(Stat::DropFragment);
+    }
+    if p.key.proto == IPPROTO_TCP && !p.is_tcp_open() {
+        return Err(Stat::PassMidstream);
+    }
+    create(p, &service, &cfg, now)
+}
+
+/// Exact (address, port, protocol) first; then the wildcard, if the address is the agent's.
+#[inline(always)]
+fn lookup_service(key: &FlowKey) -> Option<Service> {
+    let mut skey = ServiceKey { addr: key.dst, port: key.dport, proto: key.proto, _pad: 0 };
+    // SAFETY: copied out at once.
+    if let Some(s) = unsafe { LB_SERVICES.get(&skey) } {
+        return Some(*s);
+    }
+    // SAFETY: only tested for presence.
+    unsafe { LB_LOCAL_ADDRS.get(&key.dst) }?;
+    skey.addr = 0;
+    // SAFETY: copied out at once.
+    unsafe { LB_SERVICES.get(&skey) }.copied()
+}
+
+/// Marks both directions as closing so they expire after the short TCP close timeout.
+#[inline(always)]
+fn close(entry: *mut Flow, flow: &Flow, proto: u8) {
+    // SAFETY: entry points at a live map element.
+    unsafe { (*entry).flags |= FLOW_F_CLOSING };
+    if let Some(peer) = LB_FLOWS.get_ptr_mut(FlowKey::peer_of(flow, proto)) {
+        // SAFETY: as above.
+        unsafe { (*peer).flags |= FLOW_F_CLOSING };
+    }
+}
+
+#[inline(always)]
+fn remove_pair(key: &FlowKey, flow: &Flow) {
+    let _ = LB_FLOWS.remove(FlowKey::peer_of(flow, key.proto));
+    let _ = LB_FLOWS.remove(key);
+}
+
+#[inline(always)]
+fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
+    let count = service.count;
+    if count == 0 {
+        return Err(Stat::DropNoBackend);
+    }
+    if count > MAX_BACKENDS_PER_SERVICE {
+        return Err(Stat::ErrBackendLookup);
+    }
+    let index = if service.flags & SVC_F_AFFINITY_SOURCE != 0 {
+        // HAProxy's `balance source`: the same client address lands on the same backend
+        // while the set is unchanged.
+        let h = u32::from_be(p.key.src).wrapping_mul(0x9e37_79b1);
+        (h ^ (h >> 16)).checked_rem(count).unwrap_or(0)
+    } else {
+        let cursor = LB_RR.get_ptr_mut(service.id).ok_or(Stat::ErrBackendLookup)?;
+        // SAFETY: array elements are stable for the map's life; the add is atomic (BPF ISA v3
+        // fetch-and-add), so concurrent new flows on other CPUs each get their own turn.
+        // (The BPF target has no CAS, so core's AtomicU32 is unavailable; the intrinsic is.)
+        let turn: u32 = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(cursor, 1) };
+        turn.checked_rem(count).unwrap_or(0)
+    };
+    let key = BackendKey { service_id: service.id, generation: service.generation, index };
+    // SAFETY: copied out at once.
+    unsafe { LB_BACKENDS.get(&key) }.copied().ok_or(Stat::ErrBackendLookup)
+}
+
+/// Claims `rkey` for a reply entry: free, or held by a flow that has expired.
+#[inline(always)]
+fn claim_reply(rkey: &FlowKey, reply: &Flow, cfg: &Config, now: u64) -> bool {
+    if LB_FLOWS.insert(rkey, reply, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    let Some(held) = LB_FLOWS.get_ptr(rkey) else {
+        return false;
+    };
+    // SAFETY: copied out at once.
+    let held = unsafe { *held };
+    if now.saturating_sub(held.last_seen_ns) <= cfg.timeout_ns(rkey.proto, held.flags) {
+        return false;
+    }
+    let _ = LB_FLOWS.remove(FlowKey::peer_of(&held, rkey.proto));
+    count(Stat::FlowReplaced);
+    LB_FLOWS.insert(rkey, reply, BPF_ANY as u64).is_ok()
+}
+
+#[inline(always)]
+fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow, Stat> {
+    let backend = pick_backend(p, service)?;
+    let key = &p.key;
+    let preserve = cfg.flags & CFG_F_PRESERVE_CLIENT_IP != 0;
+    let mut fwd = Flow {
+        new_src: if preserve { key.src } else { backend.nat_addr },
+        new_dst: backend.addr,
+        new_sport: key.sport,
+        new_dport: backend.port,
+        flags: 0,
+        service_id: service.id,
+        backend_id: backend.id,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    // Replies arrive from the backend and must look as if the service sent them.
+    let reply = Flow {
+        new_src: key.dst,
+        new_dst: key.src,
+        new_sport: key.dport,
+        new_dport: key.sport,
+        flags: FLOW_F_REPLY,
+        ..fwd
+    };
+    let mut rkey = FlowKey {
+        src: backend.addr,
+        dst: fwd.new_src,
+        sport: backend.port,
+        dport: key.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    if preserve {
+        if !claim_reply(&rkey, &reply, cfg, now) {
+            return Err(Stat::DropFlowInsert);
+        }
+    } else {
+        let (min, max) = if cfg.nat_port_min <= cfg.nat_port_max && cfg.nat_port_min != 0 {
+            (cfg.nat_port_min as u32, cfg.nat_port_max as u32)
+        } else {
+            let d = Config::default();
+            (d.nat_port_min as u32, d.nat_port_max as u32)
+        };
+        let span = max - min + 1;
+        let mut claimed = false;
+        for _ in 0..NAT_PORT_TRIES {
+            // SAFETY: helper without side effects.
+            let port = (min + unsafe { bpf_get_prandom_u32() }.checked_rem(span).unwrap_or(0)) as u16;
+            rkey.dport = port.to_be();
+            if claim_reply(&rkey, &reply, cfg, now) {
+                claimed = true;
+                break;
+            }
+        }
+        if !claimed {
+            return Err(Stat::DropNatPorts);
+        }
+        fwd.new_sport = rkey.dport;
+    }
+    if LB_FLOWS.insert(key, &fwd, BPF_NOEXIST as u64).is_err() {
+        // Another CPU created this flow first (a retransmitted SYN): use its choice.
+        let _ = LB_FLOWS.remove(&rkey);
+        return match LB_FLOWS.get_ptr(key) {
+            // SAFETY: copied out at once.
+            Some(won) => Ok(unsafe { *won }),
+            None => Err(Stat::DropFlowInsert),
+        };
+    }
+    count(Stat::FlowCreated);
+    count_new_flow(service.id, backend.id);
+    Ok(fwd)
+}
+
+#[inline(always)]
+fn count_new_flow(service_id: u32, backend_id: u32) {
+    if let Some(c) = LB_SVC_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*c).new_flows += 1 };
+    }
+    if let Some(c) = LB_BE_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*c).new_flows += 1 };
+    }
+}

@@ -1,0 +1,122 @@
+//! What the shared packet path needs from a hook: bounds-checked access to the bytes and
+//! an L4 checksum update. XDP sees raw frames; TC sees skbs whose checksum may be partial.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{Stat, csum};
+
+pub trait Packet: EbpfContext {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    fn ingress_ifindex(&self) -> u32;
+    /// Makes the first `len` bytes directly accessible where the hook may hold them elsewhere.
+    fn pull(&mut self, len: u32);
+    /// Updates the TCP/UDP checksum at `off` after a 16- or 32-bit field changed from `old`
+    /// to `new` (raw, network order). `pseudo`: the field is in the pseudo-header (an address).
+    fn l4_csum(&mut self, off: usize, old: u32, new: u32, size: u8, pseudo: bool, udp: bool)
+    -> Result<(), Stat>;
+}
+
+/// The one bounds-checked accessor: a pointer to a `T` at `off`, or `None` past the end.
+#[inline(always)]
+pub fn ptr_at<C: Packet, T>(ctx: &C, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        XdpContext::ingress_ifindex(self) as u32
+    }
+    #[inline(always)]
+    fn pull(&mut self, _len: u32) {}
+
+    #[inline(always)]
+    fn l4_csum(
+        &mut self,
+        off: usize,
+        old: u32,
+        new: u32,
+        size: u8,
+        _pseudo: bool,
+        udp: bool,
+    ) -> Result<(), Stat> {
+        // A raw frame always carries a complete checksum, so RFC 1624 applies directly.
+        let p: *mut u16 = ptr_at(self, off).ok_or(Stat::ErrRewrite)?;
+        // SAFETY: bounds checked by ptr_at.
+        let check = unsafe { p.read_unaligned() };
+        if udp && check == 0 {
+            return Ok(());
+        }
+        let updated = if size == 4 {
+            csum::update32(check, old, new)
+        } else {
+            csum::update16(check, old as u16, new as u16)
+        };
+        let updated = if udp { csum::udp_fixup(check, updated) } else { updated };
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { p.write_unaligned(updated) };
+        Ok(())
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: reading a field of the context the kernel handed us.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn pull(&mut self, len: u32) {
+        if self.data() + len as usize > self.data_end() {
+            // Failure leaves the data short; the bounds checks that follow then pass the packet.
+            let _ = self.pull_data(len);
+        }
+    }
+
+    #[inline(always)]
+    fn l4_csum(
+        &mut self,
+        off: usize,
+        old: u32,
+        new: u32,
+        size: u8,
+        pseudo: bool,
+        udp: bool,
+    ) -> Result<(), Stat> {
+        // The helper knows whether the skb's checksum is complete, partial (offloaded) or
+        // covered by skb->csum, and updates whichever is in force.
+        let mut flags = size as u64;
+        if pseudo {
+            flags |= BPF_F_PSEUDO_HDR as u64;
+        }
+        if udp {
+            flags |= BPF_F_MARK_MANGLED_0 as u64;
+        }
+        self.l4_csum_replace(off, old as u64, new as u64, flags)
+            .map_err(|_| Stat::ErrRewrite)
+    }
+}

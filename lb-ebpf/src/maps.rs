@@ -1,0 +1,80 @@
+//! Every map of the data plane, declared with BTF so `bpftool map dump` prints field names.
+//! Who writes and who reads each one is documented on its name in `lb-common`.
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    Backend, BackendKey, Config, Counters, Flow, FlowKey, LocalAddr, MAX_BACKEND_IDS,
+    MAX_BACKEND_SLOTS, MAX_FLOW_ENTRIES, MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_XDP_TX, STAT_COUNT,
+    Service, ServiceKey, Stat,
+};
+
+#[btf_map]
+pub static LB_SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static LB_BACKENDS: HashMap<BackendKey, Backend, { MAX_BACKEND_SLOTS as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static LB_FLOWS: LruHashMap<FlowKey, Flow, { MAX_FLOW_ENTRIES as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static LB_LOCAL_ADDRS: HashMap<u32, LocalAddr, { MAX_LOCAL_ADDRS as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static LB_XDP_TX: HashMap<u32, u32, { MAX_XDP_TX as usize }> = HashMap::new();
+
+#[btf_map]
+pub static LB_CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static LB_RR: Array<u32, { MAX_SERVICES as usize }> = Array::new();
+
+#[btf_map]
+pub static LB_SVC_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static LB_BE_STATS: PerCpuArray<Counters, { MAX_BACKEND_IDS as usize }> =
+    PerCpuArray::new();
+
+#[btf_map]
+pub static LB_STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(c) = LB_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Adds one forwarded packet of `bytes` to a service's and a backend's counters.
+#[inline(always)]
+pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64) {
+    if let Some(c) = LB_SVC_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+    if let Some(c) = LB_BE_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    match LB_CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    }
+}

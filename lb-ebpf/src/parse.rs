@@ -1,0 +1,152 @@
+//! Header parsing: IPv4 over Ethernet, TCP and UDP, never reading past the packet.
+//! Anything that is not a well-formed IPv4 TCP/UDP packet comes back as the reason to pass it.
+use core::mem::offset_of;
+
+use lb_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+use crate::context::{Packet, ptr_at};
+
+pub const ETH_LEN: usize = size_of::<EthHdr>();
+pub const ETH_DST_OFF: usize = offset_of!(EthHdr, dst_addr);
+pub const ETH_SRC_OFF: usize = offset_of!(EthHdr, src_addr);
+const ETH_TYPE_OFF: usize = offset_of!(EthHdr, ether_type);
+/// ETH_P_IP as it reads from the wire into a native u16.
+const ETH_P_IP_RAW: u16 = 0x0800u16.to_be();
+
+pub const IP_VIHL_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, vihl);
+pub const IP_TOT_LEN_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, tot_len);
+pub const IP_FRAGS_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, frags);
+pub const IP_TTL_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, ttl);
+pub const IP_CHECK_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, check);
+pub const IP_SRC_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, src_addr);
+pub const IP_DST_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, dst_addr);
+const IP_MIN_LEN: usize = size_of::<Ipv4Hdr>();
+
+/// More-fragments flag and fragment offset, in host order of the `frags` field.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+// Offsets inside the L4 header.
+pub const L4_SPORT_OFF: usize = offset_of!(TcpHdr, source);
+pub const L4_DPORT_OFF: usize = offset_of!(TcpHdr, dest);
+const _: () = assert!(L4_SPORT_OFF == offset_of!(UdpHdr, src));
+const _: () = assert!(L4_DPORT_OFF == offset_of!(UdpHdr, dst));
+pub const TCP_CHECK_OFF: usize = offset_of!(TcpHdr, check);
+pub const UDP_CHECK_OFF: usize = offset_of!(UdpHdr, check);
+/// The flags byte follows the data-offset byte; network-types keeps both in a bitfield,
+/// so its offset is spelled out: right after `ack_seq` plus the data-offset byte.
+const TCP_FLAGS_OFF: usize = offset_of!(TcpHdr, ack_seq) + 4 + 1;
+const _: () = assert!(TCP_FLAGS_OFF == 13);
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Bytes the parser may need to read: Ethernet, the longest IPv4 header, a TCP header.
+pub const MAX_HEADERS: u32 = (ETH_LEN + 60 + size_of::<TcpHdr>()) as u32;
+
+pub struct Parsed {
+    pub key: FlowKey,
+    /// Offset of the TCP/UDP header (after any IP options).
+    pub l4_off: usize,
+    pub tcp_flags: u8,
+    /// The first fragment of a fragmented datagram (it has ports, the rest do not).
+    pub first_fragment: bool,
+    pub ttl: u8,
+    /// IPv4 total length, host order: the bytes counted for this packet.
+    pub tot_len: u16,
+}
+
+impl Parsed {
+    #[inline(always)]
+    pub const fn is_udp(&self) -> bool {
+        self.key.proto == IPPROTO_UDP
+    }
+
+    #[inline(always)]
+    pub const fn l4_check_off(&self) -> usize {
+        self.l4_off + if self.is_udp() { UDP_CHECK_OFF } else { TCP_CHECK_OFF }
+    }
+
+    /// A connection attempt: SYN without ACK.
+    #[inline(always)]
+    pub const fn is_tcp_open(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    #[inline(always)]
+    pub const fn is_tcp_close(&self) -> bool {
+        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+}
+
+#[inline(always)]
+fn read<C: Packet, T: Copy>(ctx: &C, off: usize) -> Result<T, Stat> {
+    let p: *const T = ptr_at(ctx, off).ok_or(Stat::PassMalformed)?;
+    // SAFETY: ptr_at checked that size_of::<T>() bytes at `off` lie inside the packet.
+    Ok(unsafe { p.read_unaligned() })
+}
+
+#[inline(always)]
+pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
+    let ether_type: u16 = read(ctx, ETH_TYPE_OFF).map_err(|_| Stat::PassNotIpv4)?;
+    if ether_type != ETH_P_IP_RAW {
+        return Err(Stat::PassNotIpv4);
+    }
+    // The whole fixed header must be there before any field of it is trusted.
+    if ptr_at::<C, Ipv4Hdr>(ctx, ETH_LEN).is_none() {
+        return Err(Stat::PassMalformed);
+    }
+    let vihl: u8 = read(ctx, IP_VIHL_OFF)?;
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < IP_MIN_LEN {
+        return Err(Stat::PassMalformed);
+    }
+    let proto: u8 = read(ctx, ETH_LEN + offset_of!(Ipv4Hdr, proto))?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(Stat::PassNotL4);
+    }
+    let tot_len = u16::from_be(read(ctx, IP_TOT_LEN_OFF)?);
+    let frags = u16::from_be(read(ctx, IP_FRAGS_OFF)?);
+    if frags & IP_OFFSET_MASK != 0 {
+        return Err(Stat::PassFragment);
+    }
+    let first_fragment = frags & IP_MF != 0;
+    let l4_off = ETH_LEN + ihl;
+    let l4_len = if proto == IPPROTO_TCP { size_of::<TcpHdr>() } else { size_of::<UdpHdr>() };
+    // A first fragment may be too short for the whole L4 header; only its ports matter then.
+    if (tot_len as usize) < ihl + l4_len && !first_fragment {
+        return Err(Stat::PassMalformed);
+    }
+    let sport: u16 = read(ctx, l4_off + L4_SPORT_OFF)?;
+    let dport: u16 = read(ctx, l4_off + L4_DPORT_OFF)?;
+    let tcp_flags = if proto == IPPROTO_TCP {
+        // Rewriting needs the checksum field, so the full fixed header must be present.
+        if ptr_at::<C, TcpHdr>(ctx, l4_off).is_none() && !first_fragment {
+            return Err(Stat::PassMalformed);
+        }
+        read::<C, u8>(ctx, l4_off + TCP_FLAGS_OFF).unwrap_or(0)
+    } else {
+        if ptr_at::<C, UdpHdr>(ctx, l4_off).is_none() && !first_fragment {
+            return Err(Stat::PassMalformed);
+        }
+        0
+    };
+    Ok(Parsed {
+        key: FlowKey {
+            src: read(ctx, IP_SRC_OFF)?,
+            dst: read(ctx, IP_DST_OFF)?,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        },
+        l4_off,
+        tcp_flags,
+        first_fragment,
+        ttl: read(ctx, IP_TTL_OFF)?,
+        tot_len,
+    })
+}

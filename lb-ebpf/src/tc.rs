@@ -1,0 +1,64 @@
+//! TC (clsact ingress) entry point. Works on every interface: redirects with the FIB's MACs,
+//! lets the kernel resolve a missing neighbour, or hands the rewritten packet to the stack.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_ns, generated::bpf_redirect_neigh},
+    macros::classifier,
+    programs::TcContext,
+};
+use lb_common::Stat;
+
+use crate::{
+    context::Packet,
+    conntrack,
+    forward::{self, Route},
+    maps::{count, count_traffic},
+    nat::{self, Hop},
+    parse::{MAX_HEADERS, parse},
+};
+
+#[classifier]
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    match try_lb_tc(ctx) {
+        Ok(action) => action,
+        Err(stat) => {
+            count(stat);
+            if crate::drops(stat) { TC_ACT_SHOT } else { TC_ACT_OK }
+        }
+    }
+}
+
+#[inline(always)]
+fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
+    let want = if ctx.len() < MAX_HEADERS { ctx.len() } else { MAX_HEADERS };
+    ctx.pull(want);
+    let p = parse(&ctx)?;
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = conntrack::track(&p, now)?;
+    if p.ttl <= 1 {
+        return Err(Stat::PassTtl);
+    }
+    let action = match forward::route(&ctx, &p, &flow, 0) {
+        Route::Neighbour { ifindex, macs } => {
+            nat::rewrite(&mut ctx, &p, &flow, Hop::Routed(Some(&macs)))?;
+            count(Stat::Redirect);
+            // SAFETY: plain helper call.
+            unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as i32 }
+        }
+        Route::NoNeighbour { ifindex } => {
+            // The kernel resolves the neighbour and sets the MACs; the TTL is ours.
+            nat::rewrite(&mut ctx, &p, &flow, Hop::Routed(None))?;
+            count(Stat::Redirect);
+            // SAFETY: NULL params ask the kernel to look the neighbour up itself.
+            unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+        }
+        Route::Stack => {
+            nat::rewrite(&mut ctx, &p, &flow, Hop::Stack)?;
+            count(Stat::PassToStack);
+            TC_ACT_OK
+        }
+    };
+    count_traffic(flow.service_id, flow.backend_id, p.tot_len as u64);
+    Ok(action)
+}
