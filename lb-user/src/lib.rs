@@ -1,1 +1,3 @@
-pub fn placeholder() {}
+//! The `lb` daemon and CLI as a library, so the tests drive the same code the binary runs.
+pub mod marathon;
+pub mod services;
