@@ -113,8 +113,10 @@ fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
         let cursor = LB_RR.get_ptr_mut(service.id).ok_or(Stat::ErrBackendLookup)?;
         // SAFETY: array elements are stable for the map's life; the add is atomic (BPF ISA v3
         // fetch-and-add), so concurrent new flows on other CPUs each get their own turn.
-        // (The BPF target has no CAS, so core's AtomicU32 is unavailable; the intrinsic is.)
-        let turn: u32 = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(cursor, 1) };
+        // (The BPF target has no CAS, so core's AtomicU32 is unavailable; the intrinsic is.
+        // SeqCst on purpose: LLVM 22 lowers a Relaxed add to the non-fetching `lock add` even
+        // when the old value is used, and every BPF fetch-add is fully ordered anyway.)
+        let turn: u32 = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(cursor, 1) };
         turn.checked_rem(count).unwrap_or(0)
     };
     let key = BackendKey { service_id: service.id, generation: service.generation, index };

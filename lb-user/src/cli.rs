@@ -1,0 +1,153 @@
+//! The command line: `lb run | status | flows | detach`, every flag documented in `--help`.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::dataplane::attach::Hook;
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+
+#[derive(Debug, Parser)]
+#[command(name = "lb", version, about = "L4 load balancer for Mesos public agents: Marathon services in XDP/TC")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the data plane and keep its maps in step with the services.
+    Run(Box<RunArgs>),
+    /// Show services, backends, counters and the daemon's sync state (daemon running or not).
+    Status(ViewArgs),
+    /// List the tracked flows.
+    Flows(ViewArgs),
+    /// Remove the programs, links and pinned maps (tracked flows are lost).
+    Detach(PinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// bpffs directory holding the pinned maps and links (mounted there if missing).
+    #[arg(long, default_value = DEFAULT_PIN_PATH, env = "LB_PIN_PATH")]
+    pub pin_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+
+    /// Interfaces to attach to, by name or shell glob (repeatable), e.g. `--iface eth0 --iface 'cali*'`.
+    /// Interfaces that appear later and match are attached as they come.
+    #[arg(long = "iface", required = true, value_name = "NAME|GLOB")]
+    pub ifaces: Vec<String>,
+
+    /// Static services file (JSON), used when not following Marathon. SIGHUP reloads it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Keep the client's address (DNAT only). Replies from backends must route back through
+    /// this agent. Default: full NAT, backends see an agent address.
+    #[arg(long)]
+    pub preserve_client_ip: bool,
+
+    /// Hook: `xdp` (XDP fast path with TC beside it), `tc` (TC only), `auto` (XDP where possible).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub hook: Hook,
+
+    /// Interfaces XDP may redirect frames to (repeatable glob). Default: the physical ones among
+    /// those attached. A veth qualifies only if its peer runs XDP or has GRO on.
+    #[arg(long = "xdp-redirect", value_name = "GLOB")]
+    pub xdp_redirect: Vec<String>,
+
+    /// Source ports for full NAT, `MIN-MAX`, kept apart from the kernel's ephemeral range.
+    #[arg(long, default_value = "20000-30999", value_parser = parse_port_range)]
+    pub nat_port_range: (u16, u16),
+
+    /// Idle timeout of an established TCP flow, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub tcp_timeout: u64,
+
+    /// How long a TCP flow lives after FIN or RST, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub tcp_closing_timeout: u64,
+
+    /// Idle timeout of a UDP flow, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub udp_timeout: u64,
+
+    /// Flow-table capacity in flows (two entries each); fixed when the maps are first created.
+    #[arg(long, default_value_t = lb_common::MAX_FLOW_ENTRIES / 2)]
+    pub max_flows: u32,
+
+    /// Service-table capacity; fixed when the maps are first created.
+    #[arg(long, default_value_t = lb_common::MAX_SERVICES)]
+    pub max_services: u32,
+
+    /// Distinct backends (with counters) across all services; fixed when the maps are first created.
+    #[arg(long, default_value_t = lb_common::MAX_BACKEND_IDS)]
+    pub max_backends: u32,
+
+    /// Where the daemon records its state for `lb status` (default: under /run/lb, named after the pin path).
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, default_value = "info", env = "LB_LOG")]
+    pub log_level: String,
+
+    /// Prometheus metrics and /healthz listen address (loopback unless you say otherwise).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub metrics: SocketAddr,
+}
+
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
+    let a: u16 = a.trim().parse().map_err(|_| format!("{a:?} is not a port"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("{b:?} is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 1 <= MIN <= MAX <= 65535"));
+    }
+    Ok((a, b))
+}
+
+/// `/run/lb/<pin path with / as _>.json`: one state file per pin path, found by `lb status`.
+pub fn default_state_file(pin_path: &std::path::Path) -> PathBuf {
+    let name = pin_path.to_string_lossy().trim_matches('/').replace('/', "_");
+    PathBuf::from("/run/lb").join(format!("{name}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("20000-30999"), Ok((20000, 30999)));
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("10-9").is_err());
+        assert!(parse_port_range("10").is_err());
+        assert!(parse_port_range("1-70000").is_err());
+    }
+
+    #[test]
+    fn state_file_follows_pin_path() {
+        assert_eq!(default_state_file("/sys/fs/bpf/lb".as_ref()), PathBuf::from("/run/lb/sys_fs_bpf_lb.json"));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

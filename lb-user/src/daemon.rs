@@ -1,0 +1,227 @@
+//! `lb run`: load (or adopt) the data plane, attach it, then keep the maps in step with the
+//! desired services and the agent's interfaces until SIGTERM/SIGINT, leaving it all running.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap, PerCpuArray},
+};
+use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config, Flow, FlowKey, MAP_FLOWS, MAP_STATS};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    cli::{RunArgs, default_state_file},
+    config,
+    dataplane::{
+        attach::Attacher,
+        flows::{self, Sweeper},
+        ifaces,
+        loader::{self, Capacities},
+        monotonic_ns,
+        pins::PinLayout,
+        writer::{self, Writer, map},
+    },
+    observe::state::{DaemonState, SyncView, unix_now},
+    services::Desired,
+};
+
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+pub struct Daemon {
+    pub ebpf: Ebpf,
+    pub writer: Writer,
+    pub attacher: Attacher,
+    pub cfg: Config,
+    pub desired: Desired,
+    pub state: DaemonState,
+    pub state_file: PathBuf,
+    pub sweeper: Sweeper,
+}
+
+pub fn data_plane_config(args: &RunArgs) -> Config {
+    Config {
+        flags: if args.preserve_client_ip { CFG_F_PRESERVE_CLIENT_IP } else { 0 },
+        nat_port_min: args.nat_port_range.0,
+        nat_port_max: args.nat_port_range.1,
+        tcp_timeout_ns: args.tcp_timeout * 1_000_000_000,
+        tcp_closing_timeout_ns: args.tcp_closing_timeout * 1_000_000_000,
+        udp_timeout_ns: args.udp_timeout * 1_000_000_000,
+    }
+}
+
+impl Daemon {
+    /// Loads or adopts the data plane and attaches it; nothing of the services yet.
+    pub fn start(args: &RunArgs) -> Result<Self> {
+        let layout = PinLayout::new(&args.pin.pin_path);
+        layout.ensure()?;
+        let adopting = layout.exists();
+        let caps = Capacities {
+            services: args.max_services,
+            backend_slots: args.max_services.saturating_mul(16).max(lb_common::MAX_BACKEND_SLOTS),
+            backend_ids: args.max_backends,
+            flow_entries: args.max_flows.saturating_mul(2),
+        };
+        let mut ebpf = loader::load(&layout, &caps).context("loading the data plane")?;
+        let cfg = data_plane_config(args);
+        writer::write_config(&mut ebpf, &cfg)?;
+        writer::write_local_addrs(&mut ebpf, &ifaces::ipv4_addresses())?;
+        let writer = Writer::adopt(&mut ebpf, &caps)?;
+        if adopting {
+            info!(services = writer.services.len(), pin_path = %layout.root.display(), "adopted pinned data plane");
+        }
+        let mut attacher = Attacher {
+            layout,
+            hook: args.hook,
+            patterns: args.ifaces.clone(),
+            redirect_patterns: args.xdp_redirect.clone(),
+            attached: Default::default(),
+        };
+        attacher.reconcile(&mut ebpf)?;
+        if attacher.attached.is_empty() {
+            warn!(patterns = ?args.ifaces, "no interface matches yet; attaching as they appear");
+        }
+        let state_file = args.state_file.clone().unwrap_or_else(|| default_state_file(&args.pin.pin_path));
+        let state = DaemonState {
+            pid: std::process::id(),
+            running: true,
+            started_at: unix_now(),
+            hook: format!("{:?}", args.hook).to_lowercase(),
+            mode: if args.preserve_client_ip { "dnat" } else { "full-nat" }.into(),
+            flow_capacity: args.max_flows as u64,
+            ..Default::default()
+        };
+        Ok(Self {
+            ebpf,
+            writer,
+            attacher,
+            cfg,
+            desired: Desired::default(),
+            state,
+            state_file,
+            sweeper: Sweeper::default(),
+        })
+    }
+
+    pub fn apply(&mut self, desired: Desired) -> Result<()> {
+        let report = self.writer.apply(&mut self.ebpf, &desired)?;
+        if report != Default::default() {
+            info!(added = report.added, changed = report.changed, removed = report.removed, unchanged = report.unchanged, "services applied");
+        }
+        self.desired = desired;
+        self.save_state();
+        Ok(())
+    }
+
+    /// Interfaces or addresses changed: re-read them, attach new interfaces, refresh NAT sources.
+    pub fn links_changed(&mut self) -> Result<()> {
+        writer::write_local_addrs(&mut self.ebpf, &ifaces::ipv4_addresses())?;
+        self.attacher.reconcile(&mut self.ebpf)?;
+        self.writer.routes_changed();
+        let desired = self.desired.clone();
+        self.apply(desired)
+    }
+
+    pub fn sweep(&mut self) -> Result<()> {
+        let stats = {
+            let m: PerCpuArray<_, u64> = PerCpuArray::try_from(map(&mut self.ebpf, MAP_STATS)?)?;
+            flows::sum_stats(&m)
+        };
+        let (report, backends_in_use, _services) = {
+            let mut m: HashMap<_, FlowKey, Flow> = HashMap::try_from(map(&mut self.ebpf, MAP_FLOWS)?)?;
+            self.sweeper.sweep(&mut m, &stats, &self.cfg, monotonic_ns())
+        };
+        self.writer.tick(&mut self.ebpf, &backends_in_use)?;
+        self.state.flow_entries = report.entries;
+        self.state.flow_evictions = self.sweeper.evictions;
+        self.save_state();
+        Ok(())
+    }
+
+    pub fn save_state(&mut self) {
+        self.state.updated_at = unix_now();
+        self.state.interfaces = self.attacher.attached.clone();
+        self.state.services = self.writer.services.values().cloned().collect();
+        self.state.draining = self.writer.draining.values().cloned().collect();
+        if let Err(e) = self.state.write(&self.state_file) {
+            warn!(file = %self.state_file.display(), "cannot write state file: {e}");
+        }
+    }
+
+    fn record_error(&mut self, e: &anyhow::Error) {
+        error!("{e:#}");
+        self.state.sync.last_error = Some(format!("{e:#}"));
+        self.state.sync.last_error_at = Some(unix_now());
+    }
+}
+
+fn load_config_file(path: &std::path::Path) -> Result<Desired> {
+    Ok(config::load(path)?)
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    if args.config.is_none() {
+        bail!("nothing to serve: give --config FILE (static services) or --marathon URL");
+    }
+    // Validate the static file before touching the kernel: a bad file applies nothing.
+    let initial = match &args.config {
+        Some(path) => Some(load_config_file(path)?),
+        None => None,
+    };
+    let mut d = Daemon::start(&args)?;
+    d.state.sync = SyncView { source: "config".into(), ..Default::default() };
+    if let Some(desired) = initial {
+        d.apply(desired)?;
+        d.state.sync.last_full_sync = Some(unix_now());
+        d.save_state();
+    }
+    let mut links = ifaces::watch().context("watching netlink for interface changes")?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut ticker = interval(SWEEP_EVERY);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    info!("running; SIGTERM or SIGINT stops the daemon and leaves the data plane forwarding");
+    loop {
+        tokio::select! {
+            Some(()) = links.recv() => {
+                // Calico adds several links and addresses at once: let the burst settle.
+                sleep(Duration::from_millis(50)).await;
+                while links.try_recv().is_ok() {}
+                if let Err(e) = d.links_changed() {
+                    d.record_error(&e);
+                }
+            }
+            _ = ticker.tick() => {
+                if let Err(e) = d.sweep() {
+                    d.record_error(&e);
+                }
+            }
+            _ = hup.recv() => {
+                if let Some(path) = &args.config {
+                    match load_config_file(path) {
+                        Ok(desired) => {
+                            info!(file = %path.display(), "reloading services");
+                            if let Err(e) = d.apply(desired) {
+                                d.record_error(&e);
+                            } else {
+                                d.state.sync.last_full_sync = Some(unix_now());
+                            }
+                        }
+                        Err(e) => d.record_error(&e.context("reload refused; keeping the services in force")),
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    d.state.running = false;
+    d.save_state();
+    info!("stopped; the data plane keeps forwarding (lb detach removes it)");
+    Ok(())
+}
