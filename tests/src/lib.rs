@@ -1,1 +1,10 @@
+//! Test support for the kernel tests: the Calico-style agent topology in network namespaces
+//! (`netns`), traffic from inside a namespace (`client`), and packet builders (`packets`).
+pub mod client;
+pub mod netns;
+pub mod packets;
 
+/// Byte `i` of every `/bytes/N` body served by `lbt-server`.
+pub fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 8)) as u8
+}

@@ -1,1 +1,116 @@
-fn main() {}
+//! `cargo xtask setup | build | test | demo | bench`: the project's own tooling. Every command
+//! first brings the machine to a working build (idempotently), so a fresh clone needs nothing else.
+mod bench;
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need: nightly rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Build the BPF object and `target/release/lb` with it embedded.
+    Build,
+    /// Run every test: format and lint checks, host unit tests, then the kernel tests
+    /// (BPF_PROG_TEST_RUN tables and network-namespace end-to-end tests) one at a time.
+    Test {
+        /// Only the fast host tests (no root or kernel needed beyond the build).
+        #[arg(long)]
+        host_only: bool,
+        /// Passed to the kernel test binaries as a name filter.
+        filter: Option<String>,
+    },
+    /// Show the balancer at work: agent topology, Marathon stand-in, `lb run`, traffic.
+    Demo,
+    /// Measure the data plane and its peers (HAProxy, nftables) in one run.
+    Bench {
+        /// A smoke run that finishes in under two minutes.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+}
+
+/// Runs a command in the workspace root, failing with the command line if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn build_release() -> Result<PathBuf> {
+    setup::ensure()?;
+    eprintln!("==> building the BPF object and target/release/lb");
+    run(cargo().args(["build", "--release", "--package", "lb-user", "--bin", "lb"]))?;
+    Ok(root().join("target/release/lb"))
+}
+
+fn test(host_only: bool, filter: Option<String>) -> Result<()> {
+    setup::ensure()?;
+    eprintln!("==> format and lint");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    eprintln!("==> host unit tests");
+    run(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
+    if host_only {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("the kernel tests need root (BPF, network namespaces); run as root");
+    }
+    let lb = build_release()?;
+    eprintln!("==> kernel tests (serial: they share the kernel)");
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--package", "lb-tests", "--tests", "--"])
+        .args(["--test-threads=1"])
+        .env("LB_BIN", &lb);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    run(&mut cmd)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Build => build_release().map(|p| eprintln!("built {}", p.display())),
+        Cmd::Test { host_only, filter } => test(host_only, filter),
+        Cmd::Demo => demo::run(),
+        Cmd::Bench { quick } => bench::run(quick),
+    }
+}

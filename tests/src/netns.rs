@@ -1,0 +1,212 @@
+//! The agent topology of the end-to-end tests, built the way Calico wires tasks: a client,
+//! an agent running `lb`, two tasks behind `cali*` veths on it (a /32 on eth0, default route
+//! via 169.254.1.1 onlink, proxy ARP on the host side, which has no address) and a third task
+//! behind a second agent. Dropping the `Topology` removes it all, also when a test panics.
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const AGENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const AGENT_BACKNET: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+pub const AGENT2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// (namespace role, address, host namespace role, host-side veth)
+pub const TASKS: [(&str, Ipv4Addr, &str, &str); 3] = [
+    ("t1", Ipv4Addr::new(192, 168, 1, 11), "agent", "cali-t1"),
+    ("t2", Ipv4Addr::new(192, 168, 1, 12), "agent", "cali-t2"),
+    ("t3", Ipv4Addr::new(192, 168, 2, 13), "agent2", "cali-t3"),
+];
+pub const TASK_PORT: u16 = 80;
+
+fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &str) {
+    run(Command::new("ip").args(args.split_whitespace()));
+}
+
+/// Path of a binary the tests drive: `$LB_BIN` for `lb`, else next to the test executable.
+pub fn bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run the tests through `cargo xtask test` (or set {env})", p.display());
+    p
+}
+
+pub fn lb_bin() -> PathBuf {
+    bin("lb", "LB_BIN")
+}
+
+pub fn server_bin() -> PathBuf {
+    bin("lbt-server", "LBT_SERVER")
+}
+
+pub struct Topology {
+    pub prefix: String,
+    /// A bpffs mounted outside /sys: `ip netns exec` gives every command its own /sys.
+    pub bpffs: PathBuf,
+    procs: Vec<(String, Child)>,
+}
+
+impl Topology {
+    /// Builds the topology; namespaces are named `<prefix>-<role>`.
+    pub fn new(prefix: &str) -> Self {
+        let mut t = Self { prefix: prefix.to_owned(), bpffs: PathBuf::from(format!("/run/{prefix}-bpf")), procs: Vec::new() };
+        t.teardown();
+        let p = prefix;
+        for role in ["client", "agent", "agent2", "t1", "t2", "t3"] {
+            ip(&format!("netns add {p}-{role}"));
+            ip(&format!("-n {p}-{role} link set lo up"));
+        }
+        ip(&format!("link add eth0 netns {p}-client type veth peer name eth0 netns {p}-agent"));
+        ip(&format!("-n {p}-client addr add {CLIENT}/24 dev eth0"));
+        ip(&format!("-n {p}-agent addr add {AGENT}/24 dev eth0"));
+        ip(&format!("link add eth1 netns {p}-agent type veth peer name eth0 netns {p}-agent2"));
+        ip(&format!("-n {p}-agent addr add {AGENT_BACKNET}/24 dev eth1"));
+        ip(&format!("-n {p}-agent2 addr add {AGENT2}/24 dev eth0"));
+        for (ns, dev) in [("client", "eth0"), ("agent", "eth0"), ("agent", "eth1"), ("agent2", "eth0")] {
+            ip(&format!("-n {p}-{ns} link set {dev} up"));
+        }
+        // The client reaches task IPs directly through the agent (to show they are undisturbed);
+        // the agent's default route points at the client side, as a public agent's would.
+        ip(&format!("-n {p}-client route add 192.168.0.0/16 via {AGENT}"));
+        ip(&format!("-n {p}-agent route add default via {CLIENT}"));
+        ip(&format!("-n {p}-agent route add 192.168.2.0/24 via {AGENT2}"));
+        ip(&format!("-n {p}-agent2 route add default via {AGENT_BACKNET}"));
+        for ns in ["agent", "agent2"] {
+            t.sh(ns, "sysctl -qw net.ipv4.ip_forward=1");
+        }
+        for (task, addr, host, cali) in TASKS {
+            ip(&format!("link add {cali} netns {p}-{host} type veth peer name eth0 netns {p}-{task}"));
+            ip(&format!("-n {p}-{task} addr add {addr}/32 dev eth0"));
+            ip(&format!("-n {p}-{task} link set eth0 up"));
+            ip(&format!("-n {p}-{task} route add 169.254.1.1 dev eth0 scope link"));
+            ip(&format!("-n {p}-{task} route add default via 169.254.1.1 dev eth0 onlink"));
+            ip(&format!("-n {p}-{host} link set {cali} up"));
+            t.sh(host, &format!("sysctl -qw net.ipv4.conf.{cali}.proxy_arp=1"));
+            ip(&format!("-n {p}-{host} route add {addr}/32 dev {cali}"));
+        }
+        fs::create_dir_all(&t.bpffs).expect("create bpffs mount point");
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&t.bpffs));
+        t
+    }
+
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    pub fn pin_path(&self) -> PathBuf {
+        self.bpffs.join("lb")
+    }
+
+    /// Runs a shell command in a namespace; panics with its output if it fails.
+    pub fn sh(&self, role: &str, script: &str) -> String {
+        let out = run(Command::new("ip").args(["netns", "exec", &self.ns(role), "sh", "-c", script]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A command that runs inside a namespace.
+    pub fn cmd(&self, role: &str, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(role)]).arg(program);
+        c
+    }
+
+    /// Starts a long-running process that is killed when the topology goes.
+    pub fn spawn(&mut self, label: &str, mut cmd: Command) {
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawning {label}: {e}"));
+        self.procs.push((label.to_owned(), child));
+    }
+
+    /// Stops a process started with `spawn` by SIGTERM (as systemd would), waiting for it.
+    pub fn stop(&mut self, label: &str) -> std::process::ExitStatus {
+        let i = self.procs.iter().position(|(l, _)| l == label).unwrap_or_else(|| panic!("no process {label}"));
+        let (_, mut child) = self.procs.remove(i);
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{label} did not stop within 10 s of SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `lbt-server` in every task namespace and waits until each answers.
+    pub fn start_tasks(&mut self) {
+        for (task, addr, _, _) in TASKS {
+            let mut c = self.cmd(task, &server_bin());
+            c.arg(task).arg(TASK_PORT.to_string());
+            self.spawn(task, c);
+            let target = SocketAddrV4::new(addr, TASK_PORT);
+            let ok = in_netns(&self.ns("client"), move || wait_tcp(target, Duration::from_secs(10)));
+            assert!(ok, "task {task} at {target} did not come up");
+        }
+    }
+
+    fn teardown(&mut self) {
+        for (_, mut c) in self.procs.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for role in ["client", "agent", "agent2", "t1", "t2", "t3"] {
+            let _ = Command::new("ip").args(["netns", "del", &format!("{}-{role}", self.prefix)]).output();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.bpffs).output();
+        let _ = fs::remove_dir(&self.bpffs);
+        let _ = fs::remove_file(format!("/run/lb/run_{}-bpf_lb.json", self.prefix));
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Runs `f` on a thread that has entered the named network namespace, so sockets it opens
+/// live there. The test process itself stays where it was.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+pub fn wait_tcp(target: SocketAddrV4, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&target.into(), Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}

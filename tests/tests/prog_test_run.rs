@@ -1,0 +1,447 @@
+//! BPF_PROG_TEST_RUN tables in Katran's style: input packet, map contents, expected verdict and
+//! expected output bytes, for both programs (XDP and TC). They run in a namespace of their own
+//! whose routes and static neighbours make the FIB answers known: the uplink `up0` leads to the
+//! client, `cali0` to the tasks (veth pairs: this kernel has no dummy links); 192.168.1.11 has a known neighbour, 192.168.1.12 has none.
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    process::Command,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::HashMap,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config, Flow, FlowKey, MAP_FLOWS, MAP_XDP_TX, Stat};
+use lb_tests::{
+    netns::in_netns,
+    packets::{Pkt, Seen, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, read},
+};
+use lb_user::{
+    dataplane::{OBJECT, flows::sum_stats, ifaces, writer},
+    services::{Balance, Desired, Listener, Protocol, ServiceSpec},
+};
+
+const NS: &str = "lbp-env";
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x02];
+const TASK1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0b];
+
+fn sa(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").args(["-c", script]).output().expect("sh");
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The namespace every table runs in; removed again when dropped.
+struct Env;
+
+impl Env {
+    fn new() -> Self {
+        let _ = Command::new("ip").args(["netns", "del", NS]).output();
+        let n = format!("ip -n {NS}");
+        sh(&format!(
+            "ip netns add {NS} && {n} link set lo up && \
+             {n} link add up0 type veth peer name up0p && {n} link set up0p up && \
+             {n} link set up0 address 02:00:00:00:0a:01 up && \
+             {n} addr add 10.0.0.1/24 dev up0 && {n} addr add 10.9.0.1/24 dev up0 && \
+             {n} neigh add 10.0.0.2 lladdr 02:00:00:00:0a:02 dev up0 nud permanent && \
+             {n} link add cali0 type veth peer name cali0p && {n} link set cali0p up && \
+             {n} link set cali0 address 02:00:00:00:01:01 up && \
+             {n} route add 192.168.1.11/32 dev cali0 && {n} route add 192.168.1.12/32 dev cali0 && \
+             {n} neigh add 192.168.1.11 lladdr 02:00:00:00:01:0b dev cali0 nud permanent && \
+             ip netns exec {NS} sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.conf.lo.forwarding=1"
+        ));
+        Env
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", NS]).output();
+    }
+}
+
+struct Lb {
+    ebpf: Ebpf,
+}
+
+fn service(name: &str, bind: Option<&str>, port: u16, protocol: Protocol, backends: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        listener: Listener { bind: bind.map(|b| b.parse().unwrap()), port, protocol },
+        balance: Balance::RoundRobin,
+        app_id: None,
+        port_index: None,
+        backends: backends.iter().map(|b| sa(b)).collect(),
+    }
+}
+
+impl Lb {
+    /// Loads the object unpinned and applies `services` through the daemon's own writer.
+    fn new(services: Vec<ServiceSpec>, preserve: bool) -> Self {
+        let mut ebpf = EbpfLoader::new().load(OBJECT).expect("load object");
+        let xdp: &mut Xdp = ebpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
+        xdp.load().expect("verifier accepts lb_xdp");
+        let tc: &mut SchedClassifier = ebpf.program_mut("lb_tc").unwrap().try_into().unwrap();
+        tc.load().expect("verifier accepts lb_tc");
+        let cfg = Config { flags: if preserve { CFG_F_PRESERVE_CLIENT_IP } else { 0 }, ..Config::default() };
+        writer::write_config(&mut ebpf, &cfg).unwrap();
+        writer::write_local_addrs(&mut ebpf, &ifaces::ipv4_addresses()).unwrap();
+        let mut w = writer::Writer::adopt(&mut ebpf, &Default::default()).unwrap();
+        w.apply(&mut ebpf, &Desired { services }).unwrap();
+        Self { ebpf }
+    }
+
+    fn allow_xdp_redirect(&mut self, ifname: &str) {
+        let idx = ifaces::list()[ifname].index;
+        let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.ebpf.map_mut(MAP_XDP_TX).unwrap()).unwrap();
+        m.insert(idx, 1, 0).unwrap();
+    }
+
+    fn run(&mut self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 256];
+        let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() };
+        let res = if prog == "lb_xdp" {
+            let p: &mut Xdp = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+            p.test_run(opts)
+        } else {
+            let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+            p.test_run(opts)
+        }
+        .unwrap_or_else(|e| panic!("{prog} test run: {e}"));
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn xdp(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run("lb_xdp", input)
+    }
+
+    fn tc(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run("lb_tc", input)
+    }
+
+    fn flow(&mut self, key: FlowKey) -> Option<Flow> {
+        let m: HashMap<_, FlowKey, Flow> = HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        m.get(&key, 0).ok()
+    }
+
+    fn flow_count(&mut self) -> usize {
+        let m: HashMap<_, FlowKey, Flow> = HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        m.keys().count()
+    }
+
+    fn stat(&mut self, s: Stat) -> u64 {
+        let m = aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(lb_common::MAP_STATS).unwrap()).unwrap();
+        sum_stats(&m)[s as usize]
+    }
+}
+
+fn key(p: &Pkt) -> FlowKey {
+    FlowKey {
+        src: u32::from(*p.src.ip()).to_be(),
+        dst: u32::from(*p.dst.ip()).to_be(),
+        sport: p.src.port().to_be(),
+        dport: p.dst.port().to_be(),
+        proto: p.proto,
+        _pad: [0; 3],
+    }
+}
+
+fn addr_of(raw_ip: u32, raw_port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(raw_ip)), u16::from_be(raw_port))
+}
+
+/// The packet `p` as it must leave after a rewrite to `src`/`dst`, routed (TTL-1, MACs) or not.
+fn expected(p: &Pkt, src: SocketAddrV4, dst: SocketAddrV4, macs: Option<([u8; 6], [u8; 6])>) -> Vec<u8> {
+    let mut e = p.clone();
+    e.src = src;
+    e.dst = dst;
+    if let Some((smac, dmac)) = macs {
+        e.ttl -= 1;
+        e.src_mac = smac;
+        e.dst_mac = dmac;
+    }
+    e.bytes()
+}
+
+fn web() -> Vec<ServiceSpec> {
+    vec![
+        service("web", None, 10000, Protocol::Tcp, &["192.168.1.11:80"]),
+        service("dns", None, 10001, Protocol::Udp, &["192.168.1.11:53"]),
+        service("bound", Some("10.0.0.5"), 10002, Protocol::Tcp, &["192.168.1.12:80"]),
+        service("empty", None, 10003, Protocol::Tcp, &[]),
+    ]
+}
+
+const UP0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+const CALI0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+
+#[test]
+fn traffic_that_is_not_ours_passes_byte_identical() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let client = sa("10.0.0.2:40000");
+        let mut arp = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN);
+        arp.ether_type = 0x0806;
+        let mut v6 = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN);
+        v6.ether_type = 0x86dd;
+        let mut icmp = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN);
+        icmp.proto = 1;
+        let mut later_fragment = Pkt::udp(client, sa("10.0.0.1:10001"));
+        later_fragment.frag = 0x0010;
+        let syn = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN).bytes();
+        let cases: Vec<(&str, Vec<u8>, Stat)> = vec![
+            ("ARP", arp.bytes(), Stat::PassNotIpv4),
+            ("IPv6 ethertype", v6.bytes(), Stat::PassNotIpv4),
+            ("ICMP", icmp.bytes(), Stat::PassNotL4),
+            ("unknown port", Pkt::tcp(client, sa("10.0.0.1:9999"), TCP_SYN).bytes(), Stat::PassNotService),
+            ("service port on a task IP", Pkt::tcp(client, sa("192.168.1.11:10000"), TCP_SYN).bytes(), Stat::PassNotService),
+            ("bound service on another address", Pkt::tcp(client, sa("10.0.0.1:10002"), TCP_SYN).bytes(), Stat::PassNotService),
+            ("ACK without a flow", Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_ACK).bytes(), Stat::PassMidstream),
+            ("non-first fragment", later_fragment.bytes(), Stat::PassFragment),
+            ("Ethernet header only", syn[..14].to_vec(), Stat::PassMalformed),
+            ("IP header cut", syn[..14 + 12].to_vec(), Stat::PassMalformed),
+            ("TCP header cut", syn[..14 + 20 + 10].to_vec(), Stat::PassMalformed),
+            ("TTL 1", { let mut p = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN); p.ttl = 1; p.bytes() }, Stat::PassTtl),
+        ];
+        for (name, input, stat) in cases {
+            for prog in ["lb_xdp", "lb_tc"] {
+                let before = lb.stat(stat);
+                let (verdict, out) = lb.run(prog, &input);
+                let pass = if prog == "lb_xdp" { XDP_PASS } else { TC_ACT_OK };
+                assert_eq!(verdict, pass, "{name}: {prog} verdict");
+                assert_eq!(out, input, "{name}: {prog} changed the packet");
+                assert_eq!(lb.stat(stat), before + 1, "{name}: {prog} did not count {}", stat.name());
+            }
+        }
+        // TTL 1 creates the flow before deciding not to forward; nothing else did.
+        assert!(lb.flow_count() <= 2, "only the TTL case may have created a flow");
+    });
+}
+
+#[test]
+fn packets_that_claim_to_be_ours_but_cannot_be_handled_are_dropped_and_counted() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let mut first_fragment = Pkt::udp(sa("10.0.0.2:40001"), sa("10.0.0.1:10001"));
+        first_fragment.frag = 0x2000;
+        let (v, _) = lb.xdp(&first_fragment.bytes());
+        assert_eq!(v, XDP_DROP, "first fragment to a service");
+        assert_eq!(lb.stat(Stat::DropFragment), 1);
+        let (v, _) = lb.tc(&Pkt::tcp(sa("10.0.0.2:40002"), sa("10.0.0.1:10003"), TCP_SYN).bytes());
+        assert_eq!(v, TC_ACT_SHOT, "service without backends");
+        assert_eq!(lb.stat(Stat::DropNoBackend), 1);
+    });
+}
+
+#[test]
+fn full_nat_new_flow_established_and_reply() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let client = sa("10.0.0.2:40000");
+        let vip = sa("10.0.0.1:10000");
+        let syn = Pkt::tcp(client, vip, TCP_SYN);
+
+        // XDP cannot redirect to cali0 yet: it creates the flow and leaves the packet to TC.
+        let (v, out) = lb.xdp(&syn.bytes());
+        assert_eq!((v, &out), (XDP_PASS, &syn.bytes()), "XDP hands over untouched");
+        assert_eq!(lb.stat(Stat::PassToTc), 1);
+        let fwd = lb.flow(key(&syn)).expect("forward entry");
+        assert_eq!(addr_of(fwd.new_dst, fwd.new_dport), sa("192.168.1.11:80"));
+        let nat = addr_of(fwd.new_src, fwd.new_sport);
+        assert!((20000..=30999).contains(&nat.port()), "NAT port {nat} in range");
+        assert!(nat.ip().octets()[0] == 10, "NAT address is an agent address: {nat}");
+
+        // TC finds the flow and redirects to the task with the neighbour's MAC.
+        let (v, out) = lb.tc(&syn.bytes());
+        assert_eq!(v, TC_ACT_REDIRECT);
+        assert_eq!(out, expected(&syn, nat, sa("192.168.1.11:80"), Some((CALI0_MAC, TASK1_MAC))));
+        let seen = read(&out);
+        assert!(seen.ip_checksum_ok && seen.l4_checksum_ok, "{seen:?}");
+
+        // Once cali0 takes XDP frames, XDP forwards on its own; established packets follow the flow.
+        lb.allow_xdp_redirect("cali0");
+        let mut ack = Pkt::tcp(client, vip, TCP_ACK | TCP_PSH);
+        ack.payload = vec![7; 100];
+        let (v, out) = lb.xdp(&ack.bytes());
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(out, expected(&ack, nat, sa("192.168.1.11:80"), Some((CALI0_MAC, TASK1_MAC))));
+
+        // The reply comes back from the task to the NAT address and leaves as the service.
+        let reply = Pkt::tcp(sa("192.168.1.11:80"), nat, TCP_SYN | TCP_ACK);
+        let (v, out) = lb.tc(&reply.bytes());
+        assert_eq!(v, TC_ACT_REDIRECT);
+        assert_eq!(out, expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC))));
+        lb.allow_xdp_redirect("up0");
+        let (v, out) = lb.xdp(&reply.bytes());
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(out, expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC))));
+        assert_eq!(lb.stat(Stat::FlowCreated), 1, "one flow for all of it");
+    });
+}
+
+#[test]
+fn preserve_client_ip_rewrites_only_the_destination() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), true);
+        let client = sa("10.0.0.2:40100");
+        let vip = sa("10.0.0.1:10000");
+        let syn = Pkt::tcp(client, vip, TCP_SYN);
+        let (v, out) = lb.tc(&syn.bytes());
+        assert_eq!(v, TC_ACT_REDIRECT);
+        assert_eq!(out, expected(&syn, client, sa("192.168.1.11:80"), Some((CALI0_MAC, TASK1_MAC))));
+        let reply = Pkt::tcp(sa("192.168.1.11:80"), client, TCP_SYN | TCP_ACK);
+        let (v, out) = lb.tc(&reply.bytes());
+        assert_eq!(v, TC_ACT_REDIRECT);
+        assert_eq!(out, expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC))));
+    });
+}
+
+#[test]
+fn udp_flows_and_checksums() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let client = sa("10.0.0.2:5353");
+        let vip = sa("10.0.0.1:10001");
+        let q = Pkt::udp(client, vip);
+        let (v, out) = lb.tc(&q.bytes());
+        assert_eq!(v, TC_ACT_REDIRECT);
+        let fwd = lb.flow(key(&q)).expect("UDP flow");
+        let nat = addr_of(fwd.new_src, fwd.new_sport);
+        assert_eq!(out, expected(&q, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC))));
+        assert!(read(&out).l4_checksum_ok);
+        // A datagram without checksum keeps none; XDP computes the same as TC.
+        let mut bare = Pkt::udp(client, vip);
+        bare.udp_no_checksum = true;
+        lb.allow_xdp_redirect("cali0");
+        let (v, out) = lb.xdp(&bare.bytes());
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(read(&out).l4_checksum, 0, "UDP checksum 0 stays 0");
+        assert_eq!(out, expected(&bare, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC))));
+        let (v, out) = lb.xdp(&q.bytes());
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(out, expected(&q, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC))));
+    });
+}
+
+#[test]
+fn ip_options_are_handled_at_the_right_offset() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let mut syn = Pkt::tcp(sa("10.0.0.2:40200"), sa("10.0.0.1:10000"), TCP_SYN);
+        syn.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+        let (v, out) = lb.tc(&syn.bytes());
+        assert_eq!(v, TC_ACT_REDIRECT);
+        let fwd = lb.flow(key(&syn)).expect("flow");
+        let nat = addr_of(fwd.new_src, fwd.new_sport);
+        assert_eq!(out, expected(&syn, nat, sa("192.168.1.11:80"), Some((CALI0_MAC, TASK1_MAC))));
+    });
+}
+
+#[test]
+fn unresolved_neighbour_goes_through_the_kernel() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        // Bound service: 10.0.0.5 is not local, yet the exact match applies; its backend
+        // 192.168.1.12 has a route but no neighbour entry.
+        let syn = Pkt::tcp(sa("10.0.0.2:40300"), sa("10.0.0.5:10002"), TCP_SYN);
+        lb.allow_xdp_redirect("cali0");
+        let (v, out) = lb.xdp(&syn.bytes());
+        assert_eq!((v, out), (XDP_PASS, syn.bytes()), "XDP leaves unresolved next hops to TC");
+        let (v, out) = lb.tc(&syn.bytes());
+        assert_eq!(v, TC_ACT_REDIRECT, "bpf_redirect_neigh");
+        let fwd = lb.flow(key(&syn)).expect("flow");
+        let nat = addr_of(fwd.new_src, fwd.new_sport);
+        let mut want = syn.clone();
+        want.ttl -= 1;
+        want.src = nat;
+        want.dst = sa("192.168.1.12:80");
+        assert_eq!(out, want.bytes(), "rewritten, TTL decremented, MACs left to the kernel");
+    });
+}
+
+#[test]
+fn round_robin_spreads_new_flows_and_fin_closes_both_directions() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let backends = ["192.168.1.11:80", "192.168.1.12:80", "192.168.1.13:80"];
+        let mut lb = Lb::new(vec![service("web", None, 10000, Protocol::Tcp, &backends)], false);
+        let mut per = std::collections::BTreeMap::<SocketAddrV4, usize>::new();
+        for i in 0..30 {
+            let syn = Pkt::tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 41000 + i), sa("10.0.0.1:10000"), TCP_SYN);
+            lb.tc(&syn.bytes());
+            let f = lb.flow(key(&syn)).expect("flow");
+            *per.entry(addr_of(f.new_dst, f.new_dport)).or_default() += 1;
+        }
+        assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![10, 10, 10], "{per:?}");
+
+        let client = sa("10.0.0.2:41000");
+        let fin = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_FIN | TCP_ACK);
+        lb.tc(&fin.bytes());
+        let fwd = lb.flow(key(&fin)).expect("flow after FIN");
+        assert_ne!(fwd.flags & lb_common::FLOW_F_CLOSING, 0, "forward entry closing");
+        let rev = lb.flow(FlowKey::peer_of(&fwd, 6)).expect("reply entry");
+        assert_ne!(rev.flags & lb_common::FLOW_F_CLOSING, 0, "reply entry closing");
+        // The client reuses the port: a new connection, possibly to another backend.
+        lb.tc(&Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN).bytes());
+        assert_eq!(lb.stat(Stat::FlowReplaced), 1);
+        let again = lb.flow(key(&fin)).expect("new flow");
+        assert_eq!(again.flags & lb_common::FLOW_F_CLOSING, 0);
+    });
+}
+
+#[test]
+fn source_affinity_keeps_a_client_on_one_backend() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut svc = service("web", None, 10000, Protocol::Tcp, &["192.168.1.11:80", "192.168.1.12:80", "192.168.1.13:80"]);
+        svc.balance = Balance::Source;
+        let mut lb = Lb::new(vec![svc], false);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..10 {
+            let syn = Pkt::tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 42000 + i), sa("10.0.0.1:10000"), TCP_SYN);
+            lb.tc(&syn.bytes());
+            let f = lb.flow(key(&syn)).expect("flow");
+            seen.insert(addr_of(f.new_dst, f.new_dport));
+        }
+        assert_eq!(seen.len(), 1, "one client address, one backend: {seen:?}");
+    });
+}
+
+#[test]
+fn hairpin_to_a_backend_behind_the_same_interface_uses_xdp_tx() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        // A backend reached through the uplink itself (a task on another agent).
+        sh(&format!("ip -n {NS} route add 172.16.0.0/16 via 10.0.0.2"));
+        let mut lb = Lb::new(vec![service("remote", None, 10000, Protocol::Tcp, &["172.16.0.7:80"])], false);
+        lb.allow_xdp_redirect("up0");
+        // In a test run the ingress interface is lo, so XDP_TX is exercised with lo's index.
+        lb.allow_xdp_redirect("lo");
+        let syn = Pkt::tcp(sa("10.0.0.2:40400"), sa("10.0.0.1:10000"), TCP_SYN);
+        let (v, out) = lb.xdp(&syn.bytes());
+        assert_eq!(v, XDP_REDIRECT);
+        let s: Seen = read(&out);
+        assert_eq!((s.dst, s.dst_mac), (sa("172.16.0.7:80"), CLIENT_MAC));
+        assert_ne!(XDP_TX, v, "up0 differs from the ingress (lo)");
+    });
+}
