@@ -218,7 +218,10 @@ fn traffic_that_is_not_ours_passes_byte_identical() {
             ("TTL 1", { let mut p = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN); p.ttl = 1; p.bytes() }, Stat::PassTtl),
         ];
         for (name, input, stat) in cases {
-            for prog in ["lb_xdp", "lb_tc"] {
+            // The kernel's skb test harness itself refuses an IPv4 frame without an IP header,
+            // so that one only reaches the XDP program (which sees raw frames, as on the wire).
+            let progs: &[&str] = if input.len() <= 14 { &["lb_xdp"] } else { &["lb_xdp", "lb_tc"] };
+            for &prog in progs {
                 let before = lb.stat(stat);
                 let (verdict, out) = lb.run(prog, &input);
                 let pass = if prog == "lb_xdp" { XDP_PASS } else { TC_ACT_OK };
