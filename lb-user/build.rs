@@ -12,7 +12,12 @@ use std::{
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap();
-    for dir in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-common/src", "lb-common/Cargo.toml"] {
+    for dir in [
+        "lb-ebpf/src",
+        "lb-ebpf/Cargo.toml",
+        "lb-common/src",
+        "lb-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=LB_BPF_OBJECT");
@@ -35,18 +40,40 @@ fn main() {
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--package", "lb-ebpf", "--bins"])
-        .args(["--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(root)
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        "lb-ebpf",
+        "--bins",
+    ])
+    .args([
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(root)
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // The outer build's compiler settings are for the host toolchain, not this one.
-    for key in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO"] {
+    for key in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO",
+    ] {
         cmd.env_remove(key);
     }
     let status = cmd.status().unwrap_or_else(|e| {
-        panic!("running `rustup run nightly cargo build` for lb-ebpf: {e} (run `cargo xtask setup`)")
+        panic!(
+            "running `rustup run nightly cargo build` for lb-ebpf: {e} (run `cargo xtask setup`)"
+        )
     });
     assert!(
         status.success(),

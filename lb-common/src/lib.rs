@@ -380,7 +380,10 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_limit() {
         for name in ALL_MAPS {
-            assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+            assert!(
+                name.len() <= 15,
+                "{name} is longer than BPF_OBJ_NAME_LEN - 1"
+            );
         }
     }
 
@@ -389,6 +392,9 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.timeout_ns(IPPROTO_UDP, 0), c.udp_timeout_ns);
         assert_eq!(c.timeout_ns(IPPROTO_TCP, 0), c.tcp_timeout_ns);
-        assert_eq!(c.timeout_ns(IPPROTO_TCP, FLOW_F_CLOSING), c.tcp_closing_timeout_ns);
+        assert_eq!(
+            c.timeout_ns(IPPROTO_TCP, FLOW_F_CLOSING),
+            c.tcp_closing_timeout_ns
+        );
     }
 }

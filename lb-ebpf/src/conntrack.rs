@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_CLOSING, FLOW_F_REPLY, Flow,
-    FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE,
-    Service, ServiceKey, Stat,
+    FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, Service,
+    ServiceKey, Stat,
 };
 
 use crate::{
@@ -66,7 +66,12 @@ pub fn track(p: &Parsed, now: u64) -> Result<Flow, Stat> {
 /// Exact (address, port, protocol) first; then the wildcard, if the address is the agent's.
 #[inline(always)]
 fn lookup_service(key: &FlowKey) -> Option<Service> {
-    let mut skey = ServiceKey { addr: key.dst, port: key.dport, proto: key.proto, _pad: 0 };
+    let mut skey = ServiceKey {
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        _pad: 0,
+    };
     // SAFETY: copied out at once.
     if let Some(s) = unsafe { LB_SERVICES.get(&skey) } {
         return Some(*s);
@@ -110,7 +115,9 @@ fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
         let h = u32::from_be(p.key.src).wrapping_mul(0x9e37_79b1);
         (h ^ (h >> 16)).checked_rem(count).unwrap_or(0)
     } else {
-        let cursor = LB_RR.get_ptr_mut(service.id).ok_or(Stat::ErrBackendLookup)?;
+        let cursor = LB_RR
+            .get_ptr_mut(service.id)
+            .ok_or(Stat::ErrBackendLookup)?;
         // SAFETY: array elements are stable for the map's life; the add is atomic (BPF ISA v3
         // fetch-and-add), so concurrent new flows on other CPUs each get their own turn.
         // (The BPF target has no CAS, so core's AtomicU32 is unavailable; the intrinsic is.
@@ -119,9 +126,15 @@ fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
         let turn: u32 = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(cursor, 1) };
         turn.checked_rem(count).unwrap_or(0)
     };
-    let key = BackendKey { service_id: service.id, generation: service.generation, index };
+    let key = BackendKey {
+        service_id: service.id,
+        generation: service.generation,
+        index,
+    };
     // SAFETY: copied out at once.
-    unsafe { LB_BACKENDS.get(&key) }.copied().ok_or(Stat::ErrBackendLookup)
+    unsafe { LB_BACKENDS.get(&key) }
+        .copied()
+        .ok_or(Stat::ErrBackendLookup)
 }
 
 /// Claims `rkey` for a reply entry: free, or held by a flow that has expired.
@@ -191,7 +204,10 @@ fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow,
         let mut claimed = false;
         for _ in 0..NAT_PORT_TRIES {
             // SAFETY: helper without side effects.
-            let port = (min + unsafe { bpf_get_prandom_u32() }.checked_rem(span).unwrap_or(0)) as u16;
+            let port = (min
+                + unsafe { bpf_get_prandom_u32() }
+                    .checked_rem(span)
+                    .unwrap_or(0)) as u16;
             rkey.dport = port.to_be();
             if claim_reply(&rkey, &reply, cfg, now) {
                 claimed = true;

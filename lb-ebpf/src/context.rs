@@ -15,8 +15,15 @@ pub trait Packet: EbpfContext {
     fn pull(&mut self, len: u32);
     /// Updates the TCP/UDP checksum at `off` after a 16- or 32-bit field changed from `old`
     /// to `new` (raw, network order). `pseudo`: the field is in the pseudo-header (an address).
-    fn l4_csum(&mut self, off: usize, old: u32, new: u32, size: u8, pseudo: bool, udp: bool)
-    -> Result<(), Stat>;
+    fn l4_csum(
+        &mut self,
+        off: usize,
+        old: u32,
+        new: u32,
+        size: u8,
+        pseudo: bool,
+        udp: bool,
+    ) -> Result<(), Stat>;
 }
 
 /// The one bounds-checked accessor: a pointer to a `T` at `off`, or `None` past the end.
@@ -68,7 +75,11 @@ impl Packet for XdpContext {
         } else {
             csum::update16(check, old as u16, new as u16)
         };
-        let updated = if udp { csum::udp_fixup(check, updated) } else { updated };
+        let updated = if udp {
+            csum::udp_fixup(check, updated)
+        } else {
+            updated
+        };
         // SAFETY: bounds checked by ptr_at.
         unsafe { p.write_unaligned(updated) };
         Ok(())

@@ -36,14 +36,24 @@ pub fn route<C: Packet>(ctx: &C, p: &Parsed, flow: &Flow, tot_len: u16) -> Route
     params.__bindgen_anon_4.ipv4_dst = flow.new_dst;
     // SAFETY: params is a properly sized, initialised request; ctx is the program's context.
     let ret = unsafe {
-        fib_lookup(ctx.as_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
     match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Route::Neighbour {
             ifindex: params.ifindex,
-            macs: Macs { src: params.smac, dst: params.dmac },
+            macs: Macs {
+                src: params.smac,
+                dst: params.dmac,
+            },
         },
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour { ifindex: params.ifindex },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour {
+            ifindex: params.ifindex,
+        },
         _ => Route::Stack,
     }
 }

@@ -6,9 +6,9 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
-mod context;
-#[cfg(target_arch = "bpf")]
 mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod context;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
@@ -44,6 +44,11 @@ const fn drops(stat: lb_common::Stat) -> bool {
     use lb_common::Stat::*;
     matches!(
         stat,
-        DropFragment | DropNoBackend | DropNatPorts | DropFlowInsert | ErrBackendLookup | ErrRewrite
+        DropFragment
+            | DropNoBackend
+            | DropNatPorts
+            | DropFlowInsert
+            | ErrBackendLookup
+            | ErrRewrite
     )
 }

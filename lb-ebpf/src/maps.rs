@@ -18,12 +18,10 @@ pub static LB_BACKENDS: HashMap<BackendKey, Backend, { MAX_BACKEND_SLOTS as usiz
     HashMap::new();
 
 #[btf_map]
-pub static LB_FLOWS: LruHashMap<FlowKey, Flow, { MAX_FLOW_ENTRIES as usize }> =
-    LruHashMap::new();
+pub static LB_FLOWS: LruHashMap<FlowKey, Flow, { MAX_FLOW_ENTRIES as usize }> = LruHashMap::new();
 
 #[btf_map]
-pub static LB_LOCAL_ADDRS: HashMap<u32, LocalAddr, { MAX_LOCAL_ADDRS as usize }> =
-    HashMap::new();
+pub static LB_LOCAL_ADDRS: HashMap<u32, LocalAddr, { MAX_LOCAL_ADDRS as usize }> = HashMap::new();
 
 #[btf_map]
 pub static LB_XDP_TX: HashMap<u32, u32, { MAX_XDP_TX as usize }> = HashMap::new();
@@ -38,8 +36,7 @@ pub static LB_RR: Array<u32, { MAX_SERVICES as usize }> = Array::new();
 pub static LB_SVC_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
 #[btf_map]
-pub static LB_BE_STATS: PerCpuArray<Counters, { MAX_BACKEND_IDS as usize }> =
-    PerCpuArray::new();
+pub static LB_BE_STATS: PerCpuArray<Counters, { MAX_BACKEND_IDS as usize }> = PerCpuArray::new();
 
 #[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();

@@ -5,8 +5,8 @@ use lb_common::{Flow, Stat, csum};
 use crate::{
     context::{Packet, ptr_at},
     parse::{
-        ETH_DST_OFF, ETH_SRC_OFF, IP_CHECK_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF,
-        L4_DPORT_OFF, L4_SPORT_OFF, Parsed,
+        ETH_DST_OFF, ETH_SRC_OFF, IP_CHECK_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF, L4_DPORT_OFF,
+        L4_SPORT_OFF, Parsed,
     },
 };
 

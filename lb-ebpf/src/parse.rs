@@ -67,7 +67,12 @@ impl Parsed {
 
     #[inline(always)]
     pub const fn l4_check_off(&self) -> usize {
-        self.l4_off + if self.is_udp() { UDP_CHECK_OFF } else { TCP_CHECK_OFF }
+        self.l4_off
+            + if self.is_udp() {
+                UDP_CHECK_OFF
+            } else {
+                TCP_CHECK_OFF
+            }
     }
 
     /// A connection attempt: SYN without ACK.
@@ -115,7 +120,11 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
     }
     let first_fragment = frags & IP_MF != 0;
     let l4_off = ETH_LEN + ihl;
-    let l4_len = if proto == IPPROTO_TCP { size_of::<TcpHdr>() } else { size_of::<UdpHdr>() };
+    let l4_len = if proto == IPPROTO_TCP {
+        size_of::<TcpHdr>()
+    } else {
+        size_of::<UdpHdr>()
+    };
     // A first fragment may be too short for the whole L4 header; only its ports matter then.
     if (tot_len as usize) < ihl + l4_len && !first_fragment {
         return Err(Stat::PassMalformed);

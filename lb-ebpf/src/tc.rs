@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::Stat;
 
 use crate::{
-    context::Packet,
     conntrack,
+    context::Packet,
     forward::{self, Route},
     maps::{count, count_traffic},
     nat::{self, Hop},
@@ -23,14 +23,22 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(stat) => {
             count(stat);
-            if crate::drops(stat) { TC_ACT_SHOT } else { TC_ACT_OK }
+            if crate::drops(stat) {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_OK
+            }
         }
     }
 }
 
 #[inline(always)]
 fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
-    let want = if ctx.len() < MAX_HEADERS { ctx.len() } else { MAX_HEADERS };
+    let want = if ctx.len() < MAX_HEADERS {
+        ctx.len()
+    } else {
+        MAX_HEADERS
+    };
     ctx.pull(want);
     let p = parse(&ctx)?;
     // SAFETY: helper without side effects.

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::Stat;
 
 use crate::{
-    context::Packet,
     conntrack,
+    context::Packet,
     forward::{self, Route},
     maps::{LB_XDP_TX, count, count_traffic},
     nat::{self, Hop},
@@ -23,7 +23,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(stat) => {
             count(stat);
-            if crate::drops(stat) { XDP_DROP } else { XDP_PASS }
+            if crate::drops(stat) {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            }
         }
     }
 }

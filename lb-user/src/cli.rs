@@ -8,7 +8,11 @@ use crate::dataplane::attach::Hook;
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 
 #[derive(Debug, Parser)]
-#[command(name = "lb", version, about = "L4 load balancer for Mesos public agents: Marathon services in XDP/TC")]
+#[command(
+    name = "lb",
+    version,
+    about = "L4 load balancer for Mesos public agents: Marathon services in XDP/TC"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -112,9 +116,17 @@ pub struct RunArgs {
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
-    let a: u16 = a.trim().parse().map_err(|_| format!("{a:?} is not a port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("{b:?} is not a port"))?;
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a port"))?;
     if a == 0 || a > b {
         return Err(format!("{s:?}: need 1 <= MIN <= MAX <= 65535"));
     }
@@ -123,7 +135,10 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 
 /// `/run/lb/<pin path with / as _>.json`: one state file per pin path, found by `lb status`.
 pub fn default_state_file(pin_path: &std::path::Path) -> PathBuf {
-    let name = pin_path.to_string_lossy().trim_matches('/').replace('/', "_");
+    let name = pin_path
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "_");
     PathBuf::from("/run/lb").join(format!("{name}.json"))
 }
 
@@ -142,7 +157,10 @@ mod tests {
 
     #[test]
     fn state_file_follows_pin_path() {
-        assert_eq!(default_state_file("/sys/fs/bpf/lb".as_ref()), PathBuf::from("/run/lb/sys_fs_bpf_lb.json"));
+        assert_eq!(
+            default_state_file("/sys/fs/bpf/lb".as_ref()),
+            PathBuf::from("/run/lb/sys_fs_bpf_lb.json")
+        );
     }
 
     #[test]

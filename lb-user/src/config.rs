@@ -14,11 +14,21 @@ use crate::services::{Balance, Desired, Listener, Protocol, ServiceSpec};
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid JSON for a services file: {source}")]
-    Syntax { path: String, source: serde_json::Error },
+    Syntax {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("{path}: {field}: {problem}")]
-    Invalid { path: String, field: String, problem: String },
+    Invalid {
+        path: String,
+        field: String,
+        problem: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -43,15 +53,24 @@ struct RawService {
 
 pub fn load(path: &Path) -> Result<Desired, ConfigError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: p.clone(),
+        source,
+    })?;
     parse(&text, &p)
 }
 
 /// Parses and validates a services file; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Desired, ConfigError> {
-    let file: File = serde_json::from_str(text)
-        .map_err(|source| ConfigError::Syntax { path: origin.to_owned(), source })?;
-    let invalid = |field: String, problem: String| ConfigError::Invalid { path: origin.to_owned(), field, problem };
+    let file: File = serde_json::from_str(text).map_err(|source| ConfigError::Syntax {
+        path: origin.to_owned(),
+        source,
+    })?;
+    let invalid = |field: String, problem: String| ConfigError::Invalid {
+        path: origin.to_owned(),
+        field,
+        problem,
+    };
     let mut services = Vec::new();
     let mut names = BTreeSet::new();
     let mut listeners = BTreeSet::new();
@@ -61,16 +80,29 @@ pub fn parse(text: &str, origin: &str) -> Result<Desired, ConfigError> {
             return Err(invalid(at("name"), "must not be empty".into()));
         }
         if !names.insert(raw.name.clone()) {
-            return Err(invalid(at("name"), format!("{:?} is used by an earlier service", raw.name)));
+            return Err(invalid(
+                at("name"),
+                format!("{:?} is used by an earlier service", raw.name),
+            ));
         }
         let port = match raw.port.as_u64() {
             Some(p @ 1..=65535) => p as u16,
-            _ => return Err(invalid(at("port"), format!("{} is not a port (1-65535)", raw.port))),
+            _ => {
+                return Err(invalid(
+                    at("port"),
+                    format!("{} is not a port (1-65535)", raw.port),
+                ));
+            }
         };
         let protocol = match raw.protocol.as_deref().unwrap_or("tcp") {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
-            other => return Err(invalid(at("protocol"), format!("{other:?} is not \"tcp\" or \"udp\""))),
+            other => {
+                return Err(invalid(
+                    at("protocol"),
+                    format!("{other:?} is not \"tcp\" or \"udp\""),
+                ));
+            }
         };
         let bind = match raw.bind.as_deref() {
             None => None,
@@ -84,7 +116,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Desired, ConfigError> {
             "roundrobin" => Balance::RoundRobin,
             "source" => Balance::Source,
             other => {
-                return Err(invalid(at("balance"), format!("{other:?} is not \"roundrobin\" or \"source\"")));
+                return Err(invalid(
+                    at("balance"),
+                    format!("{other:?} is not \"roundrobin\" or \"source\""),
+                ));
             }
         };
         let mut backends = Vec::with_capacity(raw.backends.len());
@@ -101,9 +136,16 @@ pub fn parse(text: &str, origin: &str) -> Result<Desired, ConfigError> {
         }
         backends.sort();
         backends.dedup();
-        let listener = Listener { bind, port, protocol };
+        let listener = Listener {
+            bind,
+            port,
+            protocol,
+        };
         if !listeners.insert(listener) {
-            return Err(invalid(at("port"), format!("{listener} is already served by an earlier service")));
+            return Err(invalid(
+                at("port"),
+                format!("{listener} is already served by an earlier service"),
+            ));
         }
         services.push(ServiceSpec {
             name: raw.name,
@@ -123,7 +165,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse(text, "t.json").expect_err("should be rejected").to_string()
+        parse(text, "t.json")
+            .expect_err("should be rejected")
+            .to_string()
     }
 
     #[test]
@@ -138,35 +182,72 @@ mod tests {
         assert_eq!(d.services.len(), 2);
         let web = d.services.iter().find(|s| s.name == "web_10000").unwrap();
         assert_eq!(web.listener.bind, Some("10.0.0.5".parse().unwrap()));
-        assert_eq!(web.backends, vec!["192.168.57.66:80".parse().unwrap(), "192.168.84.196:80".parse().unwrap()]);
+        assert_eq!(
+            web.backends,
+            vec![
+                "192.168.57.66:80".parse().unwrap(),
+                "192.168.84.196:80".parse().unwrap()
+            ]
+        );
         let dns = d.services.iter().find(|s| s.name == "dns").unwrap();
-        assert_eq!((dns.listener.bind, dns.listener.protocol), (None, Protocol::Udp));
+        assert_eq!(
+            (dns.listener.bind, dns.listener.protocol),
+            (None, Protocol::Udp)
+        );
     }
 
     #[test]
     fn errors_name_the_field_and_value() {
         let e = err(r#"{"services": [{"name": "a", "port": 70000, "backends": []}]}"#);
         assert!(e.contains("services[0].port") && e.contains("70000"), "{e}");
-        let e = err(r#"{"services": [{"name": "a", "port": 1, "backends": ["1.2.3.4:80", "1.2.3.400:80"]}]}"#);
-        assert!(e.contains("services[0].backends[1]") && e.contains("1.2.3.400:80"), "{e}");
-        let e = err(r#"{"services": [{"name": "a", "port": 1, "protocol": "sctp", "backends": []}]}"#);
-        assert!(e.contains("services[0].protocol") && e.contains("sctp"), "{e}");
-        let e = err(r#"{"services": [{"name": "a", "port": 1, "bind": "example", "backends": []}]}"#);
-        assert!(e.contains("services[0].bind") && e.contains("example"), "{e}");
+        let e = err(
+            r#"{"services": [{"name": "a", "port": 1, "backends": ["1.2.3.4:80", "1.2.3.400:80"]}]}"#,
+        );
+        assert!(
+            e.contains("services[0].backends[1]") && e.contains("1.2.3.400:80"),
+            "{e}"
+        );
+        let e =
+            err(r#"{"services": [{"name": "a", "port": 1, "protocol": "sctp", "backends": []}]}"#);
+        assert!(
+            e.contains("services[0].protocol") && e.contains("sctp"),
+            "{e}"
+        );
+        let e =
+            err(r#"{"services": [{"name": "a", "port": 1, "bind": "example", "backends": []}]}"#);
+        assert!(
+            e.contains("services[0].bind") && e.contains("example"),
+            "{e}"
+        );
         let e = err(r#"{"services": [{"name": "a", "port": "80", "backends": []}]}"#);
-        assert!(e.contains("services[0].port") && e.contains("\"80\""), "{e}");
-        let e = err(r#"{"services": [{"name": "a", "port": 1, "balance": "leastconn", "backends": []}]}"#);
-        assert!(e.contains("services[0].balance") && e.contains("leastconn"), "{e}");
+        assert!(
+            e.contains("services[0].port") && e.contains("\"80\""),
+            "{e}"
+        );
+        let e = err(
+            r#"{"services": [{"name": "a", "port": 1, "balance": "leastconn", "backends": []}]}"#,
+        );
+        assert!(
+            e.contains("services[0].balance") && e.contains("leastconn"),
+            "{e}"
+        );
         let e = err(r#"{"services": [{"name": "a", "port": 1, "backends": ["1.2.3.4:0"]}]}"#);
         assert!(e.contains("backends[0]"), "{e}");
     }
 
     #[test]
     fn conflicts_and_unknown_fields_are_rejected() {
-        let e = err(r#"{"services": [{"name": "a", "port": 1, "backends": []}, {"name": "a", "port": 2, "backends": []}]}"#);
+        let e = err(
+            r#"{"services": [{"name": "a", "port": 1, "backends": []}, {"name": "a", "port": 2, "backends": []}]}"#,
+        );
         assert!(e.contains("services[1].name"), "{e}");
-        let e = err(r#"{"services": [{"name": "a", "port": 1, "backends": []}, {"name": "b", "port": 1, "backends": []}]}"#);
-        assert!(e.contains("services[1].port") && e.contains("*:1/tcp"), "{e}");
+        let e = err(
+            r#"{"services": [{"name": "a", "port": 1, "backends": []}, {"name": "b", "port": 1, "backends": []}]}"#,
+        );
+        assert!(
+            e.contains("services[1].port") && e.contains("*:1/tcp"),
+            "{e}"
+        );
         let e = err(r#"{"services": [{"name": "a", "port": 1, "bakends": []}]}"#);
         assert!(e.contains("bakends"), "{e}");
         let e = err("not json");

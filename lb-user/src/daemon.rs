@@ -45,7 +45,11 @@ pub struct Daemon {
 
 pub fn data_plane_config(args: &RunArgs) -> Config {
     Config {
-        flags: if args.preserve_client_ip { CFG_F_PRESERVE_CLIENT_IP } else { 0 },
+        flags: if args.preserve_client_ip {
+            CFG_F_PRESERVE_CLIENT_IP
+        } else {
+            0
+        },
         nat_port_min: args.nat_port_range.0,
         nat_port_max: args.nat_port_range.1,
         tcp_timeout_ns: args.tcp_timeout * 1_000_000_000,
@@ -62,7 +66,10 @@ impl Daemon {
         let adopting = layout.exists();
         let caps = Capacities {
             services: args.max_services,
-            backend_slots: args.max_services.saturating_mul(16).max(lb_common::MAX_BACKEND_SLOTS),
+            backend_slots: args
+                .max_services
+                .saturating_mul(16)
+                .max(lb_common::MAX_BACKEND_SLOTS),
             backend_ids: args.max_backends,
             flow_entries: args.max_flows.saturating_mul(2),
         };
@@ -85,13 +92,21 @@ impl Daemon {
         if attacher.attached.is_empty() {
             warn!(patterns = ?args.ifaces, "no interface matches yet; attaching as they appear");
         }
-        let state_file = args.state_file.clone().unwrap_or_else(|| default_state_file(&args.pin.pin_path));
+        let state_file = args
+            .state_file
+            .clone()
+            .unwrap_or_else(|| default_state_file(&args.pin.pin_path));
         let state = DaemonState {
             pid: std::process::id(),
             running: true,
             started_at: unix_now(),
             hook: format!("{:?}", args.hook).to_lowercase(),
-            mode: if args.preserve_client_ip { "dnat" } else { "full-nat" }.into(),
+            mode: if args.preserve_client_ip {
+                "dnat"
+            } else {
+                "full-nat"
+            }
+            .into(),
             flow_capacity: args.max_flows as u64,
             ..Default::default()
         };
@@ -110,7 +125,13 @@ impl Daemon {
     pub fn apply(&mut self, desired: Desired) -> Result<()> {
         let report = self.writer.apply(&mut self.ebpf, &desired)?;
         if report != Default::default() {
-            info!(added = report.added, changed = report.changed, removed = report.removed, unchanged = report.unchanged, "services applied");
+            info!(
+                added = report.added,
+                changed = report.changed,
+                removed = report.removed,
+                unchanged = report.unchanged,
+                "services applied"
+            );
         }
         self.desired = desired;
         self.save_state();
@@ -132,8 +153,10 @@ impl Daemon {
             flows::sum_stats(&m)
         };
         let (report, backends_in_use, _services) = {
-            let mut m: HashMap<_, FlowKey, Flow> = HashMap::try_from(map(&mut self.ebpf, MAP_FLOWS)?)?;
-            self.sweeper.sweep(&mut m, &stats, &self.cfg, monotonic_ns())
+            let mut m: HashMap<_, FlowKey, Flow> =
+                HashMap::try_from(map(&mut self.ebpf, MAP_FLOWS)?)?;
+            self.sweeper
+                .sweep(&mut m, &stats, &self.cfg, monotonic_ns())
         };
         self.writer.tick(&mut self.ebpf, &backends_in_use)?;
         self.state.flow_entries = report.entries;
@@ -173,7 +196,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let mut d = Daemon::start(&args)?;
-    d.state.sync = SyncView { source: "config".into(), ..Default::default() };
+    d.state.sync = SyncView {
+        source: "config".into(),
+        ..Default::default()
+    };
     if let Some(desired) = initial {
         d.apply(desired)?;
         d.state.sync.last_full_sync = Some(unix_now());

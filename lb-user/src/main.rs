@@ -49,7 +49,10 @@ fn main() -> Result<()> {
             let removed = attach::detach_all(&layout)?;
             let _ = std::fs::remove_file(default_state_file(&p.pin_path));
             if removed.is_empty() {
-                println!("nothing attached under {}; pinned maps removed", p.pin_path.display());
+                println!(
+                    "nothing attached under {}; pinned maps removed",
+                    p.pin_path.display()
+                );
             } else {
                 println!("detached: {}", removed.join(", "));
             }

@@ -15,7 +15,10 @@ pub struct Answer {
 impl Answer {
     fn parse(body: &str) -> Result<Self, String> {
         let mut words = body.split_whitespace();
-        let task = words.next().ok_or_else(|| format!("empty answer {body:?}"))?.to_owned();
+        let task = words
+            .next()
+            .ok_or_else(|| format!("empty answer {body:?}"))?
+            .to_owned();
         let peer = words
             .next()
             .and_then(|w| w.strip_prefix("peer="))
@@ -32,12 +35,19 @@ impl Answer {
 
 /// One HTTP/1.0 request on a new TCP connection; returns the body.
 pub fn http_get(target: SocketAddrV4, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect_timeout(&target.into(), timeout).map_err(|e| format!("connect {target}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n").map_err(|e| format!("send to {target}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&target.into(), timeout)
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n")
+        .map_err(|e| format!("send to {target}: {e}"))?;
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| format!("read from {target}: {e}"))?;
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("no header end from {target}"))?;
+    s.read_to_end(&mut resp)
+        .map_err(|e| format!("read from {target}: {e}"))?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no header end from {target}"))?;
     Ok(resp[split + 4..].to_vec())
 }
 
@@ -50,11 +60,16 @@ pub fn tcp_ask(target: SocketAddrV4, timeout: Duration) -> Result<Answer, String
 /// Asks a service over UDP (a new flow per call: a fresh socket, so a fresh source port).
 pub fn udp_ask(target: SocketAddrV4, timeout: Duration) -> Result<Answer, String> {
     let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.connect(target).map_err(|e| format!("connect {target}: {e}"))?;
-    s.send(b"who?").map_err(|e| format!("send to {target}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.connect(target)
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    s.send(b"who?")
+        .map_err(|e| format!("send to {target}: {e}"))?;
     let mut buf = [0u8; 512];
-    let n = s.recv(&mut buf).map_err(|e| format!("no UDP answer from {target}: {e}"))?;
+    let n = s
+        .recv(&mut buf)
+        .map_err(|e| format!("no UDP answer from {target}: {e}"))?;
     Answer::parse(&String::from_utf8_lossy(&buf[..n]))
 }
 
@@ -64,8 +79,15 @@ pub fn fetch_and_check(target: SocketAddrV4, n: usize, timeout: Duration) -> Res
     if body.len() != n {
         return Err(format!("got {} bytes of {n}", body.len()));
     }
-    match body.iter().enumerate().find(|(i, b)| **b != crate::pattern(*i)) {
-        Some((i, b)) => Err(format!("byte {i} is {b:#x}, expected {:#x}", crate::pattern(i))),
+    match body
+        .iter()
+        .enumerate()
+        .find(|(i, b)| **b != crate::pattern(*i))
+    {
+        Some((i, b)) => Err(format!(
+            "byte {i} is {b:#x}, expected {:#x}",
+            crate::pattern(i)
+        )),
         None => Ok(()),
     }
 }

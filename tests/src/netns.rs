@@ -26,7 +26,9 @@ pub const TASK_PORT: u16 = 80;
 
 fn run(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
     assert!(
         out.status.success(),
         "{shown} failed: {}{}",
@@ -46,9 +48,16 @@ pub fn bin(name: &str, env: &str) -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run the tests through `cargo xtask test` (or set {env})", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run the tests through `cargo xtask test` (or set {env})",
+        p.display()
+    );
     p
 }
 
@@ -70,43 +79,75 @@ pub struct Topology {
 impl Topology {
     /// Builds the topology; namespaces are named `<prefix>-<role>`.
     pub fn new(prefix: &str) -> Self {
-        let mut t = Self { prefix: prefix.to_owned(), bpffs: PathBuf::from(format!("/run/{prefix}-bpf")), procs: Vec::new() };
+        let mut t = Self {
+            prefix: prefix.to_owned(),
+            bpffs: PathBuf::from(format!("/run/{prefix}-bpf")),
+            procs: Vec::new(),
+        };
         t.teardown();
         let p = prefix;
         for role in ["client", "agent", "agent2", "t1", "t2", "t3"] {
             ip(&format!("netns add {p}-{role}"));
             ip(&format!("-n {p}-{role} link set lo up"));
         }
-        ip(&format!("link add eth0 netns {p}-client type veth peer name eth0 netns {p}-agent"));
+        ip(&format!(
+            "link add eth0 netns {p}-client type veth peer name eth0 netns {p}-agent"
+        ));
         ip(&format!("-n {p}-client addr add {CLIENT}/24 dev eth0"));
         ip(&format!("-n {p}-agent addr add {AGENT}/24 dev eth0"));
-        ip(&format!("link add eth1 netns {p}-agent type veth peer name eth0 netns {p}-agent2"));
-        ip(&format!("-n {p}-agent addr add {AGENT_BACKNET}/24 dev eth1"));
+        ip(&format!(
+            "link add eth1 netns {p}-agent type veth peer name eth0 netns {p}-agent2"
+        ));
+        ip(&format!(
+            "-n {p}-agent addr add {AGENT_BACKNET}/24 dev eth1"
+        ));
         ip(&format!("-n {p}-agent2 addr add {AGENT2}/24 dev eth0"));
-        for (ns, dev) in [("client", "eth0"), ("agent", "eth0"), ("agent", "eth1"), ("agent2", "eth0")] {
+        for (ns, dev) in [
+            ("client", "eth0"),
+            ("agent", "eth0"),
+            ("agent", "eth1"),
+            ("agent2", "eth0"),
+        ] {
             ip(&format!("-n {p}-{ns} link set {dev} up"));
         }
         // The client reaches task IPs directly through the agent (to show they are undisturbed);
         // the agent's default route points at the client side, as a public agent's would.
-        ip(&format!("-n {p}-client route add 192.168.0.0/16 via {AGENT}"));
+        ip(&format!(
+            "-n {p}-client route add 192.168.0.0/16 via {AGENT}"
+        ));
         ip(&format!("-n {p}-agent route add default via {CLIENT}"));
-        ip(&format!("-n {p}-agent route add 192.168.2.0/24 via {AGENT2}"));
-        ip(&format!("-n {p}-agent2 route add default via {AGENT_BACKNET}"));
+        ip(&format!(
+            "-n {p}-agent route add 192.168.2.0/24 via {AGENT2}"
+        ));
+        ip(&format!(
+            "-n {p}-agent2 route add default via {AGENT_BACKNET}"
+        ));
         for ns in ["agent", "agent2"] {
             t.sh(ns, "sysctl -qw net.ipv4.ip_forward=1");
         }
         for (task, addr, host, cali) in TASKS {
-            ip(&format!("link add {cali} netns {p}-{host} type veth peer name eth0 netns {p}-{task}"));
+            ip(&format!(
+                "link add {cali} netns {p}-{host} type veth peer name eth0 netns {p}-{task}"
+            ));
             ip(&format!("-n {p}-{task} addr add {addr}/32 dev eth0"));
             ip(&format!("-n {p}-{task} link set eth0 up"));
-            ip(&format!("-n {p}-{task} route add 169.254.1.1 dev eth0 scope link"));
-            ip(&format!("-n {p}-{task} route add default via 169.254.1.1 dev eth0 onlink"));
+            ip(&format!(
+                "-n {p}-{task} route add 169.254.1.1 dev eth0 scope link"
+            ));
+            ip(&format!(
+                "-n {p}-{task} route add default via 169.254.1.1 dev eth0 onlink"
+            ));
             ip(&format!("-n {p}-{host} link set {cali} up"));
-            t.sh(host, &format!("sysctl -qw net.ipv4.conf.{cali}.proxy_arp=1"));
+            t.sh(
+                host,
+                &format!("sysctl -qw net.ipv4.conf.{cali}.proxy_arp=1"),
+            );
             ip(&format!("-n {p}-{host} route add {addr}/32 dev {cali}"));
         }
         fs::create_dir_all(&t.bpffs).expect("create bpffs mount point");
-        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&t.bpffs));
+        run(Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&t.bpffs));
         t
     }
 
@@ -120,7 +161,8 @@ impl Topology {
 
     /// Runs a shell command in a namespace; panics with its output if it fails.
     pub fn sh(&self, role: &str, script: &str) -> String {
-        let out = run(Command::new("ip").args(["netns", "exec", &self.ns(role), "sh", "-c", script]));
+        let out =
+            run(Command::new("ip").args(["netns", "exec", &self.ns(role), "sh", "-c", script]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -133,13 +175,20 @@ impl Topology {
 
     /// Starts a long-running process that is killed when the topology goes.
     pub fn spawn(&mut self, label: &str, mut cmd: Command) {
-        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawning {label}: {e}"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {label}: {e}"));
         self.procs.push((label.to_owned(), child));
     }
 
     /// Stops a process started with `spawn` by SIGTERM (as systemd would), waiting for it.
     pub fn stop(&mut self, label: &str) -> std::process::ExitStatus {
-        let i = self.procs.iter().position(|(l, _)| l == label).unwrap_or_else(|| panic!("no process {label}"));
+        let i = self
+            .procs
+            .iter()
+            .position(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no process {label}"));
         let (_, mut child) = self.procs.remove(i);
         // SAFETY: signalling a child we started.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -148,7 +197,10 @@ impl Topology {
             if let Some(st) = child.try_wait().expect("wait") {
                 return st;
             }
-            assert!(Instant::now() < deadline, "{label} did not stop within 10 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "{label} did not stop within 10 s of SIGTERM"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -160,7 +212,9 @@ impl Topology {
             c.arg(task).arg(TASK_PORT.to_string());
             self.spawn(task, c);
             let target = SocketAddrV4::new(addr, TASK_PORT);
-            let ok = in_netns(&self.ns("client"), move || wait_tcp(target, Duration::from_secs(10)));
+            let ok = in_netns(&self.ns("client"), move || {
+                wait_tcp(target, Duration::from_secs(10))
+            });
             assert!(ok, "task {task} at {target} did not come up");
         }
     }
@@ -171,7 +225,9 @@ impl Topology {
             let _ = c.wait();
         }
         for role in ["client", "agent", "agent2", "t1", "t2", "t3"] {
-            let _ = Command::new("ip").args(["netns", "del", &format!("{}-{role}", self.prefix)]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("{}-{role}", self.prefix)])
+                .output();
         }
         let _ = Command::new("umount").arg("-l").arg(&self.bpffs).output();
         let _ = fs::remove_dir(&self.bpffs);

@@ -47,7 +47,10 @@ impl Pkt {
     }
 
     pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
-        Self { tcp_flags: flags, ..Self::new(6, src, dst) }
+        Self {
+            tcp_flags: flags,
+            ..Self::new(6, src, dst)
+        }
     }
 
     pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {

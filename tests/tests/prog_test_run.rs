@@ -39,8 +39,15 @@ fn sa(s: &str) -> SocketAddrV4 {
 }
 
 fn sh(script: &str) {
-    let out = Command::new("sh").args(["-c", script]).output().expect("sh");
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The namespace every table runs in; removed again when dropped.
@@ -76,10 +83,20 @@ struct Lb {
     ebpf: Ebpf,
 }
 
-fn service(name: &str, bind: Option<&str>, port: u16, protocol: Protocol, backends: &[&str]) -> ServiceSpec {
+fn service(
+    name: &str,
+    bind: Option<&str>,
+    port: u16,
+    protocol: Protocol,
+    backends: &[&str],
+) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
-        listener: Listener { bind: bind.map(|b| b.parse().unwrap()), port, protocol },
+        listener: Listener {
+            bind: bind.map(|b| b.parse().unwrap()),
+            port,
+            protocol,
+        },
         balance: Balance::RoundRobin,
         app_id: None,
         port_index: None,
@@ -95,7 +112,14 @@ impl Lb {
         xdp.load().expect("verifier accepts lb_xdp");
         let tc: &mut SchedClassifier = ebpf.program_mut("lb_tc").unwrap().try_into().unwrap();
         tc.load().expect("verifier accepts lb_tc");
-        let cfg = Config { flags: if preserve { CFG_F_PRESERVE_CLIENT_IP } else { 0 }, ..Config::default() };
+        let cfg = Config {
+            flags: if preserve {
+                CFG_F_PRESERVE_CLIENT_IP
+            } else {
+                0
+            },
+            ..Config::default()
+        };
         writer::write_config(&mut ebpf, &cfg).unwrap();
         writer::write_local_addrs(&mut ebpf, &ifaces::ipv4_addresses()).unwrap();
         let mut w = writer::Writer::adopt(&mut ebpf, &Default::default()).unwrap();
@@ -105,13 +129,18 @@ impl Lb {
 
     fn allow_xdp_redirect(&mut self, ifname: &str) {
         let idx = ifaces::list()[ifname].index;
-        let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.ebpf.map_mut(MAP_XDP_TX).unwrap()).unwrap();
+        let mut m: HashMap<_, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_XDP_TX).unwrap()).unwrap();
         m.insert(idx, 1, 0).unwrap();
     }
 
     fn run(&mut self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; input.len() + 256];
-        let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() };
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        };
         let res = if prog == "lb_xdp" {
             let p: &mut Xdp = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
             p.test_run(opts)
@@ -133,17 +162,20 @@ impl Lb {
     }
 
     fn flow(&mut self, key: FlowKey) -> Option<Flow> {
-        let m: HashMap<_, FlowKey, Flow> = HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        let m: HashMap<_, FlowKey, Flow> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
         m.get(&key, 0).ok()
     }
 
     fn flow_count(&mut self) -> usize {
-        let m: HashMap<_, FlowKey, Flow> = HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        let m: HashMap<_, FlowKey, Flow> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
         m.keys().count()
     }
 
     fn stat(&mut self, s: Stat) -> u64 {
-        let m = aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(lb_common::MAP_STATS).unwrap()).unwrap();
+        let m = aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(lb_common::MAP_STATS).unwrap())
+            .unwrap();
         sum_stats(&m)[s as usize]
     }
 }
@@ -164,7 +196,12 @@ fn addr_of(raw_ip: u32, raw_port: u16) -> SocketAddrV4 {
 }
 
 /// The packet `p` as it must leave after a rewrite to `src`/`dst`, routed (TTL-1, MACs) or not.
-fn expected(p: &Pkt, src: SocketAddrV4, dst: SocketAddrV4, macs: Option<([u8; 6], [u8; 6])>) -> Vec<u8> {
+fn expected(
+    p: &Pkt,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    macs: Option<([u8; 6], [u8; 6])>,
+) -> Vec<u8> {
     let mut e = p.clone();
     e.src = src;
     e.dst = dst;
@@ -180,7 +217,13 @@ fn web() -> Vec<ServiceSpec> {
     vec![
         service("web", None, 10000, Protocol::Tcp, &["192.168.1.11:80"]),
         service("dns", None, 10001, Protocol::Udp, &["192.168.1.11:53"]),
-        service("bound", Some("10.0.0.5"), 10002, Protocol::Tcp, &["192.168.1.12:80"]),
+        service(
+            "bound",
+            Some("10.0.0.5"),
+            10002,
+            Protocol::Tcp,
+            &["192.168.1.12:80"],
+        ),
         service("empty", None, 10003, Protocol::Tcp, &[]),
     ]
 }
@@ -207,31 +250,87 @@ fn traffic_that_is_not_ours_passes_byte_identical() {
             ("ARP", arp.bytes(), Stat::PassNotIpv4),
             ("IPv6 ethertype", v6.bytes(), Stat::PassNotIpv4),
             ("ICMP", icmp.bytes(), Stat::PassNotL4),
-            ("unknown port", Pkt::tcp(client, sa("10.0.0.1:9999"), TCP_SYN).bytes(), Stat::PassNotService),
-            ("service port on a task IP", Pkt::tcp(client, sa("192.168.1.11:10000"), TCP_SYN).bytes(), Stat::PassNotService),
-            ("bound service on another address", Pkt::tcp(client, sa("10.0.0.1:10002"), TCP_SYN).bytes(), Stat::PassNotService),
-            ("ACK without a flow", Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_ACK).bytes(), Stat::PassMidstream),
-            ("non-first fragment", later_fragment.bytes(), Stat::PassFragment),
-            ("Ethernet header only", syn[..14].to_vec(), Stat::PassMalformed),
-            ("IP header cut", syn[..14 + 12].to_vec(), Stat::PassMalformed),
-            ("TCP header cut", syn[..14 + 20 + 10].to_vec(), Stat::PassMalformed),
-            ("TTL 1", { let mut p = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN); p.ttl = 1; p.bytes() }, Stat::PassTtl),
+            (
+                "unknown port",
+                Pkt::tcp(client, sa("10.0.0.1:9999"), TCP_SYN).bytes(),
+                Stat::PassNotService,
+            ),
+            (
+                "service port on a task IP",
+                Pkt::tcp(client, sa("192.168.1.11:10000"), TCP_SYN).bytes(),
+                Stat::PassNotService,
+            ),
+            (
+                "bound service on another address",
+                Pkt::tcp(client, sa("10.0.0.1:10002"), TCP_SYN).bytes(),
+                Stat::PassNotService,
+            ),
+            (
+                "ACK without a flow",
+                Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_ACK).bytes(),
+                Stat::PassMidstream,
+            ),
+            (
+                "non-first fragment",
+                later_fragment.bytes(),
+                Stat::PassFragment,
+            ),
+            (
+                "Ethernet header only",
+                syn[..14].to_vec(),
+                Stat::PassMalformed,
+            ),
+            (
+                "IP header cut",
+                syn[..14 + 12].to_vec(),
+                Stat::PassMalformed,
+            ),
+            (
+                "TCP header cut",
+                syn[..14 + 20 + 10].to_vec(),
+                Stat::PassMalformed,
+            ),
+            (
+                "TTL 1",
+                {
+                    let mut p = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN);
+                    p.ttl = 1;
+                    p.bytes()
+                },
+                Stat::PassTtl,
+            ),
         ];
         for (name, input, stat) in cases {
-            // The kernel's skb test harness itself refuses an IPv4 frame without an IP header,
+            // The kernel's skb test harness itself refuses an IPv4 frame without a whole IP header,
             // so that one only reaches the XDP program (which sees raw frames, as on the wire).
-            let progs: &[&str] = if input.len() <= 14 { &["lb_xdp"] } else { &["lb_xdp", "lb_tc"] };
+            let progs: &[&str] = if input.len() <= 14 + 20 {
+                &["lb_xdp"]
+            } else {
+                &["lb_xdp", "lb_tc"]
+            };
             for &prog in progs {
                 let before = lb.stat(stat);
                 let (verdict, out) = lb.run(prog, &input);
-                let pass = if prog == "lb_xdp" { XDP_PASS } else { TC_ACT_OK };
+                let pass = if prog == "lb_xdp" {
+                    XDP_PASS
+                } else {
+                    TC_ACT_OK
+                };
                 assert_eq!(verdict, pass, "{name}: {prog} verdict");
                 assert_eq!(out, input, "{name}: {prog} changed the packet");
-                assert_eq!(lb.stat(stat), before + 1, "{name}: {prog} did not count {}", stat.name());
+                assert_eq!(
+                    lb.stat(stat),
+                    before + 1,
+                    "{name}: {prog} did not count {}",
+                    stat.name()
+                );
             }
         }
         // TTL 1 creates the flow before deciding not to forward; nothing else did.
-        assert!(lb.flow_count() <= 2, "only the TTL case may have created a flow");
+        assert!(
+            lb.flow_count() <= 2,
+            "only the TTL case may have created a flow"
+        );
     });
 }
 
@@ -262,18 +361,36 @@ fn full_nat_new_flow_established_and_reply() {
 
         // XDP cannot redirect to cali0 yet: it creates the flow and leaves the packet to TC.
         let (v, out) = lb.xdp(&syn.bytes());
-        assert_eq!((v, &out), (XDP_PASS, &syn.bytes()), "XDP hands over untouched");
+        assert_eq!(
+            (v, &out),
+            (XDP_PASS, &syn.bytes()),
+            "XDP hands over untouched"
+        );
         assert_eq!(lb.stat(Stat::PassToTc), 1);
         let fwd = lb.flow(key(&syn)).expect("forward entry");
         assert_eq!(addr_of(fwd.new_dst, fwd.new_dport), sa("192.168.1.11:80"));
         let nat = addr_of(fwd.new_src, fwd.new_sport);
-        assert!((20000..=30999).contains(&nat.port()), "NAT port {nat} in range");
-        assert!(nat.ip().octets()[0] == 10, "NAT address is an agent address: {nat}");
+        assert!(
+            (20000..=30999).contains(&nat.port()),
+            "NAT port {nat} in range"
+        );
+        assert!(
+            nat.ip().octets()[0] == 10,
+            "NAT address is an agent address: {nat}"
+        );
 
         // TC finds the flow and redirects to the task with the neighbour's MAC.
         let (v, out) = lb.tc(&syn.bytes());
         assert_eq!(v, TC_ACT_REDIRECT);
-        assert_eq!(out, expected(&syn, nat, sa("192.168.1.11:80"), Some((CALI0_MAC, TASK1_MAC))));
+        assert_eq!(
+            out,
+            expected(
+                &syn,
+                nat,
+                sa("192.168.1.11:80"),
+                Some((CALI0_MAC, TASK1_MAC))
+            )
+        );
         let seen = read(&out);
         assert!(seen.ip_checksum_ok && seen.l4_checksum_ok, "{seen:?}");
 
@@ -283,17 +400,31 @@ fn full_nat_new_flow_established_and_reply() {
         ack.payload = vec![7; 100];
         let (v, out) = lb.xdp(&ack.bytes());
         assert_eq!(v, XDP_REDIRECT);
-        assert_eq!(out, expected(&ack, nat, sa("192.168.1.11:80"), Some((CALI0_MAC, TASK1_MAC))));
+        assert_eq!(
+            out,
+            expected(
+                &ack,
+                nat,
+                sa("192.168.1.11:80"),
+                Some((CALI0_MAC, TASK1_MAC))
+            )
+        );
 
         // The reply comes back from the task to the NAT address and leaves as the service.
         let reply = Pkt::tcp(sa("192.168.1.11:80"), nat, TCP_SYN | TCP_ACK);
         let (v, out) = lb.tc(&reply.bytes());
         assert_eq!(v, TC_ACT_REDIRECT);
-        assert_eq!(out, expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC))));
+        assert_eq!(
+            out,
+            expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC)))
+        );
         lb.allow_xdp_redirect("up0");
         let (v, out) = lb.xdp(&reply.bytes());
         assert_eq!(v, XDP_REDIRECT);
-        assert_eq!(out, expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC))));
+        assert_eq!(
+            out,
+            expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC)))
+        );
         assert_eq!(lb.stat(Stat::FlowCreated), 1, "one flow for all of it");
     });
 }
@@ -308,11 +439,22 @@ fn preserve_client_ip_rewrites_only_the_destination() {
         let syn = Pkt::tcp(client, vip, TCP_SYN);
         let (v, out) = lb.tc(&syn.bytes());
         assert_eq!(v, TC_ACT_REDIRECT);
-        assert_eq!(out, expected(&syn, client, sa("192.168.1.11:80"), Some((CALI0_MAC, TASK1_MAC))));
+        assert_eq!(
+            out,
+            expected(
+                &syn,
+                client,
+                sa("192.168.1.11:80"),
+                Some((CALI0_MAC, TASK1_MAC))
+            )
+        );
         let reply = Pkt::tcp(sa("192.168.1.11:80"), client, TCP_SYN | TCP_ACK);
         let (v, out) = lb.tc(&reply.bytes());
         assert_eq!(v, TC_ACT_REDIRECT);
-        assert_eq!(out, expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC))));
+        assert_eq!(
+            out,
+            expected(&reply, vip, client, Some((UP0_MAC, CLIENT_MAC)))
+        );
     });
 }
 
@@ -328,7 +470,10 @@ fn udp_flows_and_checksums() {
         assert_eq!(v, TC_ACT_REDIRECT);
         let fwd = lb.flow(key(&q)).expect("UDP flow");
         let nat = addr_of(fwd.new_src, fwd.new_sport);
-        assert_eq!(out, expected(&q, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC))));
+        assert_eq!(
+            out,
+            expected(&q, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC)))
+        );
         assert!(read(&out).l4_checksum_ok);
         // A datagram without checksum keeps none; XDP computes the same as TC.
         let mut bare = Pkt::udp(client, vip);
@@ -337,10 +482,21 @@ fn udp_flows_and_checksums() {
         let (v, out) = lb.xdp(&bare.bytes());
         assert_eq!(v, XDP_REDIRECT);
         assert_eq!(read(&out).l4_checksum, 0, "UDP checksum 0 stays 0");
-        assert_eq!(out, expected(&bare, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC))));
+        assert_eq!(
+            out,
+            expected(
+                &bare,
+                nat,
+                sa("192.168.1.11:53"),
+                Some((CALI0_MAC, TASK1_MAC))
+            )
+        );
         let (v, out) = lb.xdp(&q.bytes());
         assert_eq!(v, XDP_REDIRECT);
-        assert_eq!(out, expected(&q, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC))));
+        assert_eq!(
+            out,
+            expected(&q, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC)))
+        );
     });
 }
 
@@ -355,7 +511,15 @@ fn ip_options_are_handled_at_the_right_offset() {
         assert_eq!(v, TC_ACT_REDIRECT);
         let fwd = lb.flow(key(&syn)).expect("flow");
         let nat = addr_of(fwd.new_src, fwd.new_sport);
-        assert_eq!(out, expected(&syn, nat, sa("192.168.1.11:80"), Some((CALI0_MAC, TASK1_MAC))));
+        assert_eq!(
+            out,
+            expected(
+                &syn,
+                nat,
+                sa("192.168.1.11:80"),
+                Some((CALI0_MAC, TASK1_MAC))
+            )
+        );
     });
 }
 
@@ -369,7 +533,11 @@ fn unresolved_neighbour_goes_through_the_kernel() {
         let syn = Pkt::tcp(sa("10.0.0.2:40300"), sa("10.0.0.5:10002"), TCP_SYN);
         lb.allow_xdp_redirect("cali0");
         let (v, out) = lb.xdp(&syn.bytes());
-        assert_eq!((v, out), (XDP_PASS, syn.bytes()), "XDP leaves unresolved next hops to TC");
+        assert_eq!(
+            (v, out),
+            (XDP_PASS, syn.bytes()),
+            "XDP leaves unresolved next hops to TC"
+        );
         let (v, out) = lb.tc(&syn.bytes());
         assert_eq!(v, TC_ACT_REDIRECT, "bpf_redirect_neigh");
         let fwd = lb.flow(key(&syn)).expect("flow");
@@ -378,7 +546,11 @@ fn unresolved_neighbour_goes_through_the_kernel() {
         want.ttl -= 1;
         want.src = nat;
         want.dst = sa("192.168.1.12:80");
-        assert_eq!(out, want.bytes(), "rewritten, TTL decremented, MACs left to the kernel");
+        assert_eq!(
+            out,
+            want.bytes(),
+            "rewritten, TTL decremented, MACs left to the kernel"
+        );
     });
 }
 
@@ -387,23 +559,42 @@ fn round_robin_spreads_new_flows_and_fin_closes_both_directions() {
     let _env = Env::new();
     in_netns(NS, || {
         let backends = ["192.168.1.11:80", "192.168.1.12:80", "192.168.1.13:80"];
-        let mut lb = Lb::new(vec![service("web", None, 10000, Protocol::Tcp, &backends)], false);
+        let mut lb = Lb::new(
+            vec![service("web", None, 10000, Protocol::Tcp, &backends)],
+            false,
+        );
         let mut per = std::collections::BTreeMap::<SocketAddrV4, usize>::new();
         for i in 0..30 {
-            let syn = Pkt::tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 41000 + i), sa("10.0.0.1:10000"), TCP_SYN);
+            let syn = Pkt::tcp(
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 41000 + i),
+                sa("10.0.0.1:10000"),
+                TCP_SYN,
+            );
             lb.tc(&syn.bytes());
             let f = lb.flow(key(&syn)).expect("flow");
             *per.entry(addr_of(f.new_dst, f.new_dport)).or_default() += 1;
         }
-        assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![10, 10, 10], "{per:?}");
+        assert_eq!(
+            per.values().copied().collect::<Vec<_>>(),
+            vec![10, 10, 10],
+            "{per:?}"
+        );
 
         let client = sa("10.0.0.2:41000");
         let fin = Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_FIN | TCP_ACK);
         lb.tc(&fin.bytes());
         let fwd = lb.flow(key(&fin)).expect("flow after FIN");
-        assert_ne!(fwd.flags & lb_common::FLOW_F_CLOSING, 0, "forward entry closing");
+        assert_ne!(
+            fwd.flags & lb_common::FLOW_F_CLOSING,
+            0,
+            "forward entry closing"
+        );
         let rev = lb.flow(FlowKey::peer_of(&fwd, 6)).expect("reply entry");
-        assert_ne!(rev.flags & lb_common::FLOW_F_CLOSING, 0, "reply entry closing");
+        assert_ne!(
+            rev.flags & lb_common::FLOW_F_CLOSING,
+            0,
+            "reply entry closing"
+        );
         // The client reuses the port: a new connection, possibly to another backend.
         lb.tc(&Pkt::tcp(client, sa("10.0.0.1:10000"), TCP_SYN).bytes());
         assert_eq!(lb.stat(Stat::FlowReplaced), 1);
@@ -416,12 +607,22 @@ fn round_robin_spreads_new_flows_and_fin_closes_both_directions() {
 fn source_affinity_keeps_a_client_on_one_backend() {
     let _env = Env::new();
     in_netns(NS, || {
-        let mut svc = service("web", None, 10000, Protocol::Tcp, &["192.168.1.11:80", "192.168.1.12:80", "192.168.1.13:80"]);
+        let mut svc = service(
+            "web",
+            None,
+            10000,
+            Protocol::Tcp,
+            &["192.168.1.11:80", "192.168.1.12:80", "192.168.1.13:80"],
+        );
         svc.balance = Balance::Source;
         let mut lb = Lb::new(vec![svc], false);
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..10 {
-            let syn = Pkt::tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 42000 + i), sa("10.0.0.1:10000"), TCP_SYN);
+            let syn = Pkt::tcp(
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 42000 + i),
+                sa("10.0.0.1:10000"),
+                TCP_SYN,
+            );
             lb.tc(&syn.bytes());
             let f = lb.flow(key(&syn)).expect("flow");
             seen.insert(addr_of(f.new_dst, f.new_dport));
@@ -436,7 +637,16 @@ fn hairpin_to_a_backend_behind_the_same_interface_uses_xdp_tx() {
     in_netns(NS, || {
         // A backend reached through the uplink itself (a task on another agent).
         sh(&format!("ip -n {NS} route add 172.16.0.0/16 via 10.0.0.2"));
-        let mut lb = Lb::new(vec![service("remote", None, 10000, Protocol::Tcp, &["172.16.0.7:80"])], false);
+        let mut lb = Lb::new(
+            vec![service(
+                "remote",
+                None,
+                10000,
+                Protocol::Tcp,
+                &["172.16.0.7:80"],
+            )],
+            false,
+        );
         lb.allow_xdp_redirect("up0");
         // In a test run the ingress interface is lo, so XDP_TX is exercised with lo's index.
         lb.allow_xdp_redirect("lo");

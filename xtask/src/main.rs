@@ -45,7 +45,10 @@ enum Cmd {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
 }
 
 /// Runs a command in the workspace root, failing with the command line if it fails.
@@ -74,7 +77,14 @@ fn test(host_only: bool, filter: Option<String>) -> Result<()> {
     setup::ensure()?;
     eprintln!("==> format and lint");
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     eprintln!("==> host unit tests");
     run(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
     if host_only {
@@ -86,9 +96,16 @@ fn test(host_only: bool, filter: Option<String>) -> Result<()> {
     let lb = build_release()?;
     eprintln!("==> kernel tests (serial: they share the kernel)");
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--package", "lb-tests", "--tests", "--"])
-        .args(["--test-threads=1"])
-        .env("LB_BIN", &lb);
+    cmd.args([
+        "test",
+        "--release",
+        "--package",
+        "lb-tests",
+        "--tests",
+        "--",
+    ])
+    .args(["--test-threads=1"])
+    .env("LB_BIN", &lb);
     if let Some(f) = filter {
         cmd.arg(f);
     }

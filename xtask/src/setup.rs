@@ -12,7 +12,9 @@ const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("bpftool", "bpftool")];
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn have(bin: &str) -> bool {
@@ -36,7 +38,8 @@ fn ensure_rust_src() -> Result<()> {
 
 fn ensure_bpf_linker() -> Result<()> {
     // It links to nightly's libLLVM, which only nightly's environment puts on the loader path.
-    if let Some(v) = output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"]))
+    if let Some(v) =
+        output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"]))
         && v.contains(BPF_LINKER_VERSION)
     {
         return Ok(());
@@ -58,12 +61,23 @@ fn ensure_bpf_linker() -> Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let _ = fs::remove_file(&link);
     symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
-    eprintln!("==> building bpf-linker {BPF_LINKER_VERSION} against {} (about two minutes)", llvm.display());
+    eprintln!(
+        "==> building bpf-linker {BPF_LINKER_VERSION} against {} (about two minutes)",
+        llvm.display()
+    );
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", &prefix))?;
-    if output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"])).is_none() {
+    if output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"])).is_none()
+    {
         bail!("bpf-linker was installed but does not run under nightly: is ~/.cargo/bin on PATH?");
     }
     Ok(())
@@ -71,12 +85,19 @@ fn ensure_bpf_linker() -> Result<()> {
 
 /// Installs Debian packages whose binaries are missing (`bin`, `package` pairs).
 pub fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = wanted.iter().filter(|(bin, _)| !have(bin)).map(|(_, p)| *p).collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, p)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !crate::is_root() {
-        bail!("missing packages {missing:?}; install them as root (apt-get install {})", missing.join(" "));
+        bail!(
+            "missing packages {missing:?}; install them as root (apt-get install {})",
+            missing.join(" ")
+        );
     }
     eprintln!("==> apt-get install {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-q"))?;

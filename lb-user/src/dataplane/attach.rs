@@ -64,7 +64,9 @@ impl Attacher {
         if self.redirect_patterns.is_empty() {
             !iface.is_virtual
         } else {
-            self.redirect_patterns.iter().any(|p| glob_match(p, &iface.name))
+            self.redirect_patterns
+                .iter()
+                .any(|p| glob_match(p, &iface.name))
         }
     }
 
@@ -83,7 +85,11 @@ impl Attacher {
         }
         let matched: Vec<&Iface> = present.values().filter(|i| self.wants(&i.name)).collect();
         for iface in matched {
-            if self.attached.get(&iface.name).is_some_and(|a| a.ifindex == iface.index) {
+            if self
+                .attached
+                .get(&iface.name)
+                .is_some_and(|a| a.ifindex == iface.index)
+            {
                 continue;
             }
             match self.attach(ebpf, iface) {
@@ -98,7 +104,11 @@ impl Attacher {
         self.write_redirect_map(ebpf, &present)
     }
 
-    fn write_redirect_map(&mut self, ebpf: &mut Ebpf, present: &BTreeMap<String, Iface>) -> Result<()> {
+    fn write_redirect_map(
+        &mut self,
+        ebpf: &mut Ebpf,
+        present: &BTreeMap<String, Iface>,
+    ) -> Result<()> {
         let mut tx: HashMap<_, u32, u32> =
             HashMap::try_from(ebpf.map_mut(MAP_XDP_TX).context("map LB_XDP_TX")?)?;
         let ok: Vec<String> = self
@@ -114,18 +124,26 @@ impl Attacher {
                 want.push(a.ifindex);
             }
         }
-        let stale: Vec<u32> = tx.keys().filter_map(Result::ok).filter(|k| !want.contains(k)).collect();
+        let stale: Vec<u32> = tx
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.contains(k))
+            .collect();
         for k in stale {
             let _ = tx.remove(&k);
         }
         for k in want {
-            tx.insert(k, 1, 0).with_context(|| format!("LB_XDP_TX[{k}]"))?;
+            tx.insert(k, 1, 0)
+                .with_context(|| format!("LB_XDP_TX[{k}]"))?;
         }
         Ok(())
     }
 
     fn attach(&self, ebpf: &mut Ebpf, iface: &Iface) -> Result<Attached> {
-        let mut a = Attached { ifindex: iface.index, ..Attached::default() };
+        let mut a = Attached {
+            ifindex: iface.index,
+            ..Attached::default()
+        };
         let xdp_wanted = matches!(self.hook, Hook::Xdp | Hook::Auto);
         if xdp_wanted {
             match self.attach_xdp(ebpf, iface) {
@@ -162,8 +180,12 @@ impl Attacher {
         let id = prog
             .attach_to_if_index(iface.index, XdpMode::default())
             .with_context(|| format!("attaching XDP to {}", iface.name))?;
-        let link: FdLink = prog.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
-        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("XDP link is not a bpf_link")?;
+        link.pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
         Ok(())
     }
 
@@ -187,9 +209,13 @@ impl Attacher {
             .with_context(|| format!("attaching TC ingress to {}", iface.name))?;
         let link: FdLink = match prog.take_link(id)?.try_into() {
             Ok(l) => l,
-            Err(_) => bail!("TC on {} attached without tcx (kernel < 6.6): cannot pin", iface.name),
+            Err(_) => bail!(
+                "TC on {} attached without tcx (kernel < 6.6): cannot pin",
+                iface.name
+            ),
         };
-        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        link.pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
         Ok(())
     }
 }

@@ -7,9 +7,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use lb_common::{
-    Config, Counters, FLOW_F_CLOSING, FLOW_F_REPLY, Flow, FlowKey, STAT_COUNT, Stat,
-};
+use lb_common::{Config, Counters, FLOW_F_CLOSING, FLOW_F_REPLY, Flow, FlowKey, STAT_COUNT, Stat};
 use serde::Serialize;
 
 use crate::services::Protocol;
@@ -39,7 +37,11 @@ fn expired(cfg: &Config, key: &FlowKey, f: &Flow, now: u64) -> bool {
 }
 
 /// Forward entries (client side) joined into views; replies are implied by them.
-pub fn list<T: Borrow<MapData>>(flows: &HashMap<T, FlowKey, Flow>, cfg: &Config, now: u64) -> Vec<FlowView> {
+pub fn list<T: Borrow<MapData>>(
+    flows: &HashMap<T, FlowKey, Flow>,
+    cfg: &Config,
+    now: u64,
+) -> Vec<FlowView> {
     let mut out: Vec<FlowView> = flows
         .iter()
         .filter_map(Result::ok)
@@ -127,7 +129,14 @@ impl Sweeper {
         self.last_created = created;
         self.last_replaced = replaced;
         self.expired_total += removed;
-        (SweepReport { entries: now_entries, expired_removed: removed }, backends, services)
+        (
+            SweepReport {
+                entries: now_entries,
+                expired_removed: removed,
+            },
+            backends,
+            services,
+        )
     }
 }
 

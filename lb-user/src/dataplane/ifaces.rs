@@ -30,8 +30,18 @@ pub fn list() -> BTreeMap<String, Iface> {
         let mut p = head;
         while (*p).if_index != 0 {
             let name = CStr::from_ptr((*p).if_name).to_string_lossy().into_owned();
-            let is_virtual = !Path::new("/sys/class/net").join(&name).join("device").exists();
-            out.insert(name.clone(), Iface { name, index: (*p).if_index, is_virtual });
+            let is_virtual = !Path::new("/sys/class/net")
+                .join(&name)
+                .join("device")
+                .exists();
+            out.insert(
+                name.clone(),
+                Iface {
+                    name,
+                    index: (*p).if_index,
+                    is_virtual,
+                },
+            );
             p = p.add(1);
         }
         libc::if_freenameindex(head);
@@ -101,7 +111,11 @@ pub fn set_sysctl(iface: &str, key: &str, value: &str) -> io::Result<()> {
 pub fn watch() -> io::Result<mpsc::Receiver<()>> {
     // SAFETY: plain socket calls on a descriptor we own; the sockaddr is fully initialised.
     let fd = unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -121,23 +135,25 @@ pub fn watch() -> io::Result<mpsc::Receiver<()>> {
         fd
     };
     let (tx, rx) = mpsc::channel(1);
-    std::thread::Builder::new().name("netlink".into()).spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            // SAFETY: reading into a buffer we own.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
+    std::thread::Builder::new()
+        .name("netlink".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                // SAFETY: reading into a buffer we own.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // ENOBUFS (overrun) also means "something changed": re-read all the same.
+                match tx.try_send(()) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+                    Err(mpsc::error::TrySendError::Closed(())) => break,
+                }
             }
-            // ENOBUFS (overrun) also means "something changed": re-read all the same.
-            match tx.try_send(()) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
-                Err(mpsc::error::TrySendError::Closed(())) => break,
-            }
-        }
-        // SAFETY: closing our own descriptor.
-        unsafe { libc::close(fd) };
-    })?;
+            // SAFETY: closing our own descriptor.
+            unsafe { libc::close(fd) };
+        })?;
     Ok(rx)
 }
 

@@ -7,9 +7,9 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendKey, Config, Counters, Flow, FlowKey, LocalAddr, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_RR, MAP_SERVICE_STATS,
-    MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAX_LOCAL_ADDRS, MAX_XDP_TX, PROG_TC, PROG_XDP,
-    STAT_COUNT, Service, ServiceKey,
+    MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_RR, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_STATS, MAP_XDP_TX, MAX_LOCAL_ADDRS, MAX_XDP_TX, PROG_TC, PROG_XDP, STAT_COUNT, Service,
+    ServiceKey,
 };
 use thiserror::Error;
 
@@ -41,15 +41,35 @@ impl Capacities {
     fn expected(&self) -> [(&'static str, usize, usize, u32); 10] {
         use std::mem::size_of;
         [
-            (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<Service>(), self.services),
-            (MAP_BACKENDS, size_of::<BackendKey>(), size_of::<Backend>(), self.backend_slots),
-            (MAP_FLOWS, size_of::<FlowKey>(), size_of::<Flow>(), self.flow_entries),
+            (
+                MAP_SERVICES,
+                size_of::<ServiceKey>(),
+                size_of::<Service>(),
+                self.services,
+            ),
+            (
+                MAP_BACKENDS,
+                size_of::<BackendKey>(),
+                size_of::<Backend>(),
+                self.backend_slots,
+            ),
+            (
+                MAP_FLOWS,
+                size_of::<FlowKey>(),
+                size_of::<Flow>(),
+                self.flow_entries,
+            ),
             (MAP_LOCAL_ADDRS, 4, size_of::<LocalAddr>(), MAX_LOCAL_ADDRS),
             (MAP_XDP_TX, 4, 4, MAX_XDP_TX),
             (MAP_CONFIG, 4, size_of::<Config>(), 1),
             (MAP_RR, 4, 4, self.services),
             (MAP_SERVICE_STATS, 4, size_of::<Counters>(), self.services),
-            (MAP_BACKEND_STATS, 4, size_of::<Counters>(), self.backend_ids),
+            (
+                MAP_BACKEND_STATS,
+                4,
+                size_of::<Counters>(),
+                self.backend_ids,
+            ),
             (MAP_STATS, 4, 8, STAT_COUNT),
         ]
     }
@@ -61,18 +81,29 @@ pub enum LoadError {
         "pinned map {path} has {what} {found}, this build needs {want}; \
          run `lb detach --pin-path {root}` (drops tracked flows) or use the earlier sizes"
     )]
-    Incompatible { path: String, root: String, what: &'static str, found: u64, want: u64 },
+    Incompatible {
+        path: String,
+        root: String,
+        what: &'static str,
+        found: u64,
+        want: u64,
+    },
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("loading program {name} into the kernel: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
 }
 
 /// Refuses to adopt pinned maps whose layout differs from this build's (an older `lb`).
 fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> {
     for (name, key, value, entries) in caps.expected() {
         let path = layout.map(name);
-        let Ok(map) = MapData::from_pin(&path) else { continue };
+        let Ok(map) = MapData::from_pin(&path) else {
+            continue;
+        };
         let Ok(info) = map.info() else { continue };
         let checks = [
             ("key size", info.key_size() as u64, key as u64),
@@ -97,7 +128,11 @@ fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> 
 /// Loads both programs into the kernel (not yet attached), with every map pinned.
 pub fn load(layout: &PinLayout, caps: &Capacities) -> Result<Ebpf, LoadError> {
     check_pinned(layout, caps)?;
-    let paths: Vec<_> = caps.expected().iter().map(|(n, ..)| (*n, layout.map(n))).collect();
+    let paths: Vec<_> = caps
+        .expected()
+        .iter()
+        .map(|(n, ..)| (*n, layout.map(n)))
+        .collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
@@ -110,11 +145,17 @@ pub fn load(layout: &PinLayout, caps: &Capacities) -> Result<Ebpf, LoadError> {
         .program_mut(PROG_XDP)
         .and_then(|p| p.try_into().ok())
         .expect("the object defines lb_xdp");
-    xdp.load().map_err(|source| LoadError::Program { name: PROG_XDP, source })?;
+    xdp.load().map_err(|source| LoadError::Program {
+        name: PROG_XDP,
+        source,
+    })?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(PROG_TC)
         .and_then(|p| p.try_into().ok())
         .expect("the object defines lb_tc");
-    tc.load().map_err(|source| LoadError::Program { name: PROG_TC, source })?;
+    tc.load().map_err(|source| LoadError::Program {
+        name: PROG_TC,
+        source,
+    })?;
     Ok(ebpf)
 }

@@ -52,9 +52,15 @@ impl PinLayout {
     pub fn pinned_links(&self) -> Vec<(String, String, PathBuf)> {
         let mut out = Vec::new();
         for hook in HOOKS {
-            let Ok(dir) = fs::read_dir(self.links_dir().join(hook)) else { continue };
+            let Ok(dir) = fs::read_dir(self.links_dir().join(hook)) else {
+                continue;
+            };
             for e in dir.filter_map(Result::ok) {
-                out.push((e.file_name().to_string_lossy().into_owned(), hook.to_string(), e.path()));
+                out.push((
+                    e.file_name().to_string_lossy().into_owned(),
+                    hook.to_string(),
+                    e.path(),
+                ));
             }
         }
         out.sort();
@@ -69,7 +75,10 @@ impl PinLayout {
     /// Makes sure the pin path is a directory on bpffs, mounting one there if needed.
     pub fn ensure(&self) -> Result<(), PinError> {
         let root = &self.root;
-        fs::create_dir_all(root).map_err(|source| PinError::Create { path: root.clone(), source })?;
+        fs::create_dir_all(root).map_err(|source| PinError::Create {
+            path: root.clone(),
+            source,
+        })?;
         if !is_bpffs(root) {
             mount_bpffs(root)?;
         }
@@ -92,8 +101,9 @@ pub fn is_bpffs(path: &Path) -> bool {
 }
 
 fn mount_bpffs(path: &Path) -> Result<(), PinError> {
-    let target = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| PinError::NotBpffs { path: path.to_owned() })?;
+    let target = CString::new(path.as_os_str().as_bytes()).map_err(|_| PinError::NotBpffs {
+        path: path.to_owned(),
+    })?;
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let rc = unsafe {
         libc::mount(
@@ -105,10 +115,15 @@ fn mount_bpffs(path: &Path) -> Result<(), PinError> {
         )
     };
     if rc != 0 {
-        return Err(PinError::Mount { path: path.to_owned(), source: io::Error::last_os_error() });
+        return Err(PinError::Mount {
+            path: path.to_owned(),
+            source: io::Error::last_os_error(),
+        });
     }
     if !is_bpffs(path) {
-        return Err(PinError::NotBpffs { path: path.to_owned() });
+        return Err(PinError::NotBpffs {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }

@@ -14,8 +14,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendKey, Config, Counters, LocalAddr, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONFIG, MAP_LOCAL_ADDRS, MAP_SERVICE_STATS, MAP_SERVICES, MAX_BACKENDS_PER_SERVICE,
+    Backend, BackendKey, Config, Counters, LocalAddr, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG,
+    MAP_LOCAL_ADDRS, MAP_SERVICE_STATS, MAP_SERVICES, MAX_BACKENDS_PER_SERVICE,
     SVC_F_AFFINITY_SOURCE, Service, ServiceKey,
 };
 use serde::{Deserialize, Serialize};
@@ -77,7 +77,8 @@ pub fn listener_of(k: &ServiceKey) -> Option<Listener> {
 }
 
 pub fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
-    ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))
+    ebpf.map_mut(name)
+        .with_context(|| format!("map {name} missing from the object"))
 }
 
 /// Lowest free ids first, so ids (and their counter slots) stay small and dense.
@@ -113,8 +114,14 @@ impl Writer {
         let mut w = Self {
             services: BTreeMap::new(),
             draining: BTreeMap::new(),
-            service_ids: Ids { used: BTreeSet::new(), limit: caps.services },
-            backend_ids: Ids { used: BTreeSet::new(), limit: caps.backend_ids },
+            service_ids: Ids {
+                used: BTreeSet::new(),
+                limit: caps.services,
+            },
+            backend_ids: Ids {
+                used: BTreeSet::new(),
+                limit: caps.backend_ids,
+            },
             backend_index: StdHashMap::new(),
             pending_deletes: VecDeque::new(),
             nat_cache: StdHashMap::new(),
@@ -123,18 +130,32 @@ impl Writer {
             let m: HashMap<_, ServiceKey, Service> = HashMap::try_from(map(ebpf, MAP_SERVICES)?)?;
             m.iter().filter_map(Result::ok).collect()
         };
-        let backends: HashMap<_, BackendKey, Backend> = HashMap::try_from(map(ebpf, MAP_BACKENDS)?)?;
+        let backends: HashMap<_, BackendKey, Backend> =
+            HashMap::try_from(map(ebpf, MAP_BACKENDS)?)?;
         let mut all_slots: Vec<BackendKey> = backends.keys().filter_map(Result::ok).collect();
         for (key, svc) in services {
-            let Some(listener) = listener_of(&key) else { continue };
+            let Some(listener) = listener_of(&key) else {
+                continue;
+            };
             let mut applied = Vec::new();
             for index in 0..svc.count {
-                let k = BackendKey { service_id: svc.id, generation: svc.generation, index };
+                let k = BackendKey {
+                    service_id: svc.id,
+                    generation: svc.generation,
+                    index,
+                };
                 if let Ok(b) = backends.get(&k, 0) {
-                    let addr = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port));
+                    let addr = SocketAddrV4::new(
+                        Ipv4Addr::from(u32::from_be(b.addr)),
+                        u16::from_be(b.port),
+                    );
                     w.backend_ids.used.insert(b.id);
                     w.backend_index.insert((listener, addr), b.id);
-                    applied.push(AppliedBackend { addr, id: b.id, nat: Ipv4Addr::from(u32::from_be(b.nat_addr)) });
+                    applied.push(AppliedBackend {
+                        addr,
+                        id: b.id,
+                        nat: Ipv4Addr::from(u32::from_be(b.nat_addr)),
+                    });
                 }
             }
             w.service_ids.used.insert(svc.id);
@@ -142,12 +163,24 @@ impl Writer {
             let spec = ServiceSpec {
                 name: format!("{listener}"),
                 listener,
-                balance: if svc.flags & SVC_F_AFFINITY_SOURCE != 0 { Balance::Source } else { Balance::RoundRobin },
+                balance: if svc.flags & SVC_F_AFFINITY_SOURCE != 0 {
+                    Balance::Source
+                } else {
+                    Balance::RoundRobin
+                },
                 app_id: None,
                 port_index: None,
                 backends: applied.iter().map(|b| b.addr).collect(),
             };
-            w.services.insert(listener, AppliedService { id: svc.id, generation: svc.generation, spec, backends: applied });
+            w.services.insert(
+                listener,
+                AppliedService {
+                    id: svc.id,
+                    generation: svc.generation,
+                    spec,
+                    backends: applied,
+                },
+            );
         }
         // Slots of generations no service points at: leftovers of an interrupted swap.
         if !all_slots.is_empty() {
@@ -177,17 +210,28 @@ impl Writer {
 
     fn zero_counters(ebpf: &mut Ebpf, map_name: &str, id: u32) -> Result<()> {
         let mut stats: PerCpuArray<_, Counters> = PerCpuArray::try_from(map(ebpf, map_name)?)?;
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
-        stats.set(id, zeros, 0).with_context(|| format!("{map_name}[{id}]"))?;
+        let zeros =
+            PerCpuValues::try_from(vec![Counters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+        stats
+            .set(id, zeros, 0)
+            .with_context(|| format!("{map_name}[{id}]"))?;
         Ok(())
     }
 
-    fn backend_id(&mut self, ebpf: &mut Ebpf, listener: Listener, addr: SocketAddrV4) -> Result<u32> {
+    fn backend_id(
+        &mut self,
+        ebpf: &mut Ebpf,
+        listener: Listener,
+        addr: SocketAddrV4,
+    ) -> Result<u32> {
         if let Some(id) = self.backend_index.get(&(listener, addr)) {
             self.draining.remove(id);
             return Ok(*id);
         }
-        let id = self.backend_ids.take().context("no free backend id (raise --max-backends)")?;
+        let id = self
+            .backend_ids
+            .take()
+            .context("no free backend id (raise --max-backends)")?;
         Self::zero_counters(ebpf, MAP_BACKEND_STATS, id)?;
         self.backend_index.insert((listener, addr), id);
         Ok(id)
@@ -199,10 +243,16 @@ impl Writer {
         let want: BTreeMap<Listener, &ServiceSpec> =
             desired.services.iter().map(|s| (s.listener, s)).collect();
 
-        let gone: Vec<Listener> = self.services.keys().filter(|l| !want.contains_key(l)).copied().collect();
+        let gone: Vec<Listener> = self
+            .services
+            .keys()
+            .filter(|l| !want.contains_key(l))
+            .copied()
+            .collect();
         for listener in gone {
             let old = self.services.remove(&listener).expect("listed above");
-            let mut svcs: HashMap<_, ServiceKey, Service> = HashMap::try_from(map(ebpf, MAP_SERVICES)?)?;
+            let mut svcs: HashMap<_, ServiceKey, Service> =
+                HashMap::try_from(map(ebpf, MAP_SERVICES)?)?;
             svcs.remove(&service_key(&listener)).ok();
             self.retire(&old, &[]);
             self.service_ids.used.remove(&old.id);
@@ -220,9 +270,17 @@ impl Writer {
             let nats: Vec<Ipv4Addr> = addrs.iter().map(|a| self.nat_for(*a)).collect();
             if let Some(cur) = self.services.get_mut(&listener) {
                 let same_set = cur.backends.len() == addrs.len()
-                    && cur.backends.iter().zip(&addrs).zip(&nats).all(|((b, a), n)| b.addr == *a && b.nat == *n);
+                    && cur
+                        .backends
+                        .iter()
+                        .zip(&addrs)
+                        .zip(&nats)
+                        .all(|((b, a), n)| b.addr == *a && b.nat == *n);
                 if same_set && cur.spec.balance == spec.balance {
-                    cur.spec = ServiceSpec { backends: addrs, ..(*spec).clone() };
+                    cur.spec = ServiceSpec {
+                        backends: addrs,
+                        ..(*spec).clone()
+                    };
                     report.unchanged += 1;
                     continue;
                 }
@@ -230,19 +288,31 @@ impl Writer {
             let (id, generation, old) = match self.services.get(&listener) {
                 Some(cur) => (cur.id, cur.generation.wrapping_add(1), Some(cur.clone())),
                 None => {
-                    let id = self.service_ids.take().context("no free service id (raise --max-services)")?;
+                    let id = self
+                        .service_ids
+                        .take()
+                        .context("no free service id (raise --max-services)")?;
                     Self::zero_counters(ebpf, MAP_SERVICE_STATS, id)?;
                     (id, 0, None)
                 }
             };
             let mut backends = Vec::with_capacity(addrs.len());
             for (addr, nat) in addrs.iter().zip(&nats) {
-                backends.push(AppliedBackend { addr: *addr, id: self.backend_id(ebpf, listener, *addr)?, nat: *nat });
+                backends.push(AppliedBackend {
+                    addr: *addr,
+                    id: self.backend_id(ebpf, listener, *addr)?,
+                    nat: *nat,
+                });
             }
             {
-                let mut slots: HashMap<_, BackendKey, Backend> = HashMap::try_from(map(ebpf, MAP_BACKENDS)?)?;
+                let mut slots: HashMap<_, BackendKey, Backend> =
+                    HashMap::try_from(map(ebpf, MAP_BACKENDS)?)?;
                 for (index, b) in backends.iter().enumerate() {
-                    let key = BackendKey { service_id: id, generation, index: index as u32 };
+                    let key = BackendKey {
+                        service_id: id,
+                        generation,
+                        index: index as u32,
+                    };
                     let value = Backend {
                         addr: u32::from(*b.addr.ip()).to_be(),
                         nat_addr: u32::from(b.nat).to_be(),
@@ -250,19 +320,35 @@ impl Writer {
                         _pad: 0,
                         id: b.id,
                     };
-                    slots.insert(key, value, 0).with_context(|| format!("writing backend {} of {}", b.addr, spec.name))?;
+                    slots
+                        .insert(key, value, 0)
+                        .with_context(|| format!("writing backend {} of {}", b.addr, spec.name))?;
                 }
             }
             let svc = Service {
                 id,
                 count: backends.len() as u32,
                 generation,
-                flags: if spec.balance == Balance::Source { SVC_F_AFFINITY_SOURCE } else { 0 },
+                flags: if spec.balance == Balance::Source {
+                    SVC_F_AFFINITY_SOURCE
+                } else {
+                    0
+                },
             };
-            let mut svcs: HashMap<_, ServiceKey, Service> = HashMap::try_from(map(ebpf, MAP_SERVICES)?)?;
-            svcs.insert(service_key(&listener), svc, 0).with_context(|| format!("writing service {}", spec.name))?;
+            let mut svcs: HashMap<_, ServiceKey, Service> =
+                HashMap::try_from(map(ebpf, MAP_SERVICES)?)?;
+            svcs.insert(service_key(&listener), svc, 0)
+                .with_context(|| format!("writing service {}", spec.name))?;
             debug!(service = %spec.name, %listener, backends = backends.len(), generation, "applied");
-            let applied = AppliedService { id, generation, spec: ServiceSpec { backends: addrs, ..(*spec).clone() }, backends };
+            let applied = AppliedService {
+                id,
+                generation,
+                spec: ServiceSpec {
+                    backends: addrs,
+                    ..(*spec).clone()
+                },
+                backends,
+            };
             match old {
                 Some(old) => {
                     self.retire(&old, &applied.backends);
@@ -279,12 +365,24 @@ impl Writer {
     /// are not in `kept` as draining.
     fn retire(&mut self, old: &AppliedService, kept: &[AppliedBackend]) {
         let slots = (0..old.backends.len() as u32)
-            .map(|index| BackendKey { service_id: old.id, generation: old.generation, index })
+            .map(|index| BackendKey {
+                service_id: old.id,
+                generation: old.generation,
+                index,
+            })
             .collect();
-        self.pending_deletes.push_back((Instant::now() + GRACE, slots));
+        self.pending_deletes
+            .push_back((Instant::now() + GRACE, slots));
         for b in &old.backends {
             if !kept.iter().any(|k| k.id == b.id) {
-                self.draining.insert(b.id, DrainingBackend { listener: old.spec.listener, addr: b.addr, id: b.id });
+                self.draining.insert(
+                    b.id,
+                    DrainingBackend {
+                        listener: old.spec.listener,
+                        addr: b.addr,
+                        id: b.id,
+                    },
+                );
             }
         }
     }
@@ -295,12 +393,18 @@ impl Writer {
         let now = Instant::now();
         while self.pending_deletes.front().is_some_and(|(t, _)| *t <= now) {
             let (_, keys) = self.pending_deletes.pop_front().expect("checked");
-            let mut slots: HashMap<_, BackendKey, Backend> = HashMap::try_from(map(ebpf, MAP_BACKENDS)?)?;
+            let mut slots: HashMap<_, BackendKey, Backend> =
+                HashMap::try_from(map(ebpf, MAP_BACKENDS)?)?;
             for k in keys {
                 slots.remove(&k).ok();
             }
         }
-        let done: Vec<u32> = self.draining.keys().filter(|id| !in_use.contains(id)).copied().collect();
+        let done: Vec<u32> = self
+            .draining
+            .keys()
+            .filter(|id| !in_use.contains(id))
+            .copied()
+            .collect();
         for id in done {
             let d = self.draining.remove(&id).expect("listed");
             self.backend_index.remove(&(d.listener, d.addr));
@@ -320,8 +424,15 @@ pub fn write_config(ebpf: &mut Ebpf, cfg: &Config) -> Result<()> {
 /// Replaces the set of the agent's own addresses (where wildcard services answer).
 pub fn write_local_addrs(ebpf: &mut Ebpf, addrs: &[(Ipv4Addr, u32)]) -> Result<()> {
     let mut m: HashMap<_, u32, LocalAddr> = HashMap::try_from(map(ebpf, MAP_LOCAL_ADDRS)?)?;
-    let want: BTreeMap<u32, u32> = addrs.iter().map(|(a, i)| (u32::from(*a).to_be(), *i)).collect();
-    let stale: Vec<u32> = m.keys().filter_map(Result::ok).filter(|k| !want.contains_key(k)).collect();
+    let want: BTreeMap<u32, u32> = addrs
+        .iter()
+        .map(|(a, i)| (u32::from(*a).to_be(), *i))
+        .collect();
+    let stale: Vec<u32> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
     for k in stale {
         m.remove(&k).ok();
     }

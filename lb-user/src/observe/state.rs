@@ -49,7 +49,9 @@ pub fn unix_now() -> f64 {
 }
 
 pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl DaemonState {
@@ -58,7 +60,10 @@ impl DaemonState {
             fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(io::Error::other)?,
+        )?;
         fs::rename(&tmp, path)
     }
 

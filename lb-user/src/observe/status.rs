@@ -5,9 +5,9 @@ use std::{collections::BTreeMap, net::SocketAddrV4, path::Path};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, Counters, Flow, FlowKey, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Service,
-    ServiceKey, Stat,
+    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, Counters, Flow, FlowKey,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_STATS, Service, ServiceKey, Stat,
 };
 use serde::Serialize;
 
@@ -36,9 +36,14 @@ pub struct PinnedMaps {
 fn open(layout: &PinLayout, name: &str) -> Result<Map> {
     let path = layout.map(name);
     let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening {} (is `lb run` using --pin-path {}?)", path.display(), layout.root.display())
+        format!(
+            "opening {} (is `lb run` using --pin-path {}?)",
+            path.display(),
+            layout.root.display()
+        )
     })?;
-    Map::from_map_data(data).with_context(|| format!("{} has an unexpected map type", path.display()))
+    Map::from_map_data(data)
+        .with_context(|| format!("{} has an unexpected map type", path.display()))
 }
 
 impl PinnedMaps {
@@ -124,16 +129,27 @@ pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
     let cfg = maps.config();
     let totals = flows::sum_stats(&maps.stats);
     let mut services = Vec::new();
-    let mut listed: Vec<(ServiceKey, Service)> = maps.services.iter().filter_map(Result::ok).collect();
+    let mut listed: Vec<(ServiceKey, Service)> =
+        maps.services.iter().filter_map(Result::ok).collect();
     listed.sort_by_key(|(k, _)| (u16::from_be(k.port), k.proto, u32::from_be(k.addr)));
     for (key, svc) in listed {
-        let Some(listener) = listener_of(&key) else { continue };
-        let known = state.as_ref().and_then(|s| s.services.iter().find(|a| a.id == svc.id));
+        let Some(listener) = listener_of(&key) else {
+            continue;
+        };
+        let known = state
+            .as_ref()
+            .and_then(|s| s.services.iter().find(|a| a.id == svc.id));
         let c = flows::sum_counters(&maps.service_stats, svc.id);
         let mut backends = Vec::new();
         for index in 0..svc.count {
-            let k = BackendKey { service_id: svc.id, generation: svc.generation, index };
-            let Ok(b) = maps.backends.get(&k, 0) else { continue };
+            let k = BackendKey {
+                service_id: svc.id,
+                generation: svc.generation,
+                index,
+            };
+            let Ok(b) = maps.backends.get(&k, 0) else {
+                continue;
+            };
             let bc = flows::sum_counters(&maps.backend_stats, b.id);
             backends.push(BackendView {
                 address: SocketAddrV4::new(u32::from_be(b.addr).into(), u16::from_be(b.port)),
@@ -144,7 +160,11 @@ pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
                 new_flows: bc.new_flows,
             });
         }
-        for d in state.iter().flat_map(|s| &s.draining).filter(|d| d.listener == listener) {
+        for d in state
+            .iter()
+            .flat_map(|s| &s.draining)
+            .filter(|d| d.listener == listener)
+        {
             let bc = flows::sum_counters(&maps.backend_stats, d.id);
             backends.push(BackendView {
                 address: d.addr,
@@ -162,7 +182,12 @@ pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
             address: listener.bind.map_or_else(|| "*".into(), |a| a.to_string()),
             port: listener.port,
             protocol: listener.protocol.to_string(),
-            balance: if svc.flags & lb_common::SVC_F_AFFINITY_SOURCE != 0 { "source" } else { "roundrobin" }.into(),
+            balance: if svc.flags & lb_common::SVC_F_AFFINITY_SOURCE != 0 {
+                "source"
+            } else {
+                "roundrobin"
+            }
+            .into(),
             id: svc.id,
             packets: c.packets,
             bytes: c.bytes,
@@ -176,7 +201,12 @@ pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
         .map_or(0, |i| i.max_entries() as u64);
     Ok(StatusView {
         pin_path: layout.root.display().to_string(),
-        mode: if cfg.flags & CFG_F_PRESERVE_CLIENT_IP != 0 { "dnat (client address kept)" } else { "full-nat" }.into(),
+        mode: if cfg.flags & CFG_F_PRESERVE_CLIENT_IP != 0 {
+            "dnat (client address kept)"
+        } else {
+            "full-nat"
+        }
+        .into(),
         daemon: state.as_ref().map(|s| DaemonView {
             running: s.running && process_alive(s.pid),
             pid: s.pid,
@@ -192,7 +222,10 @@ pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
             capacity_flows: capacity / 2,
             evictions: state.as_ref().map_or(0, |s| s.flow_evictions),
         },
-        dataplane: Stat::ALL.iter().map(|s| (s.name().to_owned(), totals[*s as usize])).collect(),
+        dataplane: Stat::ALL
+            .iter()
+            .map(|s| (s.name().to_owned(), totals[*s as usize]))
+            .collect(),
         sync: state.map(|s| s.sync),
     })
 }
@@ -215,18 +248,33 @@ pub fn render_status(v: &StatusView) -> String {
             v.mode,
             d.state_age_s
         )),
-        None => out.push_str(&format!("daemon: no state file; data plane mode {}\n", v.mode)),
+        None => out.push_str(&format!(
+            "daemon: no state file; data plane mode {}\n",
+            v.mode
+        )),
     }
     if let Some(d) = &v.daemon {
         let ifs: Vec<String> = d
             .interfaces
             .iter()
             .map(|(n, a)| {
-                let hooks = [(a.xdp, "xdp"), (a.tc, "tc")].iter().filter(|(on, _)| *on).map(|(_, h)| *h).collect::<Vec<_>>().join("+");
+                let hooks = [(a.xdp, "xdp"), (a.tc, "tc")]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, h)| *h)
+                    .collect::<Vec<_>>()
+                    .join("+");
                 format!("{n}({hooks})")
             })
             .collect();
-        out.push_str(&format!("interfaces: {}\n", if ifs.is_empty() { "none".into() } else { ifs.join(" ") }));
+        out.push_str(&format!(
+            "interfaces: {}\n",
+            if ifs.is_empty() {
+                "none".into()
+            } else {
+                ifs.join(" ")
+            }
+        ));
     }
     if let Some(s) = &v.sync {
         out.push_str(&format!(
@@ -234,12 +282,20 @@ pub fn render_status(v: &StatusView) -> String {
             s.source,
             ago(s.last_full_sync),
             ago(s.last_event),
-            s.last_error.as_deref().map_or("none".to_owned(), |e| format!("{e} ({})", ago(s.last_error_at)))
+            s.last_error
+                .as_deref()
+                .map_or("none".to_owned(), |e| format!(
+                    "{e} ({})",
+                    ago(s.last_error_at)
+                ))
         ));
     }
     out.push_str(&format!(
         "flows: {} of {} ({} entries), {} evicted\n\n",
-        v.flow_table.flows, v.flow_table.capacity_flows, v.flow_table.entries, v.flow_table.evictions
+        v.flow_table.flows,
+        v.flow_table.capacity_flows,
+        v.flow_table.entries,
+        v.flow_table.evictions
     ));
     let mut rows = Vec::new();
     for s in &v.services {
@@ -274,11 +330,33 @@ pub fn render_status(v: &StatusView) -> String {
         }
     }
     out.push_str(&table::render(
-        &["SERVICE", "LISTEN", "APP:PORT", "BALANCE", "BACKEND", "STATE", "PACKETS", "BYTES", "NEW FLOWS"],
+        &[
+            "SERVICE",
+            "LISTEN",
+            "APP:PORT",
+            "BALANCE",
+            "BACKEND",
+            "STATE",
+            "PACKETS",
+            "BYTES",
+            "NEW FLOWS",
+        ],
         &rows,
     ));
-    let nonzero: Vec<String> = v.dataplane.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
-    out.push_str(&format!("\ndata plane: {}\n", if nonzero.is_empty() { "no events yet".into() } else { nonzero.join(" ") }));
+    let nonzero: Vec<String> = v
+        .dataplane
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    out.push_str(&format!(
+        "\ndata plane: {}\n",
+        if nonzero.is_empty() {
+            "no events yet".into()
+        } else {
+            nonzero.join(" ")
+        }
+    ));
     out
 }
 
@@ -303,7 +381,19 @@ pub fn render_flows(list: &[FlowView]) -> String {
             ]
         })
         .collect();
-    let mut out = table::render(&["PROTO", "CLIENT", "SERVICE", "BACKEND", "NAT SOURCE", "AGE", "IDLE", "STATE"], &rows);
+    let mut out = table::render(
+        &[
+            "PROTO",
+            "CLIENT",
+            "SERVICE",
+            "BACKEND",
+            "NAT SOURCE",
+            "AGE",
+            "IDLE",
+            "STATE",
+        ],
+        &rows,
+    );
     out.push_str(&format!("{} flows\n", list.len()));
     out
 }

@@ -30,7 +30,13 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     #[test]
     fn columns_line_up() {
-        let t = super::render(&["A", "BBB"], &[vec!["xxxx".into(), "y".into()], vec!["z".into(), "w".into()]]);
+        let t = super::render(
+            &["A", "BBB"],
+            &[
+                vec!["xxxx".into(), "y".into()],
+                vec!["z".into(), "w".into()],
+            ],
+        );
         assert_eq!(t, "A     BBB\nxxxx  y\nz     w\n");
     }
 }

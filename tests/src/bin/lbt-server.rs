@@ -22,7 +22,10 @@ fn serve(mut conn: TcpStream, name: &str) {
         h.clear();
     }
     let path = line.split_whitespace().nth(1).unwrap_or("/");
-    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n");
         let mut buf = vec![0u8; 64 * 1024];
         let mut sent = 0;
@@ -38,15 +41,23 @@ fn serve(mut conn: TcpStream, name: &str) {
         }
     } else {
         let body = format!("{name} peer={peer}\n");
-        let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let _ = write!(
+            conn,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
     }
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let name = args.next().expect("usage: lbt-server NAME [TCP_PORT] [UDP_PORT]");
+    let name = args
+        .next()
+        .expect("usage: lbt-server NAME [TCP_PORT] [UDP_PORT]");
     let tcp_port: u16 = args.next().map_or(80, |p| p.parse().expect("TCP port"));
-    let udp_port: u16 = args.next().map_or(tcp_port, |p| p.parse().expect("UDP port"));
+    let udp_port: u16 = args
+        .next()
+        .map_or(tcp_port, |p| p.parse().expect("UDP port"));
     let udp = UdpSocket::bind(("0.0.0.0", udp_port)).expect("bind UDP");
     let uname = name.clone();
     thread::spawn(move || {
