@@ -42,16 +42,29 @@ pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, ApiError> {
             Some(Value::Array(apps)) => apps,
             // An empty Marathon may write `"apps": null` in old versions.
             Some(Value::Null) => Vec::new(),
-            _ => return Err(ApiError::NoApps(top.keys().cloned().collect::<Vec<_>>().join(", "))),
+            _ => {
+                return Err(ApiError::NoApps(
+                    top.keys().cloned().collect::<Vec<_>>().join(", "),
+                ));
+            }
         },
-        other => return Err(ApiError::NoApps(format!("not an object but {}", kind(&other)))),
+        other => {
+            return Err(ApiError::NoApps(format!(
+                "not an object but {}",
+                kind(&other)
+            )));
+        }
     };
     let mut parsed = ParsedApps::default();
     for (index, value) in apps.into_iter().enumerate() {
         let app_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
         match parse_app(value) {
             Ok(app) => parsed.apps.push(app),
-            Err(e) => parsed.errors.push(AppError { index, app_id, error: e.to_string() }),
+            Err(e) => parsed.errors.push(AppError {
+                index,
+                app_id,
+                error: e.to_string(),
+            }),
         }
     }
     Ok(parsed)
