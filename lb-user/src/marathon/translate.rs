@@ -731,8 +731,8 @@ impl Cx<'_, '_> {
                         Some(i),
                         None,
                         format!(
-                            "no service port: Marathon assigned none (IP-per-task before 1.5) and \
-                             HAPROXY_{i}_PORT is not set"
+                            "the port has no service port (Marathon gives none to IP-per-task apps \
+                             before 1.5) and HAPROXY_{i}_PORT is not set"
                         ),
                     );
                     return None;
