@@ -263,7 +263,8 @@ fn host_networking_multi_port_with_label_overrides() {
             ],
         );
     }
-    // Excluded states are routine, not skips; the task without a host is one.
+    // Excluded states are routine, not skips (an unplaced staging task included); a running
+    // task without a host is one.
     assert_eq!(t.skipped.len(), 1, "{:#?}", t.skipped);
     assert_skipped(&t, "/web/api", None, Some("web_api.no-host"), "no host");
     assert!(t.unsupported.is_empty(), "{:#?}", t.unsupported);

@@ -803,6 +803,16 @@ impl Cx<'_, '_> {
         let mut out = Vec::new();
         for t in &unit.tasks {
             let task = t.task;
+            // No state (old captures) means running, as in marathon-lb.
+            if task
+                .state
+                .as_deref()
+                .is_some_and(|s| EXCLUDED_TASK_STATES.contains(&s))
+            {
+                continue;
+            }
+            // marathon-lb checks the host first; checking it second spares a report for
+            // tasks not yet placed, which are routine.
             if task.host.is_empty() {
                 self.skip(
                     t.app_id,
@@ -810,14 +820,6 @@ impl Cx<'_, '_> {
                     Some(&task.id),
                     "task has no host".to_owned(),
                 );
-                continue;
-            }
-            // No state (old captures) means running, as in marathon-lb.
-            if task
-                .state
-                .as_deref()
-                .is_some_and(|s| EXCLUDED_TASK_STATES.contains(&s))
-            {
                 continue;
             }
             // marathon-lb falls back to a cached earlier verdict when results are missing; a
