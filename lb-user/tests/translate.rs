@@ -764,8 +764,11 @@ fn zdd_pair_merges_and_drains_old_tasks() {
 }
 
 #[test]
-fn zdd_does_not_depend_on_listing_order() {
+fn output_does_not_depend_on_listing_order() {
     let mut parsed = apps(own_fixture("zdd.json"));
+    parsed
+        .apps
+        .extend(parse(own_fixture("malformed.json")).apps);
     let forward = run(&parsed, &TranslateOptions::default());
     parsed.apps.reverse();
     let backward = run(&parsed, &TranslateOptions::default());

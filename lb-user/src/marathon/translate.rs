@@ -262,9 +262,12 @@ pub fn translate(
     // A `udp,tcp` port is two services with the same labels: report it once.
     unsupported.sort();
     unsupported.dedup();
+    // Sorted, so that the same apps listed in another order report identically.
+    let mut skipped = cx.skipped;
+    skipped.sort();
     Translation {
         desired,
-        skipped: cx.skipped,
+        skipped,
         unsupported,
     }
 }
