@@ -283,6 +283,8 @@ pub enum AttemptErrorKind {
     Status(StatusCode),
     TooManyRedirects(usize),
     BadRedirect(String),
+    /// The base URL and the request path do not join into a URL.
+    BadUrl(String),
     /// The connection broke while reading the body.
     Body(String),
 }
@@ -303,6 +305,7 @@ impl fmt::Display for AttemptErrorKind {
             AttemptErrorKind::Status(s) => write!(f, "answered {s}"),
             AttemptErrorKind::TooManyRedirects(n) => write!(f, "more than {n} redirects"),
             AttemptErrorKind::BadRedirect(e) => write!(f, "bad redirect: {e}"),
+            AttemptErrorKind::BadUrl(e) => write!(f, "bad URL: {e}"),
             AttemptErrorKind::Body(e) => write!(f, "reading the body: {e}"),
         }
     }
@@ -364,6 +367,12 @@ enum RequestKind {
     Json,
     /// A long-lived stream: only the response headers are under `request_timeout`.
     EventStream,
+}
+
+/// A successful answer: a whole body, or a stream still to be read.
+enum Answer {
+    Body(Bytes),
+    Stream(reqwest::Response),
 }
 
 impl MarathonClient {
@@ -461,14 +470,10 @@ impl MarathonClient {
 
     /// Reads `/v2/apps?embed=apps.tasks` and returns the body untouched; parsing is the caller's.
     pub async fn fetch_apps(&self) -> Result<Bytes, ClientError> {
-        let (response, url) = self.get(APPS_PATH, RequestKind::Json).await?;
-        // The body is read under the same whole-request timeout (set on the request builder).
-        response.bytes().await.map_err(|e| {
-            ClientError::AllFailed(vec![AttemptError {
-                url: redact_url(&url),
-                kind: describe(e),
-            }])
-        })
+        match self.get(APPS_PATH, RequestKind::Json).await? {
+            (Answer::Body(body), _) => Ok(body),
+            (Answer::Stream(_), _) => unreachable!("a JSON request yields a body"),
+        }
     }
 
     /// Opens `path_and_query` (relative to a base URL) as an event stream and returns the response
@@ -477,17 +482,19 @@ impl MarathonClient {
         &self,
         path_and_query: &str,
     ) -> Result<(reqwest::Response, String), ClientError> {
-        let (response, url) = self.get(path_and_query, RequestKind::EventStream).await?;
-        Ok((response, redact_url(&url)))
+        match self.get(path_and_query, RequestKind::EventStream).await? {
+            (Answer::Stream(response), url) => Ok((response, redact_url(&url))),
+            (Answer::Body(_), _) => unreachable!("an event-stream request yields a stream"),
+        }
     }
 
     /// Tries every URL once, starting with the one that answered last, and returns the first 2xx
-    /// response together with the URL that produced it (after redirects).
+    /// answer together with the URL that produced it (after redirects).
     async fn get(
         &self,
         path_and_query: &str,
         kind: RequestKind,
-    ) -> Result<(reqwest::Response, Url), ClientError> {
+    ) -> Result<(Answer, Url), ClientError> {
         let n = self.urls.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;
         let mut attempts = Vec::new();
@@ -498,7 +505,7 @@ impl MarathonClient {
                 Err(e) => {
                     attempts.push(AttemptError {
                         url: redact_url(&self.urls[index]),
-                        kind: AttemptErrorKind::BadRedirect(e.to_string()),
+                        kind: AttemptErrorKind::BadUrl(e.to_string()),
                     });
                     continue;
                 }
@@ -521,7 +528,7 @@ impl MarathonClient {
         &self,
         mut url: Url,
         kind: RequestKind,
-    ) -> Result<(reqwest::Response, Url), AttemptError> {
+    ) -> Result<(Answer, Url), AttemptError> {
         let fail = |url: &Url, kind| AttemptError {
             url: redact_url(url),
             kind,
@@ -544,7 +551,15 @@ impl MarathonClient {
             };
             let status = response.status();
             if status.is_success() {
-                return Ok((response, url));
+                return match kind {
+                    // Read here, so that a connection breaking mid-body moves on to the next URL;
+                    // the request's own timeout still bounds it.
+                    RequestKind::Json => match response.bytes().await {
+                        Ok(body) => Ok((Answer::Body(body), url)),
+                        Err(e) => Err(fail(&url, describe(e))),
+                    },
+                    RequestKind::EventStream => Ok((Answer::Stream(response), url)),
+                };
             }
             if status.is_redirection() {
                 let next = redirect_target(&url, response.headers().get(LOCATION))
