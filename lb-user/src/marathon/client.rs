@@ -860,4 +860,41 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
     }
+
+    /// A throwaway self-signed certificate (no key kept anywhere); only its parsing matters.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBczCCARmgAwIBAgIUbvo/FpXytYiW/qkBdtqotzUafekwCgYIKoZIzj0EAwIw\n\
+DzENMAsGA1UEAwwEdGVzdDAeFw0yNjExMjExODUzMTFaFw0yNjExMjIxODUzMTFa\n\
+MA8xDTALBgNVBAMMBHRlc3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAReFxfH\n\
+C98HVaX2pzOkhjNv9v0N3ZF8PdsOm/zZMNS3Fjz8g8xrUdisZyxdIVpxMA91gJfN\n\
+Lit5PpFWtNgeMVTHo1MwUTAdBgNVHQ4EFgQUl8uQvThslCOAsAN3tQUJoDkRgUAw\n\
+HwYDVR0jBBgwFoAUl8uQvThslCOAsAN3tQUJoDkRgUAwDwYDVR0TAQH/BAUwAwEB\n\
+/zAKBggqhkjOPQQDAgNIADBFAiEAxX6Z8b0UnZl1Ns8NSiS9yxCAR11WiCMBFzFL\n\
+SGk4B+QCIF2n7CqGttm8pmj4ftqxMThyfaAyq5LE8xB6coxH4xQh\n\
+-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn ca_file_is_loaded_or_rejected_with_its_path() {
+        let dir = std::env::temp_dir().join(format!("lb-client-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let cfg = |path: PathBuf| ClientConfig {
+            urls: vec![url("https://m.example")],
+            ca_cert: Some(path),
+            ..ClientConfig::default()
+        };
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, TEST_CA).expect("write CA");
+        MarathonClient::new(&cfg(good)).expect("a PEM certificate is accepted");
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").expect("write garbage");
+        let err = MarathonClient::new(&cfg(garbage)).expect_err("garbage is rejected");
+        assert!(matches!(err, ClientError::CaPem { .. }), "{err:?}");
+        assert!(err.to_string().contains("garbage.pem"), "{err}");
+        let err = MarathonClient::new(&cfg(dir.join("missing.pem"))).expect_err("missing file");
+        assert!(
+            matches!(err, ClientError::CaFile { .. }) && err.to_string().contains("missing.pem"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    }
 }
