@@ -27,7 +27,8 @@ pub const MAP_FLOWS: &str = "LB_FLOWS";
 /// `u32 (IPv4, network order) -> LocalAddr`: the agent's own addresses, on which wildcard
 /// services answer. Written by the daemon from netlink.
 pub const MAP_LOCAL_ADDRS: &str = "LB_LOCAL_ADDRS";
-/// `u32 ifindex -> u32`: interfaces an XDP program may redirect to. Written by the daemon.
+/// `u32 ifindex -> u32`: interfaces where XDP may forward on its own: frames arrive with
+/// complete checksums and the interface accepts redirected XDP frames. Written by the daemon.
 pub const MAP_XDP_TX: &str = "LB_XDP_TX";
 /// `[0] -> Config`. Written by the daemon at start, read by the data plane.
 pub const MAP_CONFIG: &str = "LB_CONFIG";

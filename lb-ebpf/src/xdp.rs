@@ -1,5 +1,5 @@
-//! XDP entry point. Forwards by redirect when the egress interface can take XDP frames
-//! (listed in `LB_XDP_TX`); everything else passes untouched to the TC program and the stack.
+//! XDP entry point. Forwards by redirect between interfaces listed in `LB_XDP_TX` (frames with
+//! complete checksums in, XDP frames accepted out); everything else passes untouched to TC.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::bpf_ktime_get_ns,
@@ -38,6 +38,13 @@ fn try_lb_xdp(mut ctx: XdpContext) -> Result<u32, Stat> {
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = conntrack::track(&p, now)?;
+    // A veth hands XDP the sender's skb data, whose TCP/UDP checksum may be only partial
+    // (offloaded): rewriting it here would corrupt it. TC sees the skb state and copes.
+    let ingress = Packet::ingress_ifindex(&ctx);
+    // SAFETY: only tested for presence.
+    if unsafe { LB_XDP_TX.get(&ingress) }.is_none() {
+        return Err(Stat::PassToTc);
+    }
     if p.ttl <= 1 {
         return Err(Stat::PassTtl);
     }
@@ -51,7 +58,7 @@ fn try_lb_xdp(mut ctx: XdpContext) -> Result<u32, Stat> {
     nat::rewrite(&mut ctx, &p, &flow, Hop::Routed(Some(&macs)))?;
     count_traffic(flow.service_id, flow.backend_id, p.tot_len as u64);
     count(Stat::Redirect);
-    if ifindex == Packet::ingress_ifindex(&ctx) {
+    if ifindex == ingress {
         return Ok(XDP_TX);
     }
     // SAFETY: plain helper call; the verdict it returns is the program's.

@@ -65,7 +65,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub preserve_client_ip: bool,
 
-    /// Hook: `xdp` (XDP fast path with TC beside it), `tc` (TC only), `auto` (XDP where possible).
+    /// Hook: `xdp` (XDP fast path with TC beside it, on every interface), `tc` (TC only), or
+    /// `auto` (XDP and TC on physical NICs, TC alone on virtual interfaces such as cali* veths).
     #[arg(long, value_enum, default_value = "auto")]
     pub hook: Hook,
 
@@ -110,9 +111,65 @@ pub struct RunArgs {
     #[arg(long, default_value = "info", env = "LB_LOG")]
     pub log_level: String,
 
+    #[command(flatten)]
+    pub marathon: MarathonArgs,
+
     /// Prometheus metrics and /healthz listen address (loopback unless you say otherwise).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub metrics: SocketAddr,
+}
+
+/// Following Marathon, with marathon-lb's flags where marathon-lb has them.
+#[derive(Debug, Args)]
+pub struct MarathonArgs {
+    /// Marathon URL (repeatable: tried in order, failing over on errors), e.g. http://master.mesos:8080.
+    #[arg(long = "marathon", value_name = "URL")]
+    pub urls: Vec<String>,
+
+    /// Basic auth `user:password` for Marathon. Prefer --marathon-auth-file: arguments are visible in ps.
+    #[arg(long, value_name = "USER:PASS", conflicts_with = "marathon_auth_file")]
+    pub marathon_auth: Option<String>,
+
+    /// File whose first line is `user:password`.
+    #[arg(long, value_name = "FILE")]
+    pub marathon_auth_file: Option<PathBuf>,
+
+    /// DC/OS token, sent as `Authorization: token=...`.
+    #[arg(long, value_name = "TOKEN", conflicts_with_all = ["marathon_token_file", "marathon_auth", "marathon_auth_file"])]
+    pub marathon_token: Option<String>,
+
+    /// File holding the DC/OS token.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["marathon_auth", "marathon_auth_file"])]
+    pub marathon_token_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates to trust for Marathon's TLS (verification is always on).
+    #[arg(long, value_name = "FILE")]
+    pub marathon_ca_cert: Option<PathBuf>,
+
+    /// HAPROXY_GROUP to serve (repeatable); `*` serves every app, grouped or not.
+    #[arg(long = "group", default_value = "external")]
+    pub groups: Vec<String>,
+
+    /// Only tasks passing their Marathon health checks get new flows (apps without checks: all tasks).
+    #[arg(long)]
+    pub health_check: bool,
+
+    /// Only ports labelled HAPROXY_{n}_ENABLED=true are served.
+    #[arg(long)]
+    pub strict_mode: bool,
+
+    /// Where a task's address comes from, in order (repeatable): `netinfo` (the task's own IP,
+    /// e.g. Calico) and `host` (the agent address and host port), as Mesos-DNS's IPSources.
+    #[arg(long = "ip-source", default_values = ["netinfo", "host"])]
+    pub ip_sources: Vec<String>,
+
+    /// Full re-read of Marathon even without events, seconds.
+    #[arg(long, default_value_t = 300)]
+    pub resync_interval: u64,
+
+    /// An event stream silent this long (seconds) is dead and is reconnected.
+    #[arg(long, default_value_t = 60)]
+    pub event_timeout: u64,
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

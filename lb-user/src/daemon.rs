@@ -8,11 +8,12 @@ use aya::{
     maps::{HashMap, PerCpuArray},
 };
 use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config, Flow, FlowKey, MAP_FLOWS, MAP_STATS};
+use tokio::sync::{mpsc, watch};
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval, sleep},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     cli::{RunArgs, default_state_file},
@@ -26,7 +27,11 @@ use crate::{
         pins::PinLayout,
         writer::{self, Writer, map},
     },
-    observe::state::{DaemonState, SyncView, unix_now},
+    marathon::{
+        controller::{self, Snapshot, SyncState, Trigger},
+        follow::{self, Follower},
+    },
+    observe::state::{DaemonState, SyncView, unix, unix_now},
     services::Desired,
 };
 
@@ -41,6 +46,9 @@ pub struct Daemon {
     pub state: DaemonState,
     pub state_file: PathBuf,
     pub sweeper: Sweeper,
+    /// Event-to-map latencies not yet exported.
+    pub event_to_map: Vec<Duration>,
+    pub marathon: Option<SyncState>,
 }
 
 pub fn data_plane_config(args: &RunArgs) -> Config {
@@ -119,12 +127,14 @@ impl Daemon {
             state,
             state_file,
             sweeper: Sweeper::default(),
+            event_to_map: Vec::new(),
+            marathon: None,
         })
     }
 
     pub fn apply(&mut self, desired: Desired) -> Result<()> {
         let report = self.writer.apply(&mut self.ebpf, &desired)?;
-        if report != Default::default() {
+        if report.added + report.changed + report.removed > 0 {
             info!(
                 added = report.added,
                 changed = report.changed,
@@ -187,23 +197,54 @@ fn load_config_file(path: &std::path::Path) -> Result<Desired> {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    if args.config.is_none() {
-        bail!("nothing to serve: give --config FILE (static services) or --marathon URL");
+    let following = !args.marathon.urls.is_empty();
+    match (&args.config, following) {
+        (None, false) => {
+            bail!("nothing to serve: give --config FILE (static services) or --marathon URL")
+        }
+        (Some(_), true) => {
+            bail!("--config and --marathon are exclusive: services come from one source")
+        }
+        _ => {}
     }
-    // Validate the static file before touching the kernel: a bad file applies nothing.
+    // Validate everything the operator typed before touching the kernel: bad input applies nothing.
     let initial = match &args.config {
         Some(path) => Some(load_config_file(path)?),
         None => None,
     };
+    let marathon = if following {
+        Some((
+            follow::controller_config(&args.marathon)?,
+            follow::translate_options(&args.marathon)?,
+        ))
+    } else {
+        None
+    };
     let mut d = Daemon::start(&args)?;
     d.state.sync = SyncView {
-        source: "config".into(),
+        source: if following { "marathon" } else { "config" }.into(),
         ..Default::default()
     };
     if let Some(desired) = initial {
         d.apply(desired)?;
         d.state.sync.last_full_sync = Some(unix_now());
         d.save_state();
+    }
+    // Marathon: the controller task reads and follows it and sends whole snapshots; this loop
+    // translates and applies them. Until the first one arrives, adopted maps keep serving.
+    let (snap_tx, mut snapshots) = mpsc::channel::<Snapshot>(4);
+    let (sync_tx, mut sync_rx) = watch::channel(SyncState::default());
+    let mut follower = None;
+    if let Some((ccfg, topts)) = marathon {
+        follower = Some(Follower::new(topts));
+        tokio::spawn(async move {
+            if let Err(e) = controller::run(ccfg, snap_tx, sync_tx).await {
+                error!("Marathon controller stopped: {e:#}");
+            }
+        });
+    } else {
+        drop(snap_tx);
+        drop(sync_tx);
     }
     let mut links = ifaces::watch().context("watching netlink for interface changes")?;
     let mut term = signal(SignalKind::terminate())?;
@@ -241,6 +282,35 @@ pub async fn run(args: RunArgs) -> Result<()> {
                         Err(e) => d.record_error(&e.context("reload refused; keeping the services in force")),
                     }
                 }
+            }
+            Some(snap) = snapshots.recv() => {
+                let Some(f) = follower.as_mut() else { continue };
+                match f.desired(&snap.apps_json) {
+                    Ok(desired) => match d.apply(desired) {
+                        Ok(()) => {
+                            d.state.sync.last_full_sync = Some(unix(snap.fetched_at));
+                            d.state.sync.skipped = f.skipped.clone();
+                            if let Trigger::Event { received } = snap.trigger {
+                                let took = received.elapsed();
+                                d.event_to_map.push(took);
+                                debug!(ms = took.as_secs_f64() * 1e3, "event reached the maps");
+                            }
+                            d.save_state();
+                        }
+                        Err(e) => d.record_error(&e),
+                    },
+                    // Garbage from Marathon: keep serving the last good state.
+                    Err(e) => d.record_error(&e.context("keeping the services in force")),
+                }
+            }
+            Ok(()) = sync_rx.changed() => {
+                let s = sync_rx.borrow_and_update().clone();
+                d.state.sync.last_event = s.last_event.map(unix);
+                if s.last_error_at.map(unix) > d.state.sync.last_error_at {
+                    d.state.sync.last_error = s.last_error.clone();
+                    d.state.sync.last_error_at = s.last_error_at.map(unix);
+                }
+                d.marathon = Some(s);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

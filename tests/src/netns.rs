@@ -182,6 +182,12 @@ impl Topology {
         self.procs.push((label.to_owned(), child));
     }
 
+    /// The exit status of a process started with `spawn`, if it has ended.
+    pub fn exited(&mut self, label: &str) -> Option<std::process::ExitStatus> {
+        let (_, child) = self.procs.iter_mut().find(|(l, _)| l == label)?;
+        child.try_wait().ok().flatten()
+    }
+
     /// Stops a process started with `spawn` by SIGTERM (as systemd would), waiting for it.
     pub fn stop(&mut self, label: &str) -> std::process::ExitStatus {
         let i = self

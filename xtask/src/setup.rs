@@ -7,8 +7,12 @@ use anyhow::{Context as _, Result, bail};
 use crate::run;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Run time and test time: `ip`, `bpftool`.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("bpftool", "bpftool")];
+/// Run time and test time: `ip`, `bpftool`, `ethtool` (the XDP test tunes veth offloads).
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("ethtool", "ethtool"),
+];
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

@@ -30,7 +30,8 @@ pub enum Hook {
     Xdp,
     /// TC (clsact ingress) only: works on every interface.
     Tc,
-    /// XDP where the interface takes it, else TC alone.
+    /// XDP (with TC) on physical NICs where the driver takes it; TC alone on virtual
+    /// interfaces, whose XDP sees partial checksums and gains nothing.
     Auto,
 }
 
@@ -144,7 +145,11 @@ impl Attacher {
             ifindex: iface.index,
             ..Attached::default()
         };
-        let xdp_wanted = matches!(self.hook, Hook::Xdp | Hook::Auto);
+        let xdp_wanted = match self.hook {
+            Hook::Xdp => true,
+            Hook::Tc => false,
+            Hook::Auto => !iface.is_virtual,
+        };
         if xdp_wanted {
             match self.attach_xdp(ebpf, iface) {
                 Ok(()) => a.xdp = true,
