@@ -86,7 +86,10 @@ impl Pkt {
             l4[check_at..check_at + 2].copy_from_slice(&c.to_ne_bytes());
         }
         let ihl = 20 + self.ip_options.len();
-        assert!(ihl % 4 == 0 && ihl <= 60, "IP options must pad to 4 bytes");
+        assert!(
+            ihl.is_multiple_of(4) && ihl <= 60,
+            "IP options must pad to 4 bytes"
+        );
         let mut ip = vec![(4 << 4) | (ihl / 4) as u8, 0];
         ip.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
         ip.extend_from_slice(&0x1234u16.to_be_bytes());

@@ -65,7 +65,7 @@ pub fn list<T: Borrow<MapData>>(
             backend_id: f.backend_id,
         })
         .collect();
-    out.sort_by(|a, b| (a.vip, a.client).cmp(&(b.vip, b.client)));
+    out.sort_by_key(|f| (f.vip, f.client));
     out
 }
 
