@@ -1,6 +1,6 @@
 //! `lb run`: load (or adopt) the data plane, attach it, then keep the maps in step with the
 //! desired services and the agent's interfaces until SIGTERM/SIGINT, leaving it all running.
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -31,7 +31,11 @@ use crate::{
         controller::{self, Snapshot, SyncState, Trigger},
         follow::{self, Follower},
     },
-    observe::state::{DaemonState, SyncView, unix, unix_now},
+    observe::{
+        metrics::{self, Health, MarathonSample, Metrics},
+        state::{DaemonState, SyncView, unix, unix_now},
+        status,
+    },
     services::Desired,
 };
 
@@ -46,9 +50,11 @@ pub struct Daemon {
     pub state: DaemonState,
     pub state_file: PathBuf,
     pub sweeper: Sweeper,
-    /// Event-to-map latencies not yet exported.
-    pub event_to_map: Vec<Duration>,
     pub marathon: Option<SyncState>,
+    pub metrics: Arc<Metrics>,
+    pub health: watch::Sender<Health>,
+    /// How old the last successful sync may be for /healthz to stay 200.
+    pub sync_max_age: Duration,
 }
 
 pub fn data_plane_config(args: &RunArgs) -> Config {
@@ -127,8 +133,16 @@ impl Daemon {
             state,
             state_file,
             sweeper: Sweeper::default(),
-            event_to_map: Vec::new(),
             marathon: None,
+            metrics: Arc::new(Metrics::new()),
+            health: watch::channel(Health {
+                attached: false,
+                last_sync_ok_unix: None,
+                last_error: None,
+                sync_max_age: Duration::MAX,
+            })
+            .0,
+            sync_max_age: Duration::MAX,
         })
     }
 
@@ -172,6 +186,36 @@ impl Daemon {
         self.state.flow_entries = report.entries;
         self.state.flow_evictions = self.sweeper.evictions;
         self.save_state();
+        self.publish(Some(report.entries))
+    }
+
+    /// Refreshes what Prometheus and /healthz see.
+    pub fn publish(&mut self, flow_entries: Option<u64>) -> Result<()> {
+        let view = status::status_of(
+            &self.attacher.layout,
+            Some(self.state.clone()),
+            flow_entries,
+        )?;
+        let marathon = self.marathon.as_ref().map(|m| MarathonSample {
+            requests_total: m.requests_total,
+            request_errors_total: m.request_errors_total,
+            stream_reconnects_total: m.stream_reconnects_total,
+            events_total: m.events_total,
+            last_event_unix: m.last_event.map(unix),
+            last_sync_unix: m.last_full_sync.map(unix),
+            connected: m.connected,
+        });
+        self.metrics.publish(status::metrics_snapshot(
+            &view,
+            marathon,
+            self.attacher.attached.len(),
+        ));
+        self.health.send_replace(Health {
+            attached: !self.attacher.attached.is_empty(),
+            last_sync_ok_unix: self.state.sync.last_full_sync,
+            last_error: self.state.sync.last_error.clone(),
+            sync_max_age: self.sync_max_age,
+        });
         Ok(())
     }
 
@@ -220,7 +264,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
     } else {
         None
     };
+    let listener = tokio::net::TcpListener::bind(args.metrics)
+        .await
+        .with_context(|| format!("binding --metrics {}", args.metrics))?;
     let mut d = Daemon::start(&args)?;
+    if following {
+        // Marathon is re-read at least every resync interval: two missed means trouble.
+        d.sync_max_age = Duration::from_secs(args.marathon.resync_interval.max(1) * 2 + 30);
+    }
+    info!(addr = %listener.local_addr()?, "metrics and /healthz");
+    tokio::spawn(metrics::serve(
+        listener,
+        d.metrics.clone(),
+        d.health.subscribe(),
+    ));
     d.state.sync = SyncView {
         source: if following { "marathon" } else { "config" }.into(),
         ..Default::default()
@@ -252,6 +309,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut ticker = interval(SWEEP_EVERY);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    d.publish(None)?;
     info!("running; SIGTERM or SIGINT stops the daemon and leaves the data plane forwarding");
     loop {
         tokio::select! {
@@ -292,10 +350,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
                             d.state.sync.skipped = f.skipped.clone();
                             if let Trigger::Event { received } = snap.trigger {
                                 let took = received.elapsed();
-                                d.event_to_map.push(took);
+                                d.metrics.observe_event_to_map(took);
                                 debug!(ms = took.as_secs_f64() * 1e3, "event reached the maps");
                             }
                             d.save_state();
+                            if let Err(e) = d.publish(None) {
+                                d.record_error(&e);
+                            }
                         }
                         Err(e) => d.record_error(&e),
                     },

@@ -25,8 +25,11 @@ pub fn start(topo: &mut Topology, label: &str, args: &[&str], services: usize) -
     cmd.arg("run")
         .arg("--pin-path")
         .arg(topo.pin_path())
-        .args(["--metrics", "127.0.0.1:0"])
         .args(args);
+    if !args.contains(&"--metrics") {
+        // Daemons of several tests may coexist in different namespaces; any port will do.
+        cmd.args(["--metrics", "127.0.0.1:0"]);
+    }
     cmd.stdout(Stdio::null()).stderr(out);
     topo.spawn(label, cmd);
     let deadline = Instant::now() + Duration::from_secs(20);

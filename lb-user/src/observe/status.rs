@@ -12,6 +12,7 @@ use lb_common::{
 use serde::Serialize;
 
 use super::{
+    metrics::{self, BackendSample, MarathonSample, ServiceSample},
     state::{DaemonState, SyncView, unix_now},
     table,
 };
@@ -124,8 +125,17 @@ fn process_alive(pid: u32) -> bool {
 }
 
 pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
+    status_of(layout, DaemonState::read(state_file), None)
+}
+
+/// The status from a known daemon state; `flow_entries` saves a walk of the flow table
+/// when the caller just counted it.
+pub fn status_of(
+    layout: &PinLayout,
+    state: Option<DaemonState>,
+    flow_entries: Option<u64>,
+) -> Result<StatusView> {
     let maps = PinnedMaps::open(layout)?;
-    let state = DaemonState::read(state_file);
     let cfg = maps.config();
     let totals = flows::sum_stats(&maps.stats);
     let mut services = Vec::new();
@@ -195,7 +205,8 @@ pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
             backends,
         });
     }
-    let entries = maps.flows.keys().filter(Result::is_ok).count() as u64;
+    let entries =
+        flow_entries.unwrap_or_else(|| maps.flows.keys().filter(Result::is_ok).count() as u64);
     let capacity = MapData::from_pin(layout.map(MAP_FLOWS))
         .and_then(|m| m.info())
         .map_or(0, |i| i.max_entries() as u64);
@@ -396,4 +407,43 @@ pub fn render_flows(list: &[FlowView]) -> String {
     );
     out.push_str(&format!("{} flows\n", list.len()));
     out
+}
+
+/// The same view as Prometheus samples.
+pub fn metrics_snapshot(
+    v: &StatusView,
+    marathon: Option<MarathonSample>,
+    interfaces: usize,
+) -> metrics::Snapshot {
+    metrics::Snapshot {
+        services: v
+            .services
+            .iter()
+            .map(|s| ServiceSample {
+                service: s.name.clone(),
+                app: s.app_id.clone().unwrap_or_default(),
+                listen: format!("{}:{}/{}", s.address, s.port, s.protocol),
+                packets: s.packets,
+                bytes: s.bytes,
+                new_flows: s.new_flows,
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| BackendSample {
+                        address: b.address.to_string(),
+                        state: b.state,
+                        packets: b.packets,
+                        bytes: b.bytes,
+                        new_flows: b.new_flows,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        dataplane: v.dataplane.iter().map(|(k, n)| (k.clone(), *n)).collect(),
+        flow_entries: v.flow_table.entries,
+        flow_capacity: v.flow_table.capacity_flows,
+        flow_evictions: v.flow_table.evictions,
+        interfaces_attached: interfaces as u64,
+        marathon,
+    }
 }

@@ -1,0 +1,383 @@
+//! The real daemon following a Marathon stand-in in the agent topology: marathon-lb's rules
+//! decide the backends, changes reach the data plane within a second, removed tasks drain,
+//! traffic keeps flowing while Marathon is down, and metrics and /healthz tell the truth.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpStream},
+    time::Duration,
+};
+
+use lb_tests::{
+    client::{http_get, tcp_ask},
+    lb::{self, NsStandin, wait_for},
+    marathon_standin::Mode,
+    netns::{AGENT, TASKS, Topology, in_netns},
+};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(3);
+
+/// A task as Marathon 1.5+ reports it: Calico IP, state, and a health-check result.
+fn task(i: usize, state: &str, alive: Option<bool>) -> Value {
+    let (name, ip, _, _) = TASKS[i];
+    let mut t = json!({
+        "id": format!("nginx.{name}"), "appId": "/nginx", "state": state, "host": AGENT.to_string(),
+        "ipAddresses": [{"ipAddress": ip.to_string(), "protocol": "IPv4"}], "ports": [], "servicePorts": [10000],
+        "slaveId": "agent-S1", "stagedAt": "2026-11-21T10:00:00.000Z", "startedAt": "2026-11-21T10:00:01.000Z",
+        "version": "2026-11-21T09:59:00.000Z"
+    });
+    if let Some(alive) = alive {
+        t["healthCheckResults"] = json!([{"alive": alive, "consecutiveFailures": 0, "instanceId": format!("nginx.marathon-{name}")}]);
+    }
+    t
+}
+
+/// The nginx app of Calico's "Connecting to Tasks" guide, in Marathon 1.5+ shape, plus an app
+/// of another group (never served) and an L7-labelled one (served at L4, reported).
+fn apps(tasks: Vec<Value>) -> Value {
+    json!({"apps": [
+        {
+            "id": "/nginx", "instances": tasks.len(),
+            "container": {"type": "DOCKER", "docker": {"image": "nginx:1.13"},
+                          "portMappings": [{"containerPort": 80, "servicePort": 10000, "protocol": "tcp", "name": "http"}]},
+            "networks": [{"name": "calico", "mode": "container"}],
+            "labels": {"HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": "nginx.example.com"},
+            "healthChecks": [{"protocol": "MESOS_HTTP", "path": "/", "portIndex": 0}],
+            "tasks": tasks
+        },
+        {
+            "id": "/internal", "instances": 1,
+            "container": {"type": "DOCKER", "docker": {"image": "x"},
+                          "portMappings": [{"containerPort": 80, "servicePort": 10001, "protocol": "tcp"}]},
+            "networks": [{"name": "calico", "mode": "container"}],
+            "labels": {"HAPROXY_GROUP": "internal"},
+            "tasks": [task(0, "TASK_RUNNING", None)]
+        }
+    ]})
+}
+
+fn addr(i: usize) -> String {
+    format!("{}:80", TASKS[i].1)
+}
+
+fn served_by(topo: &Topology, n: usize) -> Vec<String> {
+    let mut v: Vec<String> = in_netns(&topo.ns("client"), move || {
+        (0..n)
+            .map(|_| {
+                tcp_ask(SocketAddrV4::new(AGENT, 10000), T)
+                    .expect("request through lb")
+                    .task
+            })
+            .collect()
+    });
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn agent_http(topo: &Topology, port: u16, path: &'static str) -> Result<Vec<u8>, String> {
+    in_netns(&topo.ns("agent"), move || {
+        http_get(
+            SocketAddrV4::new("127.0.0.1".parse().unwrap(), port),
+            path,
+            T,
+        )
+    })
+}
+
+#[test]
+fn follows_marathon_live_drains_and_survives_marathon_failures() {
+    let mut topo = Topology::new("lbm1");
+    topo.start_tasks();
+    let m = NsStandin::start(&topo.ns("agent"));
+    // t1 and t2 healthy, t3 failing its health check.
+    m.standin.set_apps(apps(vec![
+        task(0, "TASK_RUNNING", Some(true)),
+        task(1, "TASK_RUNNING", Some(true)),
+        task(2, "TASK_RUNNING", Some(false)),
+    ]));
+    let url = m.standin.url();
+    let log = lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--marathon",
+            &url,
+            "--group",
+            "external",
+            "--health-check",
+            "--resync-interval",
+            "1",
+        ],
+        1,
+    );
+    assert_eq!(
+        lb::active_backends(&topo, 10000),
+        vec![addr(0), addr(1)],
+        "healthy tasks only"
+    );
+    let st = lb::status(&topo).unwrap();
+    assert_eq!(
+        st["services"].as_array().unwrap().len(),
+        1,
+        "the internal group is not served: {st}"
+    );
+    let svc = &st["services"][0];
+    assert_eq!(
+        (svc["name"].as_str(), svc["app_id"].as_str()),
+        (Some("nginx_10000"), Some("/nginx"))
+    );
+    assert_eq!(served_by(&topo, 10), vec!["t1", "t2"]);
+
+    // A connection that must survive its task leaving the set: keep one that landed on t1.
+    let client_ns = topo.ns("client");
+    let mut conn = in_netns(&client_ns, || {
+        for _ in 0..10 {
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddrV4::new(AGENT, 10000).into(), T).unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut head = [0u8; 64];
+            let n = s.read(&mut head).unwrap();
+            drop(s);
+            if String::from_utf8_lossy(&head[..n]).contains("200") {
+                break;
+            }
+        }
+        // Now a long transfer: it stays open while the test does not read.
+        let mut s = TcpStream::connect_timeout(&SocketAddrV4::new(AGENT, 10000).into(), T).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(b"GET /bytes/3000000 HTTP/1.0\r\n\r\n").unwrap();
+        s
+    });
+    let mut first = vec![0u8; 50_000];
+    conn.read_exact(&mut first)
+        .expect("start of the long transfer");
+    let flows = lb::lb(
+        &topo,
+        &[
+            "flows",
+            "--json",
+            "--pin-path",
+            topo.pin_path().to_str().unwrap(),
+        ],
+    );
+    let flows: Value = serde_json::from_str(&flows).unwrap();
+    let long_backend = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["state"] == "active")
+        .map(|f| f["backend"].as_str().unwrap().to_owned())
+        .expect("the long transfer is tracked");
+
+    // The task serving it is killed, t3 turns healthy: within a second the maps follow.
+    let mut next = vec![
+        task(0, "TASK_RUNNING", Some(true)),
+        task(1, "TASK_RUNNING", Some(true)),
+        task(2, "TASK_RUNNING", Some(true)),
+    ];
+    let gone = TASKS
+        .iter()
+        .position(|(_, ip, _, _)| long_backend.starts_with(&ip.to_string()))
+        .unwrap();
+    next[gone] = task(gone, "TASK_KILLING", Some(true));
+    let mut want: Vec<String> = (0..3).filter(|i| *i != gone).map(addr).collect();
+    want.sort();
+    m.standin.set_apps(apps(next));
+    let took = wait_for(
+        "event reaches the data plane",
+        Duration::from_secs(1),
+        || lb::active_backends(&topo, 10000) == want,
+    );
+    eprintln!("event to data plane, as seen by `lb status`: {took:?}");
+    let st = lb::status(&topo).unwrap();
+    let draining: Vec<&Value> = st["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["state"] == "draining")
+        .collect();
+    assert_eq!(draining.len(), 1, "the killed task drains: {st}");
+    let names: Vec<String> = want
+        .iter()
+        .map(|a| {
+            TASKS
+                .iter()
+                .find(|t| a.starts_with(&t.1.to_string()))
+                .unwrap()
+                .0
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        served_by(&topo, 12),
+        names,
+        "new flows avoid the draining task"
+    );
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("the draining connection completes");
+    let header = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        first.len() + rest.len() - header,
+        3_000_000,
+        "no byte lost on the draining task"
+    );
+
+    // Marathon fails in every way: the data plane keeps the last good state and keeps serving.
+    for mode in [Mode::Fail(502), Mode::Garbage, Mode::Fail(500)] {
+        m.standin.set_mode(mode.clone());
+        m.standin
+            .set_apps(apps(vec![task(0, "TASK_RUNNING", Some(true))]));
+        // Resyncs run every second: give each failure mode a couple of them.
+        std::thread::sleep(Duration::from_millis(2200));
+        assert_eq!(
+            lb::active_backends(&topo, 10000),
+            want,
+            "{mode:?}: last good state kept"
+        );
+        assert_eq!(served_by(&topo, 6), names, "{mode:?}: traffic flows");
+    }
+    let st = lb::status(&topo).unwrap();
+    assert!(
+        st["sync"]["last_error"].is_string(),
+        "the failure is reported: {}",
+        st["sync"]
+    );
+    // Marathon back: the state it now holds applies (only t1, which is healthy).
+    m.standin.set_mode(Mode::Normal);
+    m.standin
+        .set_apps(apps(vec![task(0, "TASK_RUNNING", Some(true))]));
+    wait_for("recovery", Duration::from_secs(5), || {
+        lb::active_backends(&topo, 10000) == vec![addr(0)]
+    });
+    assert_eq!(served_by(&topo, 4), vec!["t1"]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("L7-only labels").count(),
+        1,
+        "VHOST reported once, not per sync:\n{text}"
+    );
+    assert!(!text.contains("password"), "no credentials in logs");
+}
+
+#[test]
+fn metrics_and_healthz_follow_attachment_sync_and_traffic() {
+    let mut topo = Topology::new("lbm2");
+    topo.start_tasks();
+    let m = NsStandin::start(&topo.ns("agent"));
+    m.standin.set_mode(Mode::Fail(502));
+    m.standin.set_apps(apps(vec![
+        task(0, "TASK_RUNNING", Some(true)),
+        task(1, "TASK_RUNNING", Some(true)),
+    ]));
+    let url = m.standin.url();
+    // Only a not-yet-existing interface matches, and Marathon fails: unhealthy twice over.
+    let log = std::fs::File::create("/tmp/lbm2-lb.log").unwrap();
+    let mut cmd = topo.cmd("agent", &lb_tests::netns::lb_bin());
+    cmd.arg("run")
+        .arg("--pin-path")
+        .arg(topo.pin_path())
+        .args([
+            "--metrics",
+            "127.0.0.1:19090",
+            "--iface",
+            "cali-new*",
+            "--marathon",
+            &url,
+            "--resync-interval",
+            "2",
+        ])
+        .stderr(log);
+    topo.spawn("lb", cmd);
+    wait_for("metrics endpoint", Duration::from_secs(10), || {
+        agent_http(&topo, 19090, "/metrics").is_ok()
+    });
+    let health = |topo: &Topology| {
+        in_netns(&topo.ns("agent"), || {
+            let mut s = TcpStream::connect(("127.0.0.1", 19090)).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            r
+        })
+    };
+    let h = health(&topo);
+    assert!(
+        h.starts_with("HTTP/1.1 503") || h.starts_with("HTTP/1.0 503"),
+        "not attached, never synced: {h}"
+    );
+    // Marathon recovers; still nothing attached.
+    m.standin.set_mode(Mode::Normal);
+    m.standin.set_apps(apps(vec![
+        task(0, "TASK_RUNNING", Some(true)),
+        task(1, "TASK_RUNNING", Some(true)),
+    ]));
+    wait_for("first sync", Duration::from_secs(10), || {
+        lb::active_backends(&topo, 10000).len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let h = health(&topo);
+    assert!(h.contains(" 503"), "synced but not attached: {h}");
+    // An interface appears (as Calico adds one per task): attached through netlink, healthy.
+    topo.sh(
+        "agent",
+        "ip link add cali-new0 type veth peer name cali-new0p && ip link set cali-new0 up",
+    );
+    wait_for("attached and healthy", Duration::from_secs(10), || {
+        health(&topo).contains(" 200")
+    });
+    // Metrics after real traffic (the client side has no lb attached on its path here: attach eth0 too).
+    assert!(topo.stop("lb").success());
+    lb::start(
+        &mut topo,
+        "lb2",
+        &[
+            "--metrics",
+            "127.0.0.1:19091",
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--marathon",
+            &url,
+        ],
+        1,
+    );
+    let served = served_by(&topo, 10);
+    assert_eq!(served, vec!["t1", "t2"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = String::from_utf8(agent_http(&topo, 19091, "/metrics").unwrap()).unwrap();
+    let line = |name: &str, needle: &str| -> f64 {
+        let l = text
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no {name} with {needle} in:\n{text}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(line("lb_service_new_flows_total", "service=\"nginx_10000\"") >= 10.0);
+    assert!(
+        line(
+            "lb_backend_packets_total",
+            &format!("backend=\"{}\"", addr(0))
+        ) > 0.0
+    );
+    assert!(
+        line(
+            "lb_backend_bytes_total",
+            &format!("backend=\"{}\"", addr(1))
+        ) > 0.0
+    );
+    assert!(line("lb_flow_table_capacity", "") > 0.0);
+    assert!(line("lb_marathon_requests_total", "") >= 1.0);
+    assert!(
+        text.contains("lb_dataplane_events_total{cause=\"redirect\"}"),
+        "{text}"
+    );
+    assert!(text.contains("lb_event_to_map_seconds_bucket"), "{text}");
+}
