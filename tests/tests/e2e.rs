@@ -5,8 +5,15 @@ use std::{
     fs,
     io::{Read, Write},
     net::{SocketAddrV4, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::Duration,
 };
+
+use serde_json::Value;
 
 use lb_tests::{
     client::{Answer, fetch_and_check, tcp_ask, udp_ask},
@@ -240,6 +247,26 @@ fn restart_keeps_live_connections_and_detach_removes_everything() {
     let mut first = vec![0u8; 100_000];
     conn.read_exact(&mut first)
         .expect("first part before the restart");
+    let links_before = pinned_links(&topo);
+    // A stream of new connections across stop, start and program replacement.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = {
+        let stop = stop.clone();
+        let ns = client_ns.clone();
+        thread::spawn(move || {
+            in_netns(&ns, move || {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) && ok < 100_000 {
+                    match tcp_ask(vip(10000), T) {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+                (ok, failed)
+            })
+        })
+    };
 
     assert!(topo.stop("lb").success(), "lb exits cleanly on SIGTERM");
     // Daemon gone: the data plane keeps forwarding old and new connections.
@@ -261,6 +288,23 @@ fn restart_keeps_live_connections_and_detach_removes_everything() {
     assert!(
         !log.contains("services applied"),
         "nothing changed, nothing rewritten: {log}"
+    );
+    // The new daemon put its own program into the same links: the interfaces never went bare.
+    let links_after = pinned_links(&topo);
+    assert_eq!(links_before.len(), links_after.len());
+    for ((path, link, prog), (path2, link2, prog2)) in links_before.iter().zip(&links_after) {
+        assert_eq!(
+            (path, link),
+            (path2, link2),
+            "same link kept across the restart"
+        );
+        assert_ne!(prog, prog2, "{path}: program replaced inside the link");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = stream.join().unwrap();
+    assert!(
+        ok > 20 && failed.is_empty(),
+        "{ok} connections succeeded, failures: {failed:?}"
     );
     let mut rest = Vec::new();
     conn.read_to_end(&mut rest)
@@ -296,4 +340,135 @@ fn restart_keeps_live_connections_and_detach_removes_everything() {
     // Traffic to the service port now reaches the agent's stack, which has nothing there.
     let refused = in_netns(&client_ns, || tcp_ask(vip(10000), Duration::from_secs(1)));
     assert!(refused.is_err(), "service gone after detach: {refused:?}");
+}
+
+/// (pin, link id, program id) of every pinned link, from bpftool.
+fn pinned_links(topo: &Topology) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for hook in ["xdp", "tc"] {
+        let dir = topo.pin_path().join("links").join(hook);
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            let json = topo.sh(
+                "agent",
+                &format!("bpftool -j link show pinned {}", path.display()),
+            );
+            let v: Value = serde_json::from_str(&json)
+                .unwrap_or_else(|e| panic!("bpftool link JSON: {e}: {json}"));
+            out.push((
+                path.display().to_string(),
+                v["id"].as_u64().unwrap(),
+                v["prog_id"].as_u64().unwrap(),
+            ));
+        }
+    }
+    out.sort();
+    assert!(!out.is_empty(), "links are pinned");
+    out
+}
+
+#[test]
+fn status_flows_and_bpftool_show_what_the_data_plane_does() {
+    let mut topo = topology("lbe5");
+    let services = write_services(&topo);
+    lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface", "eth*", "--iface", "cali*", "--hook", "tc", "--config", &services,
+        ],
+        2,
+    );
+    let client_ns = topo.ns("client");
+    in_netns(&client_ns, || {
+        for _ in 0..6 {
+            tcp_ask(vip(10000), T).expect("request");
+        }
+    });
+    // A connection held open, to be listed by `lb flows`.
+    let held = in_netns(&client_ns, || {
+        TcpStream::connect_timeout(&vip(10000).into(), T).expect("connect")
+    });
+    let pin = topo.pin_path().display().to_string();
+
+    let table = lb::lb(&topo, &["status", "--pin-path", &pin]);
+    let lines: Vec<&str> = table.lines().collect();
+    let header = lines
+        .iter()
+        .find(|l| l.starts_with("SERVICE"))
+        .unwrap_or_else(|| panic!("no header:\n{table}"));
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with("web_10000"))
+        .unwrap_or_else(|| panic!("no web row:\n{table}"));
+    assert_eq!(
+        header.find("LISTEN"),
+        row.find("*:10000/tcp"),
+        "columns line up:\n{table}"
+    );
+    for (_, addr, _, _) in TASKS {
+        let b = lines
+            .iter()
+            .find(|l| l.contains(&format!("{addr}:80")))
+            .unwrap_or_else(|| panic!("{addr} missing:\n{table}"));
+        assert!(b.contains("active"), "{b}");
+        assert_eq!(
+            header.find("STATE"),
+            b.find("active"),
+            "columns line up:\n{table}"
+        );
+    }
+    assert!(table.contains("daemon: running"), "{table}");
+
+    let json: Value =
+        serde_json::from_str(&lb::lb(&topo, &["status", "--json", "--pin-path", &pin])).unwrap();
+    let web = json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web_10000")
+        .unwrap();
+    let busy = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["packets"].as_u64().unwrap() > 0)
+        .count();
+    assert_eq!(busy, 3, "per-backend counters: {web}");
+    assert_eq!(json["flow_table"]["capacity_flows"], 262_144);
+
+    let flows = lb::lb(&topo, &["flows", "--pin-path", &pin]);
+    assert!(
+        flows.contains("10.0.0.2:") && flows.contains("10.0.0.1:10000"),
+        "{flows}"
+    );
+    let listed: Value =
+        serde_json::from_str(&lb::lb(&topo, &["flows", "--json", "--pin-path", &pin])).unwrap();
+    let local = held.local_addr().unwrap().to_string();
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["client"] == local.as_str())
+        .unwrap_or_else(|| panic!("{local} not in {listed}"));
+    assert_eq!(mine["state"], "active");
+    assert!(mine["nat"].as_str().unwrap().starts_with("10.0."), "{mine}");
+
+    // BTF makes bpftool print field names and decoded values.
+    let dump = topo.sh(
+        "agent",
+        &format!("bpftool map dump pinned {pin}/LB_SERVICES"),
+    );
+    for field in ["\"port\"", "\"proto\"", "\"generation\"", "\"count\": 3"] {
+        assert!(dump.contains(field), "{field} in:\n{dump}");
+    }
+    let dump = topo.sh(
+        "agent",
+        &format!("bpftool map dump pinned {pin}/LB_BACKENDS"),
+    );
+    assert!(
+        dump.contains("\"nat_addr\"") && dump.contains("\"service_id\""),
+        "{dump}"
+    );
+    drop(held);
 }
