@@ -6,6 +6,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_get_prandom_u32,
 };
+use aya_log_ebpf::warn;
 use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_CLOSING, FLOW_F_REPLY, Flow,
     FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, Service,
@@ -191,6 +192,14 @@ fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow,
     };
     if preserve {
         if !claim_reply(&rkey, &reply, cfg, now) {
+            warn!(
+                &(),
+                "reply tuple {:i}:{} -> {:i}:{} already tracked: new flow dropped",
+                u32::from_be(rkey.src),
+                u16::from_be(rkey.sport),
+                u32::from_be(rkey.dst),
+                u16::from_be(rkey.dport)
+            );
             return Err(Stat::DropFlowInsert);
         }
     } else {
@@ -215,6 +224,14 @@ fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow,
             }
         }
         if !claimed {
+            // Rare and actionable (widen --nat-port-range or add an agent address): say so.
+            warn!(
+                &(),
+                "no free NAT port towards {:i}:{} after {} tries",
+                u32::from_be(backend.addr),
+                u16::from_be(backend.port),
+                NAT_PORT_TRIES
+            );
             return Err(Stat::DropNatPorts);
         }
         fwd.new_sport = rkey.dport;

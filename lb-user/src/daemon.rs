@@ -88,6 +88,7 @@ impl Daemon {
             flow_entries: args.max_flows.saturating_mul(2),
         };
         let mut ebpf = loader::load(&layout, &caps).context("loading the data plane")?;
+        forward_bpf_logs(&mut ebpf);
         let cfg = data_plane_config(args);
         writer::write_config(&mut ebpf, &cfg)?;
         writer::write_local_addrs(&mut ebpf, &ifaces::ipv4_addresses())?;
@@ -234,6 +235,28 @@ impl Daemon {
         self.state.sync.last_error = Some(format!("{e:#}"));
         self.state.sync.last_error_at = Some(unix_now());
     }
+}
+
+/// The data plane's own messages (aya-log, rare failure paths only) go into our log.
+fn forward_bpf_logs(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => return warn!("data-plane log messages unavailable: {e}"),
+    };
+    // SAFETY: the AsyncFd owns the logger, so the ring buffer's fd lives as long as the registration.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => return warn!("data-plane log messages unavailable: {e}"),
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
 }
 
 fn load_config_file(path: &std::path::Path) -> Result<Desired> {

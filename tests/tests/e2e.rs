@@ -472,3 +472,59 @@ fn status_flows_and_bpftool_show_what_the_data_plane_does() {
     );
     drop(held);
 }
+
+#[test]
+fn nat_port_exhaustion_is_counted_and_logged_from_the_data_plane() {
+    let mut topo = topology("lbe6");
+    let services = write_services(&topo);
+    // One NAT port per backend: the fourth concurrent connection finds none for its backend.
+    let log = lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--hook",
+            "tc",
+            "--nat-port-range",
+            "20000-20000",
+            "--config",
+            &services,
+        ],
+        2,
+    );
+    let client_ns = topo.ns("client");
+    let (held, fourth) = in_netns(&client_ns, || {
+        let held: Vec<TcpStream> = (0..3)
+            .map(|_| {
+                TcpStream::connect_timeout(&vip(10000).into(), T).expect("one port per backend")
+            })
+            .collect();
+        (
+            held,
+            TcpStream::connect_timeout(&vip(10000).into(), Duration::from_secs(1)),
+        )
+    });
+    assert!(fourth.is_err(), "no NAT port left: the SYN is dropped");
+    lb::wait_for(
+        "the data plane's warning reaches the daemon's log",
+        Duration::from_secs(5),
+        || {
+            fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("no free NAT port towards 192.168.1.11:80")
+        },
+    );
+    let st = lb::status(&topo).unwrap();
+    assert!(
+        st["dataplane"]["drop_nat_ports_exhausted"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{}",
+        st["dataplane"]
+    );
+    drop(held);
+}
