@@ -177,13 +177,14 @@ impl Daemon {
             let m: PerCpuArray<_, u64> = PerCpuArray::try_from(map(&mut self.ebpf, MAP_STATS)?)?;
             flows::sum_stats(&m)
         };
-        let (report, backends_in_use, _services) = {
+        let (report, backends_in_use, services_in_use) = {
             let mut m: HashMap<_, FlowKey, Flow> =
                 HashMap::try_from(map(&mut self.ebpf, MAP_FLOWS)?)?;
             self.sweeper
                 .sweep(&mut m, &stats, &self.cfg, monotonic_ns())
         };
-        self.writer.tick(&mut self.ebpf, &backends_in_use)?;
+        self.writer
+            .tick(&mut self.ebpf, &backends_in_use, &services_in_use)?;
         self.state.flow_entries = report.entries;
         self.state.flow_evictions = self.sweeper.evictions;
         self.save_state();

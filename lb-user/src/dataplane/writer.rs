@@ -14,9 +14,9 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendKey, Config, Counters, LocalAddr, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG,
-    MAP_LOCAL_ADDRS, MAP_SERVICE_STATS, MAP_SERVICES, MAX_BACKENDS_PER_SERVICE,
-    SVC_F_AFFINITY_SOURCE, Service, ServiceKey,
+    Backend, BackendKey, Config, Counters, FLOW_F_REPLY, Flow, FlowKey, LocalAddr,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAX_BACKENDS_PER_SERVICE, SVC_F_AFFINITY_SOURCE, Service, ServiceKey,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -104,6 +104,8 @@ pub struct Writer {
     /// Backend id by (listener, address), stable while the backend is active or draining.
     backend_index: StdHashMap<(Listener, SocketAddrV4), u32>,
     pending_deletes: VecDeque<(Instant, Vec<BackendKey>)>,
+    /// Ids of removed services whose flows may still be counting.
+    retired_services: BTreeSet<u32>,
     nat_cache: StdHashMap<Ipv4Addr, Ipv4Addr>,
 }
 
@@ -124,6 +126,7 @@ impl Writer {
             },
             backend_index: StdHashMap::new(),
             pending_deletes: VecDeque::new(),
+            retired_services: BTreeSet::new(),
             nat_cache: StdHashMap::new(),
         };
         let services: Vec<(ServiceKey, Service)> = {
@@ -181,6 +184,46 @@ impl Writer {
                     backends: applied,
                 },
             );
+        }
+        // Backends that left their set before the restart but still carry flows: keep their ids
+        // (and counters) reserved and show them draining, as the previous daemon did.
+        let flows: HashMap<_, FlowKey, Flow> = HashMap::try_from(map(ebpf, MAP_FLOWS)?)?;
+        for (k, f) in flows.iter().filter_map(Result::ok) {
+            if f.flags & FLOW_F_REPLY != 0 || w.backend_ids.used.contains(&f.backend_id) {
+                continue;
+            }
+            let listener = w
+                .services
+                .values()
+                .find(|a| a.id == f.service_id)
+                .map(|a| a.spec.listener)
+                .or_else(|| {
+                    listener_of(&ServiceKey {
+                        addr: k.dst,
+                        port: k.dport,
+                        proto: k.proto,
+                        _pad: 0,
+                    })
+                });
+            let Some(listener) = listener else { continue };
+            let addr = SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(f.new_dst)),
+                u16::from_be(f.new_dport),
+            );
+            w.backend_ids.used.insert(f.backend_id);
+            w.backend_index.insert((listener, addr), f.backend_id);
+            w.draining.insert(
+                f.backend_id,
+                DrainingBackend {
+                    listener,
+                    addr,
+                    id: f.backend_id,
+                },
+            );
+            if !w.services.values().any(|a| a.id == f.service_id) {
+                w.service_ids.used.insert(f.service_id);
+                w.retired_services.insert(f.service_id);
+            }
         }
         // Slots of generations no service points at: leftovers of an interrupted swap.
         if !all_slots.is_empty() {
@@ -255,7 +298,8 @@ impl Writer {
                 HashMap::try_from(map(ebpf, MAP_SERVICES)?)?;
             svcs.remove(&service_key(&listener)).ok();
             self.retire(&old, &[]);
-            self.service_ids.used.remove(&old.id);
+            // Its id (and counter slot) stays taken while its flows drain.
+            self.retired_services.insert(old.id);
             report.removed += 1;
         }
 
@@ -387,9 +431,14 @@ impl Writer {
         }
     }
 
-    /// Housekeeping: deletes old generations past their grace, and frees the ids of
-    /// draining backends that no flow uses any more (`in_use`: backend ids seen in flows).
-    pub fn tick(&mut self, ebpf: &mut Ebpf, in_use: &BTreeSet<u32>) -> Result<()> {
+    /// Housekeeping: deletes old generations past their grace, and frees the ids of draining
+    /// backends and removed services that no live flow uses any more.
+    pub fn tick(
+        &mut self,
+        ebpf: &mut Ebpf,
+        in_use: &BTreeSet<u32>,
+        services_in_use: &BTreeSet<u32>,
+    ) -> Result<()> {
         let now = Instant::now();
         while self.pending_deletes.front().is_some_and(|(t, _)| *t <= now) {
             let (_, keys) = self.pending_deletes.pop_front().expect("checked");
@@ -409,6 +458,16 @@ impl Writer {
             let d = self.draining.remove(&id).expect("listed");
             self.backend_index.remove(&(d.listener, d.addr));
             self.backend_ids.used.remove(&id);
+        }
+        let done: Vec<u32> = self
+            .retired_services
+            .iter()
+            .filter(|id| !services_in_use.contains(id))
+            .copied()
+            .collect();
+        for id in done {
+            self.retired_services.remove(&id);
+            self.service_ids.used.remove(&id);
         }
         Ok(())
     }
