@@ -70,8 +70,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub hook: Hook,
 
-    /// Interfaces XDP may redirect frames to (repeatable glob). Default: the physical ones among
-    /// those attached. A veth qualifies only if its peer runs XDP or has GRO on.
+    /// Interfaces between which XDP forwards on its own (repeatable glob); elsewhere XDP hands
+    /// packets to the TC program. Default: the physical NICs among those attached. A veth
+    /// qualifies only if its peer sends complete checksums (tx checksum offload off) and
+    /// accepts XDP frames (runs XDP or has GRO on).
     #[arg(long = "xdp-redirect", value_name = "GLOB")]
     pub xdp_redirect: Vec<String>,
 
