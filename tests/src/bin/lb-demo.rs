@@ -43,13 +43,24 @@ fn topo_lock() -> MutexGuard<'static, Option<Topology>> {
     TOPO.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Once a signal came, the demo stops at its next step (unwinding, without a panic message)
+/// and leaves the terminal to the clean-up.
+fn stop_if_interrupted() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        panic::resume_unwind(Box::new("interrupted"));
+    }
+}
+
 /// Runs `f` on the topology (which exists from the first step to the clean-up).
 fn with_topo<R>(f: impl FnOnce(&mut Topology) -> R) -> R {
+    stop_if_interrupted();
     let mut guard = topo_lock();
+    stop_if_interrupted();
     f(guard.as_mut().expect("the topology exists"))
 }
 
 fn step(what: &str) {
+    stop_if_interrupted();
     println!("\n==> {what}");
 }
 
@@ -245,6 +256,7 @@ fn ask_and_show(client_ns: &str, n: usize) -> Result<Vec<Answer>> {
     });
     let mut out = Vec::new();
     for (i, a) in answers.into_iter().enumerate() {
+        stop_if_interrupted();
         let a = a.map_err(anyhow::Error::msg)?;
         println!(
             "    {:>2}. client → {} → answered by {} ({}), which saw the connection come from {}",
@@ -445,6 +457,11 @@ fn demo() -> Result<()> {
         );
     }
     print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
+    println!(
+        "    (key: addr 0 = every local address, port {} = {SERVICE_PORT} in network byte order, proto 6 = TCP;
+     value: count = backends in the current generation, which the scale-up swapped in one write)",
+        SERVICE_PORT.to_be()
+    );
 
     println!(
         "\n    {:.1} s from the first namespace to here",
