@@ -68,32 +68,35 @@ fn log_path() -> String {
     format!("/tmp/{PREFIX}-lb.log")
 }
 
-/// Removes what the demo made. Holding the lock while tearing down makes a signal arriving
-/// meanwhile wait for the end instead of exiting half-way.
-fn clean_up(quiet: bool) {
+/// Removes what the demo made, reporting it unless `quiet`; false if it was gone already.
+/// Holding the lock while tearing down makes a signal arriving meanwhile wait for the end
+/// instead of exiting half-way.
+fn clean_up(quiet: bool) -> bool {
     let mut guard = topo_lock();
-    if let Some(topo) = guard.take() {
-        if !quiet {
-            step("cleaning up: processes, network namespaces, bpffs mount");
-        }
-        drop(topo);
-        let left = Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let left: Vec<&str> = left
-            .lines()
-            .filter(|l| l.starts_with(&format!("{PREFIX}-")))
-            .collect();
-        if left.is_empty() {
-            if !quiet {
-                println!("    done: no {PREFIX}-* namespace or mount is left");
-            }
-        } else {
-            eprintln!("    namespaces left behind: {left:?}");
-        }
+    let Some(topo) = guard.take() else {
+        return false;
+    };
+    if !quiet {
+        println!("\n==> cleaning up: processes, network namespaces, bpffs mount");
     }
+    drop(topo);
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let left: Vec<&str> = namespaces
+        .lines()
+        .chain(mounts.lines())
+        .filter(|l| l.contains(&format!("{PREFIX}-")))
+        .collect();
+    if !left.is_empty() {
+        eprintln!("    left behind: {left:?}");
+    } else if !quiet {
+        println!("    done: no {PREFIX}-* namespace, process or mount is left");
+    }
+    true
 }
 
 /// Blocks the termination signals in this thread (and so in every thread started after) and
@@ -120,8 +123,11 @@ fn handle_signals() {
             _ => "SIGHUP",
         };
         println!("\n==> interrupted ({name}): cleaning up");
-        clean_up(true);
-        println!("    done: namespaces, processes and the bpffs mount are gone");
+        // Waits for a step holding the topology, or for the demo's own clean-up to finish.
+        if clean_up(true) {
+            let _ = fs::remove_file(log_path());
+            println!("    done: namespaces, processes and the bpffs mount are gone");
+        }
         std::process::exit(130);
     });
 }
@@ -441,6 +447,7 @@ fn demo() -> Result<()> {
 
     step(&format!("lb status --pin-path {pin_s}"));
     let table = with_topo(|topo| lb::lb(topo, &["status", "--pin-path", &pin_s]));
+    stop_if_interrupted();
     print!("{}", indent(&table));
 
     let map = pin.join("LB_SERVICES");
@@ -456,6 +463,7 @@ fn demo() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    stop_if_interrupted();
     print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
     println!(
         "    (key: addr 0 = every local address, port {} = {SERVICE_PORT} in network byte order, proto 6 = TCP;
