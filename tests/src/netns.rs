@@ -74,6 +74,8 @@ pub struct Topology {
     /// A bpffs mounted outside /sys: `ip netns exec` gives every command its own /sys.
     pub bpffs: PathBuf,
     procs: Vec<(String, Child)>,
+    /// Task namespaces added after `new` (`add_task`), removed with the rest.
+    extra: Vec<String>,
 }
 
 impl Topology {
@@ -83,6 +85,7 @@ impl Topology {
             prefix: prefix.to_owned(),
             bpffs: PathBuf::from(format!("/run/{prefix}-bpf")),
             procs: Vec::new(),
+            extra: Vec::new(),
         };
         t.teardown();
         let p = prefix;
@@ -126,29 +129,60 @@ impl Topology {
             t.sh(ns, "sysctl -qw net.ipv4.ip_forward=1");
         }
         for (task, addr, host, cali) in TASKS {
-            ip(&format!(
-                "link add {cali} netns {p}-{host} type veth peer name eth0 netns {p}-{task}"
-            ));
-            ip(&format!("-n {p}-{task} addr add {addr}/32 dev eth0"));
-            ip(&format!("-n {p}-{task} link set eth0 up"));
-            ip(&format!(
-                "-n {p}-{task} route add 169.254.1.1 dev eth0 scope link"
-            ));
-            ip(&format!(
-                "-n {p}-{task} route add default via 169.254.1.1 dev eth0 onlink"
-            ));
-            ip(&format!("-n {p}-{host} link set {cali} up"));
-            t.sh(
-                host,
-                &format!("sysctl -qw net.ipv4.conf.{cali}.proxy_arp=1"),
-            );
-            ip(&format!("-n {p}-{host} route add {addr}/32 dev {cali}"));
+            t.wire_task(task, addr, host, cali);
         }
         fs::create_dir_all(&t.bpffs).expect("create bpffs mount point");
         run(Command::new("mount")
             .args(["-t", "bpf", "bpf"])
             .arg(&t.bpffs));
         t
+    }
+
+    /// Wires a task namespace the way Calico does: a /32 on its eth0, default route via
+    /// 169.254.1.1 onlink, and on the host side a proxy-ARP veth `cali` with a /32 route.
+    fn wire_task(&self, task: &str, addr: Ipv4Addr, host: &str, cali: &str) {
+        let p = &self.prefix;
+        ip(&format!(
+            "link add {cali} netns {p}-{host} type veth peer name eth0 netns {p}-{task}"
+        ));
+        ip(&format!("-n {p}-{task} addr add {addr}/32 dev eth0"));
+        ip(&format!("-n {p}-{task} link set eth0 up"));
+        ip(&format!(
+            "-n {p}-{task} route add 169.254.1.1 dev eth0 scope link"
+        ));
+        ip(&format!(
+            "-n {p}-{task} route add default via 169.254.1.1 dev eth0 onlink"
+        ));
+        ip(&format!("-n {p}-{host} link set {cali} up"));
+        self.sh(
+            host,
+            &format!("sysctl -qw net.ipv4.conf.{cali}.proxy_arp=1"),
+        );
+        ip(&format!("-n {p}-{host} route add {addr}/32 dev {cali}"));
+    }
+
+    /// Adds a task namespace `<prefix>-<task>` behind a new `cali` veth on `host` (a scale-up:
+    /// Calico wiring a new container). It goes away with the topology.
+    pub fn add_task(&mut self, task: &str, addr: Ipv4Addr, host: &str, cali: &str) {
+        let ns = self.ns(task);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        self.extra.push(task.to_owned());
+        ip(&format!("netns add {ns}"));
+        ip(&format!("-n {ns} link set lo up"));
+        self.wire_task(task, addr, host, cali);
+    }
+
+    /// Starts `lbt-server` named `task` in its namespace, port 80, and waits until the client
+    /// reaches it directly.
+    pub fn start_task(&mut self, task: &str, addr: Ipv4Addr) {
+        let mut c = self.cmd(task, &server_bin());
+        c.arg(task).arg(TASK_PORT.to_string());
+        self.spawn(task, c);
+        let target = SocketAddrV4::new(addr, TASK_PORT);
+        let ok = in_netns(&self.ns("client"), move || {
+            wait_tcp(target, Duration::from_secs(10))
+        });
+        assert!(ok, "task {task} at {target} did not come up");
     }
 
     pub fn ns(&self, role: &str) -> String {
@@ -214,14 +248,7 @@ impl Topology {
     /// Starts `lbt-server` in every task namespace and waits until each answers.
     pub fn start_tasks(&mut self) {
         for (task, addr, _, _) in TASKS {
-            let mut c = self.cmd(task, &server_bin());
-            c.arg(task).arg(TASK_PORT.to_string());
-            self.spawn(task, c);
-            let target = SocketAddrV4::new(addr, TASK_PORT);
-            let ok = in_netns(&self.ns("client"), move || {
-                wait_tcp(target, Duration::from_secs(10))
-            });
-            assert!(ok, "task {task} at {target} did not come up");
+            self.start_task(task, addr);
         }
     }
 
@@ -230,7 +257,9 @@ impl Topology {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for role in ["client", "agent", "agent2", "t1", "t2", "t3"] {
+        let extra = std::mem::take(&mut self.extra);
+        let fixed = ["client", "agent", "agent2", "t1", "t2", "t3"];
+        for role in extra.iter().map(String::as_str).chain(fixed) {
             let _ = Command::new("ip")
                 .args(["netns", "del", &format!("{}-{role}", self.prefix)])
                 .output();

@@ -63,7 +63,25 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // `cargo run` describes xtask's package in these; build scripts that watch them (ring's)
+    // would otherwise rerun, and their dependents rebuild, whenever a build here alternates
+    // with a plain `cargo build`.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
 }
 
 pub fn build_release() -> Result<PathBuf> {
