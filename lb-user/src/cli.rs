@@ -82,27 +82,27 @@ pub struct RunArgs {
     pub nat_port_range: (u16, u16),
 
     /// Idle timeout of an established TCP flow, seconds.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub tcp_timeout: u64,
 
     /// How long a TCP flow lives after FIN or RST, seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub tcp_closing_timeout: u64,
 
     /// Idle timeout of a UDP flow, seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub udp_timeout: u64,
 
     /// Flow-table capacity in flows (two entries each); fixed when the maps are first created.
-    #[arg(long, default_value_t = lb_common::MAX_FLOW_ENTRIES / 2)]
+    #[arg(long, default_value_t = lb_common::MAX_FLOW_ENTRIES / 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: u32,
 
     /// Service-table capacity; fixed when the maps are first created.
-    #[arg(long, default_value_t = lb_common::MAX_SERVICES)]
+    #[arg(long, default_value_t = lb_common::MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_services: u32,
 
     /// Distinct backends (with counters) across all services; fixed when the maps are first created.
-    #[arg(long, default_value_t = lb_common::MAX_BACKEND_IDS)]
+    #[arg(long, default_value_t = lb_common::MAX_BACKEND_IDS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_backends: u32,
 
     /// Where the daemon records its state for `lb status` (default: under /run/lb, named after the pin path).
@@ -166,11 +166,11 @@ pub struct MarathonArgs {
     pub ip_sources: Vec<String>,
 
     /// Full re-read of Marathon even without events, seconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub resync_interval: u64,
 
     /// An event stream silent this long (seconds) is dead and is reconnected.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub event_timeout: u64,
 }
 
@@ -220,6 +220,23 @@ mod tests {
             default_state_file("/sys/fs/bpf/lb".as_ref()),
             PathBuf::from("/run/lb/sys_fs_bpf_lb.json")
         );
+    }
+
+    #[test]
+    fn nonsense_numbers_are_refused_with_the_flag_named() {
+        use clap::Parser as _;
+        for (flag, value) in [
+            ("--tcp-timeout", "0"),
+            ("--udp-timeout", "-1"),
+            ("--max-flows", "0"),
+            ("--nat-port-range", "9-1"),
+        ] {
+            let e =
+                Cli::try_parse_from(["lb", "run", "--iface", "eth0", "--config", "f", flag, value])
+                    .expect_err("refused")
+                    .to_string();
+            assert!(e.contains(flag), "{flag} {value}: {e}");
+        }
     }
 
     #[test]
