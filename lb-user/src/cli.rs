@@ -231,10 +231,10 @@ mod tests {
             ("--max-flows", "0"),
             ("--nat-port-range", "9-1"),
         ] {
-            let e =
-                Cli::try_parse_from(["lb", "run", "--iface", "eth0", "--config", "f", flag, value])
-                    .expect_err("refused")
-                    .to_string();
+            let arg = format!("{flag}={value}");
+            let e = Cli::try_parse_from(["lb", "run", "--iface", "eth0", "--config", "f", &arg])
+                .expect_err("refused")
+                .to_string();
             assert!(e.contains(flag), "{flag} {value}: {e}");
         }
     }
