@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{build_release, cargo, root, run, setup};
+use crate::{build_release, cargo, root, setup};
 
 /// (binary, Debian package) of what the traffic benchmark drives.
 const PACKAGES: &[(&str, &str)] = &[
@@ -23,7 +23,7 @@ pub fn run(quick: bool) -> Result<()> {
     setup::ensure_packages(PACKAGES)?;
     let lb = build_release()?;
     eprintln!("==> building the benchmark binaries");
-    run(cargo().args(["build", "--release", "--package", "lb-tests", "--bins"]))?;
+    crate::run(cargo().args(["build", "--release", "--package", "lb-tests", "--bins"]))?;
     let bin = root().join("target/release");
     let mut cmd = Command::new(bin.join("lb-bench"));
     if quick {
@@ -37,5 +37,5 @@ pub fn run(quick: bool) -> Result<()> {
         if quick { " (quick)" } else { "" }
     );
     // Output streams straight through: the table on stdout, progress on stderr.
-    run(&mut cmd)
+    crate::run(&mut cmd)
 }

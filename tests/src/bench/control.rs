@@ -159,15 +159,13 @@ fn translate_and_apply(effort: &Effort, report: &mut Report) {
             "one change s",
             "peak RSS MiB",
         ],
-        concat!(
-            "Generated `/v2/apps?embed=apps.tasks` JSON of Calico apps (one TCP port, 5 running tasks each), \
+        "Generated `/v2/apps?embed=apps.tasks` JSON of Calico apps (one TCP port, 5 running tasks each), \
              parsed by `marathon::api::parse_apps`, translated by `translate::translate` and applied by \
              `dataplane::writer::Writer::apply` to a freshly loaded, unattached object (default capacities). \
              `one change`: the whole cycle again (parse, translate, apply) after one task of one app moved, \
              as for every later Marathon event. Each size runs in a child process of its own (1,000 apps: 3 \
              times; 10,000 apps: once, full runs only), so the peak RSS (VmHWM, userspace only; map memory \
-             is the kernel's) is that size's alone. Median (min–max) over runs."
-        ),
+             is the kernel's) is that size's alone. Median (min–max) over runs.",
     );
     // The 10,000-app apply takes minutes on this VM: once, and only in a full run.
     let sizes: &[(u32, usize)] = if effort.quick {

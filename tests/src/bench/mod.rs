@@ -43,7 +43,7 @@ impl Effort {
                 repeat: 1_000_000,
                 live_frames: 10_000_000,
                 rounds: 3,
-                seconds: 10,
+                seconds: 5,
             }
         }
     }

@@ -632,6 +632,20 @@ fn table_for(title: &str, method: &str, results: &[(Hook, Case, Measured)]) -> T
     t
 }
 
+/// Frames `bench_drop` discarded on `bb1`: those the redirect really delivered.
+fn bb1_xdp_drops() -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", NS, "ethtool", "-S", "bb1"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .filter(|(k, _)| k.starts_with("rx_queue_") && k.ends_with("_xdp_drops"))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
 /// Frames per second of `bench_redirect` fed by BPF_F_TEST_XDP_LIVE_FRAMES: the kernel injects
 /// frames as if received, the program redirects them to veth `bb0`, whose peer drops them in XDP.
 fn live_frames(plane: &mut Plane, effort: &Effort) -> Table {
@@ -669,6 +683,7 @@ fn live_frames(plane: &mut Plane, effort: &Effort) -> Table {
     for prog in ["bench_drop", "bench_redirect"] {
         let mut kernel = Vec::new();
         let mut wall = Vec::new();
+        let before = bb1_xdp_drops();
         for _ in 0..effort.runs {
             let p: &Xdp = plane.ebpf.program(prog).unwrap().try_into().unwrap();
             let start = Instant::now();
@@ -685,9 +700,19 @@ fn live_frames(plane: &mut Plane, effort: &Effort) -> Table {
             wall.push(effort.live_frames as f64 / secs / 1e6);
         }
         let (k, w) = (Spread::of(&kernel), Spread::of(&wall));
+        let injected = effort.live_frames as u64 * effort.runs as u64;
+        let arrived = bb1_xdp_drops().saturating_sub(before);
         t.row(
-            vec![prog.into(), k.show(2), w.show(2), effort.live_frames.to_string()],
-            json!({"program": prog, "mpps_kernel": k.json(), "mpps_wall": w.json(), "frames": effort.live_frames}),
+            vec![
+                prog.into(),
+                k.show(2),
+                w.show(2),
+                effort.live_frames.to_string(),
+                format!("{arrived} of {injected}"),
+            ],
+            json!({"program": prog, "mpps_kernel": k.json(), "mpps_wall": w.json(),
+                   "frames": effort.live_frames, "runs": effort.runs,
+                   "dropped_by_bb1": arrived, "injected": injected}),
         );
     }
     t

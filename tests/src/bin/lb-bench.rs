@@ -8,6 +8,9 @@ use std::{
 
 use lb_tests::bench::{Effort, control, packet, report, traffic};
 
+/// A part of the benchmark: it adds its tables and targets to the report.
+type Section = fn(&Effort, &mut report::Report);
+
 const USAGE: &str = "usage: lb-bench [--quick] [--only packet|traffic|control]... [--out DIR]";
 
 fn main() {
@@ -35,7 +38,7 @@ fn main() {
     let effort = Effort::new(quick);
     let machine = report::machine();
     let mut rep = report::Report::default();
-    let sections: [(&str, fn(&Effort, &mut report::Report)); 3] = [
+    let sections: [(&str, Section); 3] = [
         ("packet", packet::run),
         ("traffic", traffic::run),
         ("control", control::run),
