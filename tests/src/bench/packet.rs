@@ -671,6 +671,7 @@ fn live_frames(plane: &mut Plane, effort: &Effort) -> Table {
             "Mpps (kernel time)",
             "Mpps (wall clock)",
             "frames per run",
+            "frames bb1's XDP dropped (all runs)",
         ],
         "The kernel injects each frame as if received on lo and runs the program in a loop; \
          `bench_redirect` sends them over veth `bb0` to `bb1`, where `bench_drop` discards them \
@@ -678,7 +679,9 @@ fn live_frames(plane: &mut Plane, effort: &Effort) -> Table {
          stack. `bench_drop` alone shows the injection's own ceiling. Kernel time is the \
          duration the kernel reports for the loop; wall clock includes the system call. \
          lb_xdp is not run this way: live frames are recycled without being reset, so a \
-         program that rewrites them would see its own output.",
+         program that rewrites them would see its own output. The last column counts every \
+         frame bb1's XDP dropped during the runs (delivered frames, plus any the stack itself \
+         sent over the link), so a redirect that fails cannot pass for speed.",
     );
     for prog in ["bench_drop", "bench_redirect"] {
         let mut kernel = Vec::new();
