@@ -98,6 +98,8 @@ pub struct Report {
     pub targets: Vec<Target>,
     /// Sections that could not run, with why.
     pub failures: Vec<String>,
+    /// What a reader needs beside the figures (e.g. the data plane's drop counters).
+    pub notes: Vec<String>,
 }
 
 fn sh(cmd: &str) -> String {
@@ -164,6 +166,9 @@ impl Report {
             }
             let _ = writeln!(s, "\n{}\n", t.method);
         }
+        for n in &self.notes {
+            let _ = writeln!(s, "**Note:** {n}\n");
+        }
         for f in &self.failures {
             let _ = writeln!(s, "**Not measured:** {f}\n");
         }
@@ -179,6 +184,7 @@ impl Report {
                 "title": t.title, "method": t.method, "columns": t.columns, "rows": t.data,
             })).collect::<Vec<_>>(),
             "not_measured": self.failures,
+            "notes": self.notes,
         })
     }
 

@@ -361,7 +361,12 @@ fn iperf(topo: &Topology, target: SocketAddrV4, secs: u32) -> Result<f64, String
 }
 
 /// One contender, one round: every metric on one fresh topology.
-fn measure(c: Contender, effort: &Effort, notes: &mut Vec<String>) -> BTreeMap<Metric, f64> {
+fn measure(
+    c: Contender,
+    effort: &Effort,
+    notes: &mut Vec<String>,
+    counters: &mut Vec<String>,
+) -> BTreeMap<Metric, f64> {
     let topo = topology(c);
     let url = format!("http://{}/", c.web());
     let secs = effort.seconds;
@@ -404,6 +409,22 @@ fn measure(c: Contender, effort: &Effort, notes: &mut Vec<String>) -> BTreeMap<M
         }
         Err(e) => note("iperf3", e),
     }
+    if matches!(c, Contender::LbXdp | Contender::LbTc)
+        && let Some(st) = lb::status(&topo)
+    {
+        // The data plane's own account of the run: drops and passes by cause.
+        let now: Vec<String> = st["dataplane"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| {
+                (k.starts_with("drop") || k.starts_with("error") || k.starts_with("flow"))
+                    && v.as_u64() != Some(0)
+            })
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        counters.push(format!("{}: {}", c.label(), now.join(", ")));
+    }
     drop(topo);
     // Let the namespaces' sockets and conntrack go before the next contender starts.
     thread::sleep(Duration::from_millis(500));
@@ -413,6 +434,7 @@ fn measure(c: Contender, effort: &Effort, notes: &mut Vec<String>) -> BTreeMap<M
 pub fn run(effort: &Effort, report: &mut Report) {
     let mut samples: BTreeMap<(Contender, Metric), Vec<f64>> = BTreeMap::new();
     let mut notes = Vec::new();
+    let mut counters = Vec::new();
     for round in 0..effort.rounds {
         // Interleaved, and the order turned each round, so drift in the machine's load
         // spreads over all contenders instead of landing on one.
@@ -421,7 +443,7 @@ pub fn run(effort: &Effort, report: &mut Report) {
         for c in order {
             eprintln!("    round {}: {}", round + 1, c.label());
             let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                measure(c, effort, &mut notes)
+                measure(c, effort, &mut notes, &mut counters)
             }));
             match got {
                 Ok(got) => {
@@ -546,5 +568,11 @@ pub fn run(effort: &Effort, report: &mut Report) {
     }
     for n in notes {
         report.failures.push(format!("traffic: {n}"));
+    }
+    if !counters.is_empty() {
+        report.notes.push(format!(
+            "data-plane counters after each lb traffic run (flows, drops, errors; `lb status --json`): {}",
+            counters.join("; ")
+        ));
     }
 }

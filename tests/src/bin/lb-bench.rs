@@ -11,18 +11,21 @@ use lb_tests::bench::{Effort, control, packet, report, traffic};
 /// A part of the benchmark: it adds its tables and targets to the report.
 type Section = fn(&Effort, &mut report::Report);
 
-const USAGE: &str = "usage: lb-bench [--quick] [--only packet|traffic|control]... [--out DIR]";
+const USAGE: &str =
+    "usage: lb-bench [--quick] [--only packet|traffic|control]... [--out DIR] [--seconds N]";
 
 fn main() {
     let mut quick = false;
     let mut only: Vec<String> = Vec::new();
     let mut out = PathBuf::from("target/bench");
+    let mut seconds = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--only" => only.push(args.next().expect(USAGE)),
             "--out" => out = args.next().expect(USAGE).into(),
+            "--seconds" => seconds = Some(args.next().and_then(|s| s.parse().ok()).expect(USAGE)),
             // Internal: one translate-and-apply measurement in a process of its own.
             "--control-apply" => {
                 let n = args.next().and_then(|n| n.parse().ok()).expect(USAGE);
@@ -35,7 +38,10 @@ fn main() {
             }
         }
     }
-    let effort = Effort::new(quick);
+    let mut effort = Effort::new(quick);
+    if let Some(s) = seconds {
+        effort.seconds = s;
+    }
     let machine = report::machine();
     let mut rep = report::Report::default();
     let sections: [(&str, Section); 3] = [
