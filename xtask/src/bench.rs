@@ -1,6 +1,41 @@
-//! `cargo xtask bench` (being written: see issue 5).
+//! `cargo xtask bench [--quick]`: builds `lb` and the benchmark binary, installs the peers it
+//! measures against (HAProxy, nftables, nginx, wrk, iperf3) and runs `lb-bench` as root.
+use std::process::Command;
+
 use anyhow::{Result, bail};
 
-pub fn run(_quick: bool) -> Result<()> {
-    bail!("the benchmarks are not written yet")
+use crate::{build_release, cargo, root, setup};
+
+/// (binary, Debian package) of what the traffic benchmark drives.
+const PACKAGES: &[(&str, &str)] = &[
+    ("haproxy", "haproxy"),
+    ("nft", "nftables"),
+    ("wrk", "wrk"),
+    ("iperf3", "iperf3"),
+    ("nginx", "nginx-light"),
+];
+
+pub fn run(quick: bool) -> Result<()> {
+    if !crate::is_root() {
+        bail!("the benchmarks need root (BPF, network namespaces); run as root");
+    }
+    setup::ensure()?;
+    setup::ensure_packages(PACKAGES)?;
+    let lb = build_release()?;
+    eprintln!("==> building the benchmark binaries");
+    crate::run(cargo().args(["build", "--release", "--package", "lb-tests", "--bins"]))?;
+    let bin = root().join("target/release");
+    let mut cmd = Command::new(bin.join("lb-bench"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.args(["--out", &root().join("target/bench").to_string_lossy()])
+        .env("LB_BIN", &lb)
+        .env("LBT_SERVER", bin.join("lbt-server"));
+    eprintln!(
+        "==> running the benchmarks{}",
+        if quick { " (quick)" } else { "" }
+    );
+    // Output streams straight through: the table on stdout, progress on stderr.
+    crate::run(&mut cmd)
 }

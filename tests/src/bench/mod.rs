@@ -1,0 +1,50 @@
+//! The measurements behind `cargo xtask bench`: per-packet cost (`packet`), real traffic through
+//! the agent against its peers (`traffic`) and the control plane (`control`). They report, never judge.
+pub mod control;
+pub mod packet;
+pub mod report;
+pub mod traffic;
+
+/// How long and how often to measure: `--quick` is a smoke run, the default a real one.
+#[derive(Clone, Copy, Debug)]
+pub struct Effort {
+    pub quick: bool,
+    /// Independent runs of each measurement; figures are their median, spread their min–max.
+    pub runs: usize,
+    /// BPF_PROG_TEST_RUN calls (one packet each) per run.
+    pub calls: usize,
+    /// Kernel-side repeats for the loops whose packet the program leaves unchanged.
+    pub repeat: u32,
+    /// Frames injected per live-frames run.
+    pub live_frames: u32,
+    /// Rounds of the traffic contenders (each round runs every contender once, interleaved).
+    pub rounds: usize,
+    /// Seconds per wrk/iperf3 measurement.
+    pub seconds: u32,
+}
+
+impl Effort {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                runs: 3,
+                calls: 20_000,
+                repeat: 200_000,
+                live_frames: 2_000_000,
+                rounds: 1,
+                seconds: 2,
+            }
+        } else {
+            Self {
+                quick,
+                runs: 5,
+                calls: 200_000,
+                repeat: 1_000_000,
+                live_frames: 10_000_000,
+                rounds: 3,
+                seconds: 5,
+            }
+        }
+    }
+}
