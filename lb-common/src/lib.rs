@@ -149,6 +149,12 @@ const _: () = assert!(size_of::<FlowKey>() == 16);
 pub const FLOW_F_REPLY: u32 = 1;
 /// FIN or RST seen in either direction: the flow lives only `tcp_closing_timeout` more.
 pub const FLOW_F_CLOSING: u32 = 2;
+/// The client sent FIN. With `FLOW_F_FIN_BACKEND` (or after an RST, which sets both) the
+/// connection is over, and its NAT port may be taken after `tcp_closed_timeout`.
+pub const FLOW_F_FIN_CLIENT: u32 = 4;
+/// The backend sent FIN.
+pub const FLOW_F_FIN_BACKEND: u32 = 8;
+pub const FLOW_F_CLOSED: u32 = FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND;
 
 /// What to do with packets matching a `FlowKey`: the addresses and ports to write.
 /// The entry for the other direction is found by swapping the new addresses and ports.
@@ -195,10 +201,13 @@ pub struct Config {
     pub nat_port_min: u16,
     pub nat_port_max: u16,
     pub tcp_timeout_ns: u64,
+    /// After a FIN in one direction (the other may still be sending).
     pub tcp_closing_timeout_ns: u64,
+    /// After FINs both ways or an RST: just long enough for the last ACK.
+    pub tcp_closed_timeout_ns: u64,
     pub udp_timeout_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 32);
+const _: () = assert!(size_of::<Config>() == 40);
 
 impl Default for Config {
     fn default() -> Self {
@@ -208,6 +217,7 @@ impl Default for Config {
             nat_port_max: 30_999,
             tcp_timeout_ns: 3_600 * 1_000_000_000,
             tcp_closing_timeout_ns: 10 * 1_000_000_000,
+            tcp_closed_timeout_ns: 2 * 1_000_000_000,
             udp_timeout_ns: 60 * 1_000_000_000,
         }
     }
@@ -218,6 +228,8 @@ impl Config {
     pub const fn timeout_ns(&self, proto: u8, flags: u32) -> u64 {
         if proto == IPPROTO_UDP {
             self.udp_timeout_ns
+        } else if flags & FLOW_F_CLOSED == FLOW_F_CLOSED {
+            self.tcp_closed_timeout_ns
         } else if flags & FLOW_F_CLOSING != 0 {
             self.tcp_closing_timeout_ns
         } else {

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lb_common::{
-    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_CLOSING, FLOW_F_REPLY, Flow,
-    FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, Service,
-    ServiceKey, Stat,
+    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_CLOSED, FLOW_F_CLOSING,
+    FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, Flow, FlowKey, IPPROTO_TCP,
+    MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, Service, ServiceKey, Stat,
 };
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
         LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_RR, LB_SERVICES, LB_SVC_STATS,
         config, count,
     },
-    parse::Parsed,
+    parse::{Parsed, TCP_RST},
 };
 
 /// Refresh `last_seen_ns` at most this often: fewer writes to a shared cache line.
@@ -46,7 +46,17 @@ pub fn track(p: &Parsed, now: u64) -> Result<Flow, Stat> {
                 unsafe { (*entry).last_seen_ns = now };
             }
             if p.key.proto == IPPROTO_TCP && p.is_tcp_close() {
-                close(entry, &flow, p.key.proto);
+                let side = if flow.flags & FLOW_F_REPLY != 0 {
+                    FLOW_F_FIN_BACKEND
+                } else {
+                    FLOW_F_FIN_CLIENT
+                };
+                let bits = if p.tcp_flags & TCP_RST != 0 {
+                    FLOW_F_CLOSED
+                } else {
+                    side
+                };
+                close(entry, &flow, p.key.proto, FLOW_F_CLOSING | bits);
             }
             return Ok(flow);
         }
@@ -84,14 +94,14 @@ fn lookup_service(key: &FlowKey) -> Option<Service> {
     unsafe { LB_SERVICES.get(&skey) }.copied()
 }
 
-/// Marks both directions as closing so they expire after the short TCP close timeout.
+/// Records a FIN or RST on both directions, so both expire by the same (shorter) timeout.
 #[inline(always)]
-fn close(entry: *mut Flow, flow: &Flow, proto: u8) {
+fn close(entry: *mut Flow, flow: &Flow, proto: u8, bits: u32) {
     // SAFETY: entry points at a live map element.
-    unsafe { (*entry).flags |= FLOW_F_CLOSING };
+    unsafe { (*entry).flags |= bits };
     if let Some(peer) = LB_FLOWS.get_ptr_mut(FlowKey::peer_of(flow, proto)) {
         // SAFETY: as above.
-        unsafe { (*peer).flags |= FLOW_F_CLOSING };
+        unsafe { (*peer).flags |= bits };
     }
 }
 

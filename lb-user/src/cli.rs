@@ -89,6 +89,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub tcp_closing_timeout: u64,
 
+    /// How long a TCP flow lives after FINs both ways or an RST, seconds: then its NAT port
+    /// is free for a new flow.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub tcp_closed_timeout: u64,
+
     /// Idle timeout of a UDP flow, seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub udp_timeout: u64,

@@ -671,3 +671,62 @@ fn hairpin_to_a_backend_behind_the_same_interface_uses_xdp_tx() {
         assert_ne!(XDP_TX, v, "up0 differs from the ingress (lo)");
     });
 }
+
+#[test]
+fn a_closed_flow_frees_its_nat_port_for_the_next_one() {
+    let _env = Env::new();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        // One NAT port, and closed flows expire at once.
+        let cfg = Config {
+            nat_port_min: 20000,
+            nat_port_max: 20000,
+            tcp_closed_timeout_ns: 1,
+            ..Config::default()
+        };
+        writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+        let vip = sa("10.0.0.1:10000");
+        let (a, b) = (sa("10.0.0.2:41000"), sa("10.0.0.2:41001"));
+        assert_eq!(lb.tc(&Pkt::tcp(a, vip, TCP_SYN).bytes()).0, TC_ACT_REDIRECT);
+        let fwd = lb.flow(key(&Pkt::tcp(a, vip, TCP_SYN))).unwrap();
+        let nat = addr_of(fwd.new_src, fwd.new_sport);
+        assert_eq!(nat.port(), 20000);
+        assert_eq!(
+            lb.tc(&Pkt::tcp(b, vip, TCP_SYN).bytes()).0,
+            TC_ACT_SHOT,
+            "the only port is taken"
+        );
+        assert_eq!(lb.stat(Stat::DropNatPorts), 1);
+        // Half closed: the port stays taken (the other side may still be sending).
+        lb.tc(&Pkt::tcp(a, vip, TCP_FIN | TCP_ACK).bytes());
+        let half = lb.flow(key(&Pkt::tcp(a, vip, TCP_SYN))).unwrap();
+        assert_eq!(
+            half.flags & lb_common::FLOW_F_CLOSED,
+            lb_common::FLOW_F_FIN_CLIENT
+        );
+        assert_eq!(
+            lb.tc(&Pkt::tcp(b, vip, TCP_SYN).bytes()).0,
+            TC_ACT_SHOT,
+            "half-closed keeps its port"
+        );
+        // The backend's FIN closes it: the next flow gets the port.
+        lb.tc(&Pkt::tcp(sa("192.168.1.11:80"), nat, TCP_FIN | TCP_ACK).bytes());
+        let closed = lb.flow(key(&Pkt::tcp(a, vip, TCP_SYN))).unwrap();
+        assert_eq!(
+            closed.flags & lb_common::FLOW_F_CLOSED,
+            lb_common::FLOW_F_CLOSED
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert_eq!(
+            lb.tc(&Pkt::tcp(b, vip, TCP_SYN).bytes()).0,
+            TC_ACT_REDIRECT,
+            "port reused after close"
+        );
+        let again = lb.flow(key(&Pkt::tcp(b, vip, TCP_SYN))).unwrap();
+        assert_eq!(again.new_sport, 20000u16.to_be());
+        assert!(
+            lb.flow(key(&Pkt::tcp(a, vip, TCP_SYN))).is_none(),
+            "the closed flow's entries are gone"
+        );
+    });
+}

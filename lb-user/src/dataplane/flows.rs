@@ -7,7 +7,9 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use lb_common::{Config, Counters, FLOW_F_CLOSING, FLOW_F_REPLY, Flow, FlowKey, STAT_COUNT, Stat};
+use lb_common::{
+    Config, Counters, FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_REPLY, Flow, FlowKey, STAT_COUNT, Stat,
+};
 use serde::Serialize;
 
 use crate::services::Protocol;
@@ -56,6 +58,8 @@ pub fn list<T: Borrow<MapData>>(
             idle_s: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
             state: if expired(cfg, &k, &f, now) {
                 "expired"
+            } else if f.flags & FLOW_F_CLOSED == FLOW_F_CLOSED {
+                "closed"
             } else if f.flags & FLOW_F_CLOSING != 0 {
                 "closing"
             } else {

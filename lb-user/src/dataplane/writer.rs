@@ -81,18 +81,56 @@ pub fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
         .with_context(|| format!("map {name} missing from the object"))
 }
 
-/// Lowest free ids first, so ids (and their counter slots) stay small and dense.
+/// Lowest free ids first, so ids (and their counter slots) stay small and dense; O(log n)
+/// per id, so a state of tens of thousands of backends applies in one pass.
 #[derive(Debug, Default)]
 struct Ids {
     used: BTreeSet<u32>,
+    /// Ids below `next` that are not in use.
+    free: BTreeSet<u32>,
+    next: u32,
     limit: u32,
 }
 
 impl Ids {
+    fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
     fn take(&mut self) -> Option<u32> {
-        let id = (0..self.limit).find(|i| !self.used.contains(i))?;
+        let id = match self.free.pop_first() {
+            Some(id) => id,
+            None if self.next < self.limit => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => return None,
+        };
         self.used.insert(id);
         Some(id)
+    }
+
+    /// Marks an id found in the maps (adoption) as used.
+    fn mark(&mut self, id: u32) {
+        if id >= self.next {
+            self.free.extend(self.next..id);
+            self.next = id + 1;
+        }
+        self.free.remove(&id);
+        self.used.insert(id);
+    }
+
+    fn release(&mut self, id: u32) {
+        if self.used.remove(&id) {
+            self.free.insert(id);
+        }
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.used.contains(&id)
     }
 }
 
@@ -116,14 +154,8 @@ impl Writer {
         let mut w = Self {
             services: BTreeMap::new(),
             draining: BTreeMap::new(),
-            service_ids: Ids {
-                used: BTreeSet::new(),
-                limit: caps.services,
-            },
-            backend_ids: Ids {
-                used: BTreeSet::new(),
-                limit: caps.backend_ids,
-            },
+            service_ids: Ids::new(caps.services),
+            backend_ids: Ids::new(caps.backend_ids),
             backend_index: StdHashMap::new(),
             pending_deletes: VecDeque::new(),
             retired_services: BTreeSet::new(),
@@ -152,7 +184,7 @@ impl Writer {
                         Ipv4Addr::from(u32::from_be(b.addr)),
                         u16::from_be(b.port),
                     );
-                    w.backend_ids.used.insert(b.id);
+                    w.backend_ids.mark(b.id);
                     w.backend_index.insert((listener, addr), b.id);
                     applied.push(AppliedBackend {
                         addr,
@@ -161,7 +193,7 @@ impl Writer {
                     });
                 }
             }
-            w.service_ids.used.insert(svc.id);
+            w.service_ids.mark(svc.id);
             all_slots.retain(|k| !(k.service_id == svc.id && k.generation == svc.generation));
             let spec = ServiceSpec {
                 name: format!("{listener}"),
@@ -189,7 +221,7 @@ impl Writer {
         // (and counters) reserved and show them draining, as the previous daemon did.
         let flows: HashMap<_, FlowKey, Flow> = HashMap::try_from(map(ebpf, MAP_FLOWS)?)?;
         for (k, f) in flows.iter().filter_map(Result::ok) {
-            if f.flags & FLOW_F_REPLY != 0 || w.backend_ids.used.contains(&f.backend_id) {
+            if f.flags & FLOW_F_REPLY != 0 || w.backend_ids.contains(f.backend_id) {
                 continue;
             }
             let listener = w
@@ -210,7 +242,7 @@ impl Writer {
                 Ipv4Addr::from(u32::from_be(f.new_dst)),
                 u16::from_be(f.new_dport),
             );
-            w.backend_ids.used.insert(f.backend_id);
+            w.backend_ids.mark(f.backend_id);
             w.backend_index.insert((listener, addr), f.backend_id);
             w.draining.insert(
                 f.backend_id,
@@ -221,7 +253,7 @@ impl Writer {
                 },
             );
             if !w.services.values().any(|a| a.id == f.service_id) {
-                w.service_ids.used.insert(f.service_id);
+                w.service_ids.mark(f.service_id);
                 w.retired_services.insert(f.service_id);
             }
         }
@@ -457,7 +489,7 @@ impl Writer {
         for id in done {
             let d = self.draining.remove(&id).expect("listed");
             self.backend_index.remove(&(d.listener, d.addr));
-            self.backend_ids.used.remove(&id);
+            self.backend_ids.release(id);
         }
         let done: Vec<u32> = self
             .retired_services
@@ -467,7 +499,7 @@ impl Writer {
             .collect();
         for id in done {
             self.retired_services.remove(&id);
-            self.service_ids.used.remove(&id);
+            self.service_ids.release(id);
         }
         Ok(())
     }
@@ -500,4 +532,24 @@ pub fn write_local_addrs(ebpf: &mut Ebpf, addrs: &[(Ipv4Addr, u32)]) -> Result<(
             .with_context(|| format!("LB_LOCAL_ADDRS[{}]", Ipv4Addr::from(u32::from_be(k))))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ids;
+
+    #[test]
+    fn ids_are_dense_reused_and_bounded() {
+        let mut ids = Ids::new(4);
+        ids.mark(2);
+        assert_eq!(
+            (ids.take(), ids.take(), ids.take()),
+            (Some(0), Some(1), Some(3))
+        );
+        assert_eq!(ids.take(), None, "limit reached");
+        ids.release(1);
+        ids.release(1);
+        assert_eq!(ids.take(), Some(1), "lowest freed id first");
+        assert!(ids.contains(2) && ids.contains(3));
+    }
 }
