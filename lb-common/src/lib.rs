@@ -155,6 +155,10 @@ pub const FLOW_F_FIN_CLIENT: u32 = 4;
 /// The backend sent FIN.
 pub const FLOW_F_FIN_BACKEND: u32 = 8;
 pub const FLOW_F_CLOSED: u32 = FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND;
+/// The backend sent the first FIN, so it now holds the connection in TIME_WAIT: a new flow
+/// reusing the NAT port would be refused there (PAWS, the client's timestamps are not the
+/// old connection's), so the port stays reserved for `tcp_time_wait_timeout`.
+pub const FLOW_F_BACKEND_CLOSED_FIRST: u32 = 16;
 
 /// What to do with packets matching a `FlowKey`: the addresses and ports to write.
 /// The entry for the other direction is found by swapping the new addresses and ports.
@@ -203,21 +207,24 @@ pub struct Config {
     pub tcp_timeout_ns: u64,
     /// After a FIN in one direction (the other may still be sending).
     pub tcp_closing_timeout_ns: u64,
-    /// After FINs both ways or an RST: just long enough for the last ACK.
+    /// After FINs both ways (client first) or an RST: just long enough for the last ACK.
     pub tcp_closed_timeout_ns: u64,
+    /// After FINs both ways, backend first: as long as the backend's TIME_WAIT.
+    pub tcp_time_wait_timeout_ns: u64,
     pub udp_timeout_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 40);
+const _: () = assert!(size_of::<Config>() == 48);
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             flags: 0,
-            nat_port_min: 20_000,
-            nat_port_max: 30_999,
+            nat_port_min: 1_024,
+            nat_port_max: 32_767,
             tcp_timeout_ns: 3_600 * 1_000_000_000,
             tcp_closing_timeout_ns: 10 * 1_000_000_000,
             tcp_closed_timeout_ns: 2 * 1_000_000_000,
+            tcp_time_wait_timeout_ns: 60 * 1_000_000_000,
             udp_timeout_ns: 60 * 1_000_000_000,
         }
     }
@@ -229,7 +236,11 @@ impl Config {
         if proto == IPPROTO_UDP {
             self.udp_timeout_ns
         } else if flags & FLOW_F_CLOSED == FLOW_F_CLOSED {
-            self.tcp_closed_timeout_ns
+            if flags & FLOW_F_BACKEND_CLOSED_FIRST != 0 {
+                self.tcp_time_wait_timeout_ns
+            } else {
+                self.tcp_closed_timeout_ns
+            }
         } else if flags & FLOW_F_CLOSING != 0 {
             self.tcp_closing_timeout_ns
         } else {

@@ -8,9 +8,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lb_common::{
-    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_CLOSED, FLOW_F_CLOSING,
-    FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, Flow, FlowKey, IPPROTO_TCP,
-    MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, Service, ServiceKey, Stat,
+    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_BACKEND_CLOSED_FIRST,
+    FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, Flow,
+    FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, Service,
+    ServiceKey, Stat,
 };
 
 use crate::{

@@ -77,8 +77,9 @@ pub struct RunArgs {
     #[arg(long = "xdp-redirect", value_name = "GLOB")]
     pub xdp_redirect: Vec<String>,
 
-    /// Source ports for full NAT, `MIN-MAX`, kept apart from the kernel's ephemeral range.
-    #[arg(long, default_value = "20000-30999", value_parser = parse_port_range)]
+    /// Source ports for full NAT, `MIN-MAX`, kept apart from the kernel's ephemeral range
+    /// (32768-60999) so the agent's own connections to tasks never share a tuple with a flow.
+    #[arg(long, default_value = "1024-32767", value_parser = parse_port_range)]
     pub nat_port_range: (u16, u16),
 
     /// Idle timeout of an established TCP flow, seconds.
@@ -89,10 +90,15 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub tcp_closing_timeout: u64,
 
-    /// How long a TCP flow lives after FINs both ways or an RST, seconds: then its NAT port
-    /// is free for a new flow.
+    /// How long a TCP flow lives after FINs both ways (client first) or an RST, seconds: then
+    /// its NAT port is free for a new flow.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub tcp_closed_timeout: u64,
+
+    /// How long a NAT port stays reserved after the backend closed first, seconds: the
+    /// backend's TIME_WAIT (Linux: 60 s) would refuse a new connection on the same ports.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub tcp_time_wait_timeout: u64,
 
     /// Idle timeout of a UDP flow, seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
@@ -212,7 +218,7 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!(parse_port_range("20000-30999"), Ok((20000, 30999)));
+        assert_eq!(parse_port_range("1024-32767"), Ok((1024, 32767)));
         assert!(parse_port_range("0-10").is_err());
         assert!(parse_port_range("10-9").is_err());
         assert!(parse_port_range("10").is_err());
