@@ -164,7 +164,9 @@ struct Sizes {
 }
 
 impl Plane {
-    fn load(sizes: Option<&Sizes>) -> Self {
+    /// Loads the object; `setup` writes its tables while the flow map is still in it (the
+    /// daemon's writer reads flows), then the flow map is taken out for `forget`.
+    fn load(sizes: Option<&Sizes>, setup: impl FnOnce(&mut Ebpf)) -> Self {
         let mut loader = EbpfLoader::new();
         if let Some(s) = sizes {
             loader
@@ -197,6 +199,7 @@ impl Plane {
                 tx.insert(list[name].index, 1, 0).unwrap();
             }
         }
+        setup(&mut ebpf);
         let flows = HashMap::try_from(ebpf.take_map(MAP_FLOWS).unwrap()).unwrap();
         Self { ebpf, flows }
     }
@@ -400,7 +403,6 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
 
 /// A small table set through the daemon's own writer: what `prog_test_run.rs` uses.
 fn small_plane() -> Plane {
-    let mut p = Plane::load(None);
     let svc = |port, protocol| ServiceSpec {
         name: format!("bench_{port}"),
         listener: Listener {
@@ -413,15 +415,11 @@ fn small_plane() -> Plane {
         port_index: None,
         backends: vec![sa("192.168.1.11:80")],
     };
-    let mut w = writer::Writer::adopt(&mut p.ebpf, &Default::default()).unwrap();
-    w.apply(
-        &mut p.ebpf,
-        &Desired {
-            services: vec![svc(10000, Protocol::Tcp), svc(10001, Protocol::Udp)],
-        },
-    )
-    .unwrap();
-    p
+    Plane::load(None, |ebpf| {
+        let mut w = writer::Writer::adopt(ebpf, &Default::default()).unwrap();
+        let services = vec![svc(10000, Protocol::Tcp), svc(10001, Protocol::Udp)];
+        w.apply(ebpf, &Desired { services }).unwrap();
+    })
 }
 
 /// 10,000 TCP services of 100 backends each and one UDP service, written straight into the maps
@@ -434,7 +432,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
         flow_entries: 2 * SCALE_FLOWS + 262_144,
     };
     let t = Instant::now();
-    let mut p = Plane::load(Some(&sizes));
+    let mut p = Plane::load(Some(&sizes), |_| {});
     report_setup.push((
         "load with raised capacities".into(),
         t.elapsed().as_secs_f64(),
