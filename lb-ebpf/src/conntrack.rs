@@ -47,11 +47,15 @@ pub fn track(p: &Parsed, now: u64) -> Result<Flow, Stat> {
                 unsafe { (*entry).last_seen_ns = now };
             }
             if p.key.proto == IPPROTO_TCP && p.is_tcp_close() {
-                let side = if flow.flags & FLOW_F_REPLY != 0 {
-                    FLOW_F_FIN_BACKEND
-                } else {
+                let side = if flow.flags & FLOW_F_REPLY == 0 {
                     FLOW_F_FIN_CLIENT
+                } else if flow.flags & FLOW_F_FIN_CLIENT == 0 {
+                    // The backend closes first: it will hold the connection in TIME_WAIT.
+                    FLOW_F_FIN_BACKEND | FLOW_F_BACKEND_CLOSED_FIRST
+                } else {
+                    FLOW_F_FIN_BACKEND
                 };
+                // An RST leaves no TIME_WAIT anywhere.
                 let bits = if p.tcp_flags & TCP_RST != 0 {
                     FLOW_F_CLOSED
                 } else {
@@ -61,7 +65,7 @@ pub fn track(p: &Parsed, now: u64) -> Result<Flow, Stat> {
             }
             return Ok(flow);
         }
-        remove_pair(&p.key, &flow);
+        retire(&p.key, &flow, &cfg, now);
         count(Stat::FlowReplaced);
     }
 
@@ -106,9 +110,26 @@ fn close(entry: *mut Flow, flow: &Flow, proto: u8, bits: u32) {
     }
 }
 
+/// The other direction's entry of `flow` (found under `key`), if it still belongs to it: a
+/// reused key may since carry a new flow with another rewrite.
 #[inline(always)]
-fn remove_pair(key: &FlowKey, flow: &Flow) {
-    let _ = LB_FLOWS.remove(FlowKey::peer_of(flow, key.proto));
+fn own_peer(key: &FlowKey, flow: &Flow) -> Option<(FlowKey, Flow)> {
+    let peer_key = FlowKey::peer_of(flow, key.proto);
+    // SAFETY: copied out at once.
+    let peer = unsafe { *LB_FLOWS.get_ptr(&peer_key)? };
+    (FlowKey::peer_of(&peer, key.proto) == *key).then_some((peer_key, peer))
+}
+
+/// Drops a stale entry. Its other direction goes too, unless it is still in force: a closed
+/// flow's reply entry keeps the NAT port reserved while the backend holds TIME_WAIT, even
+/// when the client's side of the key is reused at once.
+#[inline(always)]
+fn retire(key: &FlowKey, flow: &Flow, cfg: &Config, now: u64) {
+    if let Some((peer_key, peer)) = own_peer(key, flow)
+        && now.saturating_sub(peer.last_seen_ns) > cfg.timeout_ns(key.proto, peer.flags)
+    {
+        let _ = LB_FLOWS.remove(&peer_key);
+    }
     let _ = LB_FLOWS.remove(key);
 }
 
@@ -163,7 +184,9 @@ fn claim_reply(rkey: &FlowKey, reply: &Flow, cfg: &Config, now: u64) -> bool {
     if now.saturating_sub(held.last_seen_ns) <= cfg.timeout_ns(rkey.proto, held.flags) {
         return false;
     }
-    let _ = LB_FLOWS.remove(FlowKey::peer_of(&held, rkey.proto));
+    if let Some((peer_key, _)) = own_peer(rkey, &held) {
+        let _ = LB_FLOWS.remove(&peer_key);
+    }
     count(Stat::FlowReplaced);
     LB_FLOWS.insert(rkey, reply, BPF_ANY as u64).is_ok()
 }

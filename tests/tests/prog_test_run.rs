@@ -728,5 +728,41 @@ fn a_closed_flow_frees_its_nat_port_for_the_next_one() {
             lb.flow(key(&Pkt::tcp(a, vip, TCP_SYN))).is_none(),
             "the closed flow's entries are gone"
         );
+
+        // This time the backend closes first: it will hold TIME_WAIT, so the port stays
+        // reserved, even when the client reuses its own port at once.
+        lb.tc(&Pkt::tcp(sa("192.168.1.11:80"), nat, TCP_FIN | TCP_ACK).bytes());
+        lb.tc(&Pkt::tcp(b, vip, TCP_FIN | TCP_ACK).bytes());
+        let tw = lb.flow(key(&Pkt::tcp(b, vip, TCP_SYN))).unwrap();
+        assert_ne!(
+            tw.flags & lb_common::FLOW_F_BACKEND_CLOSED_FIRST,
+            0,
+            "{tw:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let c = sa("10.0.0.2:41002");
+        assert_eq!(
+            lb.tc(&Pkt::tcp(c, vip, TCP_SYN).bytes()).0,
+            TC_ACT_SHOT,
+            "reserved for TIME_WAIT"
+        );
+        // The client reuses b's port: its old forward entry is replaced, the reservation stays.
+        assert_eq!(
+            lb.tc(&Pkt::tcp(b, vip, TCP_SYN).bytes()).0,
+            TC_ACT_SHOT,
+            "still no free port"
+        );
+        let reply_key = FlowKey {
+            src: u32::from(*sa("192.168.1.11:80").ip()).to_be(),
+            dst: u32::from(*nat.ip()).to_be(),
+            sport: 80u16.to_be(),
+            dport: 20000u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        assert!(
+            lb.flow(reply_key).is_some(),
+            "the reply entry still reserves the port"
+        );
     });
 }
