@@ -149,9 +149,11 @@ impl Daemon {
         })
     }
 
-    pub fn apply(&mut self, desired: Desired) -> Result<()> {
+    /// Applies `desired`; true when any service changed.
+    pub fn apply(&mut self, desired: Desired) -> Result<bool> {
         let report = self.writer.apply(&mut self.ebpf, &desired)?;
-        if report.added + report.changed + report.removed > 0 {
+        let changed = report.added + report.changed + report.removed > 0;
+        if changed {
             info!(
                 added = report.added,
                 changed = report.changed,
@@ -161,8 +163,7 @@ impl Daemon {
             );
         }
         self.desired = desired;
-        self.save_state();
-        Ok(())
+        Ok(changed)
     }
 
     /// Interfaces or addresses changed: re-read them, attach new interfaces, refresh NAT sources.
@@ -171,7 +172,9 @@ impl Daemon {
         self.attacher.reconcile(&mut self.ebpf)?;
         self.writer.routes_changed();
         let desired = self.desired.clone();
-        self.apply(desired)
+        self.apply(desired)?;
+        self.save_state();
+        Ok(())
     }
 
     pub fn sweep(&mut self) -> Result<()> {
@@ -334,6 +337,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut ticker = interval(SWEEP_EVERY);
+    let mut last_saved: Option<std::time::Instant> = None;
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     d.publish(None)?;
     info!("running; SIGTERM or SIGINT stops the daemon and leaves the data plane forwarding");
@@ -361,27 +365,40 @@ pub async fn run(args: RunArgs) -> Result<()> {
                                 d.record_error(&e);
                             } else {
                                 d.state.sync.last_full_sync = Some(unix_now());
+                                d.save_state();
                             }
                         }
                         Err(e) => d.record_error(&e.context("reload refused; keeping the services in force")),
                     }
                 }
             }
-            Some(snap) = snapshots.recv() => {
+            Some(first) = snapshots.recv() => {
                 let Some(f) = follower.as_mut() else { continue };
+                // Only the newest state matters: skip snapshots that queued up behind a slow
+                // apply, but measure latency from the oldest event they carry.
+                let mut snap = first;
+                let mut event = match snap.trigger { Trigger::Event { received } => Some(received), _ => None };
+                while let Ok(newer) = snapshots.try_recv() {
+                    if let Trigger::Event { received } = newer.trigger {
+                        event = Some(event.map_or(received, |e| e.min(received)));
+                    }
+                    snap = newer;
+                }
                 match f.desired(&snap.apps_json) {
                     Ok(desired) => match d.apply(desired) {
-                        Ok(()) => {
+                        Ok(changed) => {
                             d.state.sync.last_full_sync = Some(unix(snap.fetched_at));
                             d.state.sync.skipped = f.skipped.clone();
-                            if let Trigger::Event { received } = snap.trigger {
+                            if let Some(received) = event {
                                 let took = received.elapsed();
                                 d.metrics.observe_event_to_map(took);
                                 debug!(ms = took.as_secs_f64() * 1e3, "event reached the maps");
                             }
-                            d.save_state();
-                            if let Err(e) = d.publish(None) {
-                                d.record_error(&e);
+                            // The state file (names, draining backends for `lb status`) on every
+                            // change, otherwise at most once a second; metrics at the next sweep.
+                            if changed || last_saved.is_none_or(|t: std::time::Instant| t.elapsed() > Duration::from_secs(1)) {
+                                d.save_state();
+                                last_saved = Some(std::time::Instant::now());
                             }
                         }
                         Err(e) => d.record_error(&e),
