@@ -301,3 +301,58 @@ pub fn wait_tcp(target: SocketAddrV4, within: Duration) -> bool {
     }
     false
 }
+
+/// Runs a host shell script; panics with its stderr if it fails.
+pub fn sh(script: &str) {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace whose routes and static neighbours fix the FIB's answers for
+/// BPF_PROG_TEST_RUN: `up0` (10.0.0.1/24) leads to the client 10.0.0.2 and `cali0` to the task
+/// 192.168.1.11, both neighbours known (veth pairs: this kernel has no dummy links). `extra`
+/// are further `ip -n <name> ...` commands one user needs. Removed again on drop.
+pub struct FibNs {
+    pub name: String,
+}
+
+impl FibNs {
+    pub fn new(name: &str, extra: &[&str]) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        let n = format!("ip -n {name}");
+        let mut script = format!(
+            "ip netns add {name} && {n} link set lo up && \
+             {n} link add up0 type veth peer name up0p && {n} link set up0p up && \
+             {n} link set up0 address 02:00:00:00:0a:01 up && {n} addr add 10.0.0.1/24 dev up0 && \
+             {n} neigh add 10.0.0.2 lladdr 02:00:00:00:0a:02 dev up0 nud permanent && \
+             {n} link add cali0 type veth peer name cali0p && {n} link set cali0p up && \
+             {n} link set cali0 address 02:00:00:00:01:01 up && \
+             {n} route add 192.168.1.11/32 dev cali0 && \
+             {n} neigh add 192.168.1.11 lladdr 02:00:00:00:01:0b dev cali0 nud permanent && \
+             ip netns exec {name} sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.conf.lo.forwarding=1"
+        );
+        for cmd in extra {
+            script.push_str(&format!(" && {n} {cmd}"));
+        }
+        let env = Self {
+            name: name.to_owned(),
+        };
+        sh(&script);
+        env
+    }
+}
+
+impl Drop for FibNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}

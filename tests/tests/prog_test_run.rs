@@ -1,11 +1,9 @@
 //! BPF_PROG_TEST_RUN tables in Katran's style: input packet, map contents, expected verdict and
 //! expected output bytes, for both programs (XDP and TC). They run in a namespace of their own
-//! whose routes and static neighbours make the FIB answers known: the uplink `up0` leads to the
-//! client, `cali0` to the tasks (veth pairs: this kernel has no dummy links); 192.168.1.11 has a known neighbour, 192.168.1.12 has none.
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    process::Command,
-};
+//! whose routes and static neighbours make the FIB answers known (`netns::FibNs`): the uplink
+//! `up0` leads to the client, `cali0` to the tasks; 192.168.1.11 has a known neighbour,
+//! 192.168.1.12 has none.
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,7 +12,7 @@ use aya::{
 };
 use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config, Flow, FlowKey, MAP_FLOWS, MAP_XDP_TX, Stat};
 use lb_tests::{
-    netns::in_netns,
+    netns::{FibNs, in_netns, sh},
     packets::{Pkt, Seen, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, read},
 };
 use lb_user::{
@@ -38,45 +36,16 @@ fn sa(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
 }
 
-fn sh(script: &str) {
-    let out = Command::new("sh")
-        .args(["-c", script])
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The namespace every table runs in; removed again when dropped.
-struct Env;
-
-impl Env {
-    fn new() -> Self {
-        let _ = Command::new("ip").args(["netns", "del", NS]).output();
-        let n = format!("ip -n {NS}");
-        sh(&format!(
-            "ip netns add {NS} && {n} link set lo up && \
-             {n} link add up0 type veth peer name up0p && {n} link set up0p up && \
-             {n} link set up0 address 02:00:00:00:0a:01 up && \
-             {n} addr add 10.0.0.1/24 dev up0 && {n} addr add 10.9.0.1/24 dev up0 && \
-             {n} neigh add 10.0.0.2 lladdr 02:00:00:00:0a:02 dev up0 nud permanent && \
-             {n} link add cali0 type veth peer name cali0p && {n} link set cali0p up && \
-             {n} link set cali0 address 02:00:00:00:01:01 up && \
-             {n} route add 192.168.1.11/32 dev cali0 && {n} route add 192.168.1.12/32 dev cali0 && \
-             {n} neigh add 192.168.1.11 lladdr 02:00:00:00:01:0b dev cali0 nud permanent && \
-             ip netns exec {NS} sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.conf.lo.forwarding=1"
-        ));
-        Env
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", NS]).output();
-    }
+/// The namespace every table runs in: `FibNs` plus a second agent address and a task
+/// (192.168.1.12) with a route but no neighbour entry.
+fn env() -> FibNs {
+    FibNs::new(
+        NS,
+        &[
+            "addr add 10.9.0.1/24 dev up0",
+            "route add 192.168.1.12/32 dev cali0",
+        ],
+    )
 }
 
 struct Lb {
@@ -233,7 +202,7 @@ const CALI0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 
 #[test]
 fn traffic_that_is_not_ours_passes_byte_identical() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
         // Trust the test-run ingress (lo) so XDP makes every decision itself.
@@ -338,7 +307,7 @@ fn traffic_that_is_not_ours_passes_byte_identical() {
 
 #[test]
 fn packets_that_claim_to_be_ours_but_cannot_be_handled_are_dropped_and_counted() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
         let mut first_fragment = Pkt::udp(sa("10.0.0.2:40001"), sa("10.0.0.1:10001"));
@@ -354,7 +323,7 @@ fn packets_that_claim_to_be_ours_but_cannot_be_handled_are_dropped_and_counted()
 
 #[test]
 fn full_nat_new_flow_established_and_reply() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
         let client = sa("10.0.0.2:40000");
@@ -442,7 +411,7 @@ fn full_nat_new_flow_established_and_reply() {
 
 #[test]
 fn preserve_client_ip_rewrites_only_the_destination() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), true);
         let client = sa("10.0.0.2:40100");
@@ -471,7 +440,7 @@ fn preserve_client_ip_rewrites_only_the_destination() {
 
 #[test]
 fn udp_flows_and_checksums() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
         let client = sa("10.0.0.2:5353");
@@ -514,7 +483,7 @@ fn udp_flows_and_checksums() {
 
 #[test]
 fn ip_options_are_handled_at_the_right_offset() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
         let mut syn = Pkt::tcp(sa("10.0.0.2:40200"), sa("10.0.0.1:10000"), TCP_SYN);
@@ -537,7 +506,7 @@ fn ip_options_are_handled_at_the_right_offset() {
 
 #[test]
 fn unresolved_neighbour_goes_through_the_kernel() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
         // Bound service: 10.0.0.5 is not local, yet the exact match applies; its backend
@@ -569,7 +538,7 @@ fn unresolved_neighbour_goes_through_the_kernel() {
 
 #[test]
 fn round_robin_spreads_new_flows_and_fin_closes_both_directions() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let backends = ["192.168.1.11:80", "192.168.1.12:80", "192.168.1.13:80"];
         let mut lb = Lb::new(
@@ -618,7 +587,7 @@ fn round_robin_spreads_new_flows_and_fin_closes_both_directions() {
 
 #[test]
 fn source_affinity_keeps_a_client_on_one_backend() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut svc = service(
             "web",
@@ -646,7 +615,7 @@ fn source_affinity_keeps_a_client_on_one_backend() {
 
 #[test]
 fn hairpin_to_a_backend_behind_the_same_interface_uses_xdp_tx() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         // A backend reached through the uplink itself (a task on another agent).
         sh(&format!("ip -n {NS} route add 172.16.0.0/16 via 10.0.0.2"));
@@ -674,7 +643,7 @@ fn hairpin_to_a_backend_behind_the_same_interface_uses_xdp_tx() {
 
 #[test]
 fn a_closed_flow_frees_its_nat_port_for_the_next_one() {
-    let _env = Env::new();
+    let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
         // One NAT port, and closed flows expire at once.

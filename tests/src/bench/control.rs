@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     lb::{self, NsStandin},
-    netns::Topology,
+    netns::{Topology, sh},
 };
 
 const NS: &str = "lbb-ctl";
@@ -123,18 +123,6 @@ pub fn apply_child(apps: u32) {
             "one_change_s": change_s,
             "peak_rss_kib": peak_rss_kib(), "rss_before_kib": rss_before,
         })
-    );
-}
-
-fn sh(script: &str) {
-    let out = Command::new("sh")
-        .args(["-c", script])
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

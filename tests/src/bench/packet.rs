@@ -33,7 +33,7 @@ use super::{
     report::{Report, Spread, Table},
 };
 use crate::{
-    netns::in_netns,
+    netns::{FibNs, in_netns},
     packets::{Pkt, TCP_ACK, TCP_PSH, TCP_SYN},
 };
 
@@ -52,47 +52,16 @@ fn sa(s: &str) -> SocketAddrV4 {
     s.parse().expect("address literal")
 }
 
-fn sh(script: &str) {
-    let out = Command::new("sh")
-        .args(["-c", script])
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The namespace of `tests/prog_test_run.rs`: the uplink `up0` leads to the client 10.0.0.2,
-/// `cali0` to the task 192.168.1.11, both neighbours known, so the FIB answers in full.
-struct Env;
-
-impl Env {
-    fn new() -> Self {
-        let _ = Command::new("ip").args(["netns", "del", NS]).output();
-        let n = format!("ip -n {NS}");
-        sh(&format!(
-            "ip netns add {NS} && {n} link set lo up && \
-             {n} link add up0 type veth peer name up0p && {n} link set up0p up && \
-             {n} link set up0 address 02:00:00:00:0a:01 up && \
-             {n} addr add 10.0.0.1/24 dev up0 && \
-             {n} neigh add 10.0.0.2 lladdr 02:00:00:00:0a:02 dev up0 nud permanent && \
-             {n} link add cali0 type veth peer name cali0p && {n} link set cali0p up && \
-             {n} link set cali0 address 02:00:00:00:01:01 up && \
-             {n} route add 192.168.1.11/32 dev cali0 && \
-             {n} neigh add 192.168.1.11 lladdr 02:00:00:00:01:0b dev cali0 nud permanent && \
-             {n} link add bb0 type veth peer name bb1 && {n} link set bb0 up && {n} link set bb1 up && \
-             ip netns exec {NS} sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.conf.lo.forwarding=1"
-        ));
-        Env
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", NS]).output();
-    }
+/// The namespace of `tests/prog_test_run.rs`, plus the veth pair `bb0`/`bb1` for live frames.
+fn env() -> FibNs {
+    FibNs::new(
+        NS,
+        &[
+            "link add bb0 type veth peer name bb1",
+            "link set bb0 up",
+            "link set bb1 up",
+        ],
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -730,7 +699,7 @@ const PER_CALL_METHOD: &str = "One packet per BPF_PROG_TEST_RUN call (repeat = 1
      (hot caches), only where the program leaves the packet unchanged.";
 
 pub fn run(effort: &Effort, report: &mut Report) {
-    let _env = Env::new();
+    let _env = env();
     let e = *effort;
     let (small, scale, live, setup) = in_netns(NS, move || {
         let mut plane = small_plane();
