@@ -32,6 +32,14 @@ pub const fn update16(check: u16, old: u16, new: u16) -> u16 {
     !fold(sum)
 }
 
+/// The raw value that stands for a 32-bit field at an odd offset from the checksummed data's
+/// start in `update32` (a TCP option need not be aligned): such a field's bytes fall into
+/// the 16-bit words the other way round, so each half is seen byte-swapped.
+#[inline(always)]
+pub const fn at_odd_offset(raw: u32) -> u32 {
+    ((raw & 0x00ff_00ff) << 8) | ((raw >> 8) & 0x00ff_00ff)
+}
+
 /// UDP over IPv4 may carry no checksum (0): it must stay 0. A computed 0 is sent as 0xffff.
 #[inline(always)]
 pub const fn udp_fixup(old_check: u16, new_check: u16) -> u16 {
@@ -179,6 +187,27 @@ mod tests {
     #[test]
     fn udp_zero_checksum_stays_zero() {
         assert_eq!(udp_fixup(0, update32(0, 1, 2)), 0);
+    }
+
+    #[test]
+    fn update32_at_every_offset_matches_a_full_recompute() {
+        let mut data: [u8; 16] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5a);
+        for off in 0..=12 {
+            let old = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap());
+            let check = checksum(&data);
+            let new = old.wrapping_add(0x0123_4567 + off as u32);
+            data[off..off + 4].copy_from_slice(&new.to_ne_bytes());
+            let (o, n) = if off % 2 == 1 {
+                (at_odd_offset(old), at_odd_offset(new))
+            } else {
+                (old, new)
+            };
+            assert_eq!(
+                update32(check, o, n),
+                checksum(&data),
+                "field at offset {off}"
+            );
+        }
         assert_eq!(udp_fixup(0x1234, 0), 0xffff);
         assert_eq!(udp_fixup(0x1234, 0x5678), 0x5678);
     }

@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod tcpopt;
 
 use core::mem::size_of;
 
@@ -34,6 +35,8 @@ pub const MAP_XDP_TX: &str = "LB_XDP_TX";
 pub const MAP_CONFIG: &str = "LB_CONFIG";
 /// `service id -> u32` round-robin cursor, advanced atomically by the data plane.
 pub const MAP_RR: &str = "LB_RR";
+/// `backend id -> u32` NAT port cursor (full NAT), advanced atomically by the data plane.
+pub const MAP_NAT_CURSOR: &str = "LB_NAT_CURSOR";
 /// Per-CPU `service id -> Counters`. Written by the data plane, summed by the daemon.
 pub const MAP_SERVICE_STATS: &str = "LB_SVC_STATS";
 /// Per-CPU `backend id -> Counters`. Written by the data plane, summed by the daemon.
@@ -42,7 +45,7 @@ pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 pub const MAP_STATS: &str = "LB_STATS";
 
 /// Every map the data plane declares, in the order `lb status` and the README list them.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_FLOWS,
@@ -50,6 +53,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_XDP_TX,
     MAP_CONFIG,
     MAP_RR,
+    MAP_NAT_CURSOR,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_STATS,
@@ -72,8 +76,10 @@ pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_XDP_TX: u32 = 1_024;
 /// Backends one service may have; bounds the data plane's index arithmetic.
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 4_096;
-/// Attempts to find a free NAT source port for a new flow before giving up.
-pub const NAT_PORT_TRIES: u32 = 16;
+/// NAT source ports probed for a new flow before giving up. Probes follow a per-backend
+/// cursor, so the next port tried is the one handed out longest ago (the likeliest free):
+/// expected probes stay near one until the range is truly full of live flows.
+pub const NAT_PORT_TRIES: u32 = 32;
 
 // ---- Services and backends -------------------------------------------------
 
@@ -155,10 +161,23 @@ pub const FLOW_F_FIN_CLIENT: u32 = 4;
 /// The backend sent FIN.
 pub const FLOW_F_FIN_BACKEND: u32 = 8;
 pub const FLOW_F_CLOSED: u32 = FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND;
-/// The backend sent the first FIN, so it now holds the connection in TIME_WAIT: a new flow
-/// reusing the NAT port would be refused there (PAWS, the client's timestamps are not the
-/// old connection's), so the port stays reserved for `tcp_time_wait_timeout`.
+/// The backend sent the first FIN, so it now holds the connection in TIME_WAIT. Without
+/// `FLOW_F_TS` a new flow reusing the NAT port would be refused there (PAWS: another client's
+/// timestamps are not the old connection's), so the port stays reserved for
+/// `tcp_time_wait_timeout`.
 pub const FLOW_F_BACKEND_CLOSED_FIRST: u32 = 16;
+/// Full NAT with TCP timestamps on both sides: the client's TSval is shifted by `ts_off` on
+/// the way to the backend (and TSecr back on replies), so that every (NAT address, NAT port,
+/// backend) tuple shows the backend one clock, the balancer's, rising across connections. A
+/// backend in TIME_WAIT then accepts the next SYN on that tuple at once (RFC 6191), and the
+/// NAT port is free as soon as the flow is closed.
+pub const FLOW_F_TS: u32 = 32;
+
+/// The balancer's timestamp clock for new flows: `bpf_ktime_get_ns() >> TS_CLOCK_SHIFT`,
+/// about 15 kHz. Faster than any client's clock (RFC 7323: at most 1 kHz), so a new
+/// connection's first TSval is above the last one of any earlier connection on the same
+/// tuple; slow enough that 32-bit comparisons hold for 39 hours.
+pub const TS_CLOCK_SHIFT: u32 = 16;
 
 /// What to do with packets matching a `FlowKey`: the addresses and ports to write.
 /// The entry for the other direction is found by swapping the new addresses and ports.
@@ -172,11 +191,26 @@ pub struct Flow {
     pub flags: u32,
     pub service_id: u32,
     pub backend_id: u32,
+    /// With `FLOW_F_TS`: added to the client's TSval towards the backend (host order, mod
+    /// 2^32); the reply entry subtracts it from TSecr.
+    pub ts_off: u32,
+    /// The route cache below is valid while this equals `Config::route_gen` (0: empty).
+    pub rt_gen: u32,
     /// `bpf_ktime_get_ns()` when the flow was created and when a packet last matched.
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// Cached FIB answer for this direction: egress interface and MACs, valid for packets
+    /// arriving on `rt_in`; `rt_flags` says what XDP may do with it.
+    pub rt_ifindex: u32,
+    pub rt_in: u32,
+    pub rt_smac: [u8; 6],
+    pub rt_dmac: [u8; 6],
+    pub rt_flags: u32,
 }
-const _: () = assert!(size_of::<Flow>() == 40);
+const _: () = assert!(size_of::<Flow>() == 72);
+
+/// `Flow::rt_flags`: ingress and egress are both in `LB_XDP_TX`, so XDP may forward.
+pub const RT_F_XDP: u32 = 1;
 
 impl FlowKey {
     /// Key of the entry for the other direction of the flow this value belongs to.
@@ -209,11 +243,16 @@ pub struct Config {
     pub tcp_closing_timeout_ns: u64,
     /// After FINs both ways (client first) or an RST: just long enough for the last ACK.
     pub tcp_closed_timeout_ns: u64,
-    /// After FINs both ways, backend first: as long as the backend's TIME_WAIT.
+    /// After FINs both ways, backend first, without timestamps: as long as the backend's
+    /// TIME_WAIT.
     pub tcp_time_wait_timeout_ns: u64,
     pub udp_timeout_ns: u64,
+    /// Bumped by the daemon whenever routes, neighbours, links or `LB_XDP_TX` change: every
+    /// flow's cached route is then looked up again.
+    pub route_gen: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 56);
 
 impl Default for Config {
     fn default() -> Self {
@@ -226,6 +265,8 @@ impl Default for Config {
             tcp_closed_timeout_ns: 2 * 1_000_000_000,
             tcp_time_wait_timeout_ns: 60 * 1_000_000_000,
             udp_timeout_ns: 60 * 1_000_000_000,
+            route_gen: 1,
+            _pad: 0,
         }
     }
 }
@@ -236,7 +277,7 @@ impl Config {
         if proto == IPPROTO_UDP {
             self.udp_timeout_ns
         } else if flags & FLOW_F_CLOSED == FLOW_F_CLOSED {
-            if flags & FLOW_F_BACKEND_CLOSED_FIRST != 0 {
+            if flags & (FLOW_F_BACKEND_CLOSED_FIRST | FLOW_F_TS) == FLOW_F_BACKEND_CLOSED_FIRST {
                 self.tcp_time_wait_timeout_ns
             } else {
                 self.tcp_closed_timeout_ns
@@ -288,7 +329,7 @@ pub enum Stat {
     DropFragment,
     /// New flow to a service with no backends.
     DropNoBackend,
-    /// No free NAT source port after `NAT_PORT_TRIES` attempts.
+    /// No free NAT source port after `NAT_PORT_TRIES` probes.
     DropNatPorts,
     /// The flow table refused an insert.
     DropFlowInsert,
@@ -419,6 +460,24 @@ mod tests {
         assert_eq!(
             c.timeout_ns(IPPROTO_TCP, FLOW_F_CLOSING),
             c.tcp_closing_timeout_ns
+        );
+    }
+
+    #[test]
+    fn time_wait_reservation_only_without_timestamps() {
+        let c = Config::default();
+        let backend_first = FLOW_F_CLOSING | FLOW_F_CLOSED | FLOW_F_BACKEND_CLOSED_FIRST;
+        assert_eq!(
+            c.timeout_ns(IPPROTO_TCP, backend_first),
+            c.tcp_time_wait_timeout_ns
+        );
+        assert_eq!(
+            c.timeout_ns(IPPROTO_TCP, backend_first | FLOW_F_TS),
+            c.tcp_closed_timeout_ns
+        );
+        assert_eq!(
+            c.timeout_ns(IPPROTO_TCP, FLOW_F_CLOSING | FLOW_F_CLOSED),
+            c.tcp_closed_timeout_ns
         );
     }
 }

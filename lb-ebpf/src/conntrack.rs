@@ -2,24 +2,22 @@
 //! for a new connection to a service, choosing its backend and, in full NAT, its source port.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_get_prandom_u32,
-};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_log_ebpf::warn;
 use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_BACKEND_CLOSED_FIRST,
-    FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, Flow,
-    FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, Service,
-    ServiceKey, Stat,
+    FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, FLOW_F_TS,
+    Flow, FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE,
+    Service, ServiceKey, Stat, TS_CLOCK_SHIFT, tcpopt::TSVAL_OFF,
 };
 
 use crate::{
+    context::{Packet, ptr_at},
     maps::{
-        LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_RR, LB_SERVICES, LB_SVC_STATS,
-        config, count,
+        LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_NAT_CURSOR, LB_RR, LB_SERVICES,
+        LB_SVC_STATS, config, count,
     },
-    parse::{Parsed, TCP_RST},
+    parse::{Parsed, TCP_ACK, TCP_RST, TCP_SYN, tcp_timestamp},
 };
 
 /// Refresh `last_seen_ns` at most this often: fewer writes to a shared cache line.
@@ -27,8 +25,9 @@ const TOUCH_EVERY_NS: u64 = 100_000_000;
 
 /// Returns the flow for this packet: an existing one, or a new one if the packet opens a
 /// connection to a service. `Err` says why the packet is not (or cannot be) balanced.
+/// For a flow that translates timestamps it also notes where the option is (`p.ts_at`).
 #[inline(always)]
-pub fn track(p: &Parsed, now: u64) -> Result<Flow, Stat> {
+pub fn track<C: Packet>(ctx: &C, p: &mut Parsed, now: u64) -> Result<Flow, Stat> {
     let cfg = config();
     if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
         // SAFETY: the map hands out a pointer to a live element; we copy it out.
@@ -61,11 +60,29 @@ pub fn track(p: &Parsed, now: u64) -> Result<Flow, Stat> {
                 } else {
                     side
                 };
-                close(entry, &flow, p.key.proto, FLOW_F_CLOSING | bits);
+                mark(entry, &flow, p.key.proto, FLOW_F_CLOSING | bits, 0);
+            }
+            if flow.flags & FLOW_F_TS != 0 {
+                p.ts_at = tcp_timestamp(ctx, p);
+            }
+            if flow.flags & (FLOW_F_REPLY | FLOW_F_TS) == FLOW_F_REPLY | FLOW_F_TS
+                && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+                && p.ts_at.is_none()
+            {
+                // The backend declined timestamps: nothing to shift, and its TIME_WAIT will
+                // judge a reused port by sequence numbers alone, so keep the reservation.
+                mark(entry, &flow, p.key.proto, 0, FLOW_F_TS);
+                return Ok(Flow {
+                    flags: flow.flags & !FLOW_F_TS,
+                    ..flow
+                });
             }
             return Ok(flow);
         }
-        retire(&p.key, &flow, &cfg, now);
+        // In DNAT the client's own kernel reused its port, which it does only when that is
+        // safe: its new SYN replaces the old connection in both directions, as conntrack does.
+        let force = reopened && cfg.flags & CFG_F_PRESERVE_CLIENT_IP != 0;
+        retire(&p.key, &flow, &cfg, now, force);
         count(Stat::FlowReplaced);
     }
 
@@ -76,7 +93,7 @@ pub fn track(p: &Parsed, now: u64) -> Result<Flow, Stat> {
     if p.key.proto == IPPROTO_TCP && !p.is_tcp_open() {
         return Err(Stat::PassMidstream);
     }
-    create(p, &service, &cfg, now)
+    create(ctx, p, &service, &cfg, now)
 }
 
 /// Exact (address, port, protocol) first; then the wildcard, if the address is the agent's.
@@ -99,14 +116,15 @@ fn lookup_service(key: &FlowKey) -> Option<Service> {
     unsafe { LB_SERVICES.get(&skey) }.copied()
 }
 
-/// Records a FIN or RST on both directions, so both expire by the same (shorter) timeout.
+/// Sets and clears flags on both directions (a FIN or RST, so both expire by the same
+/// timeout; timestamps declined, so neither rewrites them).
 #[inline(always)]
-fn close(entry: *mut Flow, flow: &Flow, proto: u8, bits: u32) {
+fn mark(entry: *mut Flow, flow: &Flow, proto: u8, set: u32, clear: u32) {
     // SAFETY: entry points at a live map element.
-    unsafe { (*entry).flags |= bits };
+    unsafe { (*entry).flags = ((*entry).flags | set) & !clear };
     if let Some(peer) = LB_FLOWS.get_ptr_mut(FlowKey::peer_of(flow, proto)) {
         // SAFETY: as above.
-        unsafe { (*peer).flags |= bits };
+        unsafe { (*peer).flags = ((*peer).flags | set) & !clear };
     }
 }
 
@@ -120,13 +138,13 @@ fn own_peer(key: &FlowKey, flow: &Flow) -> Option<(FlowKey, Flow)> {
     (FlowKey::peer_of(&peer, key.proto) == *key).then_some((peer_key, peer))
 }
 
-/// Drops a stale entry. Its other direction goes too, unless it is still in force: a closed
-/// flow's reply entry keeps the NAT port reserved while the backend holds TIME_WAIT, even
-/// when the client's side of the key is reused at once.
+/// Drops a stale entry. Its other direction goes too, unless it is still in force (and not
+/// `force`d): a closed flow's reply entry keeps the NAT port reserved while the backend holds
+/// TIME_WAIT, even when the client's side of the key is reused at once.
 #[inline(always)]
-fn retire(key: &FlowKey, flow: &Flow, cfg: &Config, now: u64) {
+fn retire(key: &FlowKey, flow: &Flow, cfg: &Config, now: u64, force: bool) {
     if let Some((peer_key, peer)) = own_peer(key, flow)
-        && now.saturating_sub(peer.last_seen_ns) > cfg.timeout_ns(key.proto, peer.flags)
+        && (force || now.saturating_sub(peer.last_seen_ns) > cfg.timeout_ns(key.proto, peer.flags))
     {
         let _ = LB_FLOWS.remove(&peer_key);
     }
@@ -170,9 +188,11 @@ fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
         .ok_or(Stat::ErrBackendLookup)
 }
 
-/// Claims `rkey` for a reply entry: free, or held by a flow that has expired.
+/// Claims `rkey` for a reply entry: free, or held by a flow that has expired. With
+/// `reopen` (DNAT, where the key is the client's own address and port) also one held by a
+/// closed connection: the client's kernel reused its port, which it does only when safe.
 #[inline(always)]
-fn claim_reply(rkey: &FlowKey, reply: &Flow, cfg: &Config, now: u64) -> bool {
+fn claim_reply(rkey: &FlowKey, reply: &Flow, cfg: &Config, now: u64, reopen: bool) -> bool {
     if LB_FLOWS.insert(rkey, reply, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
@@ -181,7 +201,8 @@ fn claim_reply(rkey: &FlowKey, reply: &Flow, cfg: &Config, now: u64) -> bool {
     };
     // SAFETY: copied out at once.
     let held = unsafe { *held };
-    if now.saturating_sub(held.last_seen_ns) <= cfg.timeout_ns(rkey.proto, held.flags) {
+    let closed = reopen && held.flags & FLOW_F_CLOSED == FLOW_F_CLOSED;
+    if !closed && now.saturating_sub(held.last_seen_ns) <= cfg.timeout_ns(rkey.proto, held.flags) {
         return false;
     }
     if let Some((peer_key, _)) = own_peer(rkey, &held) {
@@ -192,9 +213,16 @@ fn claim_reply(rkey: &FlowKey, reply: &Flow, cfg: &Config, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow, Stat> {
+fn create<C: Packet>(
+    ctx: &C,
+    p: &mut Parsed,
+    service: &Service,
+    cfg: &Config,
+    now: u64,
+) -> Result<Flow, Stat> {
     let backend = pick_backend(p, service)?;
-    let key = &p.key;
+    let key = p.key;
+    let key = &key;
     let preserve = cfg.flags & CFG_F_PRESERVE_CLIENT_IP != 0;
     let mut fwd = Flow {
         new_src: if preserve { key.src } else { backend.nat_addr },
@@ -206,14 +234,27 @@ fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow,
         backend_id: backend.id,
         created_ns: now,
         last_seen_ns: now,
+        ..Flow::default()
     };
+    if !preserve && key.proto == IPPROTO_TCP {
+        p.ts_at = tcp_timestamp(ctx, p);
+        if let Some(at) = p.ts_at
+            && let Some(tsval) = ptr_at::<C, u32>(ctx, at + TSVAL_OFF)
+        {
+            // SAFETY: bounds checked by ptr_at.
+            let tsval = u32::from_be(unsafe { tsval.read_unaligned() });
+            // The backend sees this flow's timestamps start at the balancer's clock.
+            fwd.ts_off = ((now >> TS_CLOCK_SHIFT) as u32).wrapping_sub(tsval);
+            fwd.flags |= FLOW_F_TS;
+        }
+    }
     // Replies arrive from the backend and must look as if the service sent them.
     let reply = Flow {
         new_src: key.dst,
         new_dst: key.src,
         new_sport: key.dport,
         new_dport: key.sport,
-        flags: FLOW_F_REPLY,
+        flags: fwd.flags | FLOW_F_REPLY,
         ..fwd
     };
     let mut rkey = FlowKey {
@@ -225,7 +266,7 @@ fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow,
         _pad: [0; 3],
     };
     if preserve {
-        if !claim_reply(&rkey, &reply, cfg, now) {
+        if !claim_reply(&rkey, &reply, cfg, now, key.proto == IPPROTO_TCP) {
             warn!(
                 &(),
                 "reply tuple {:i}:{} -> {:i}:{} already tracked: new flow dropped",
@@ -237,37 +278,7 @@ fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow,
             return Err(Stat::DropFlowInsert);
         }
     } else {
-        let (min, max) = if cfg.nat_port_min <= cfg.nat_port_max && cfg.nat_port_min != 0 {
-            (cfg.nat_port_min as u32, cfg.nat_port_max as u32)
-        } else {
-            let d = Config::default();
-            (d.nat_port_min as u32, d.nat_port_max as u32)
-        };
-        let span = max - min + 1;
-        let mut claimed = false;
-        for _ in 0..NAT_PORT_TRIES {
-            // SAFETY: helper without side effects.
-            let port = (min
-                + unsafe { bpf_get_prandom_u32() }
-                    .checked_rem(span)
-                    .unwrap_or(0)) as u16;
-            rkey.dport = port.to_be();
-            if claim_reply(&rkey, &reply, cfg, now) {
-                claimed = true;
-                break;
-            }
-        }
-        if !claimed {
-            // Rare and actionable (widen --nat-port-range or add an agent address): say so.
-            warn!(
-                &(),
-                "no free NAT port towards {:i}:{} after {} tries",
-                u32::from_be(backend.addr),
-                u16::from_be(backend.port),
-                NAT_PORT_TRIES
-            );
-            return Err(Stat::DropNatPorts);
-        }
+        rkey.dport = claim_nat_port(&mut rkey, &reply, &backend, cfg, now)?;
         fwd.new_sport = rkey.dport;
     }
     if LB_FLOWS.insert(key, &fwd, BPF_NOEXIST as u64).is_err() {
@@ -282,6 +293,48 @@ fn create(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow,
     count(Stat::FlowCreated);
     count_new_flow(service.id, backend.id);
     Ok(fwd)
+}
+
+/// Claims a NAT source port towards `backend` for the reply entry `rkey` (its `dport`).
+/// Ports are probed in the order of a per-backend cursor, so the next one tried is the one
+/// handed out longest ago: with short flows it is free at the first probe, and only ports
+/// still held by live (or TIME_WAIT-reserved) flows are skipped.
+#[inline(always)]
+fn claim_nat_port(
+    rkey: &mut FlowKey,
+    reply: &Flow,
+    backend: &Backend,
+    cfg: &Config,
+    now: u64,
+) -> Result<u16, Stat> {
+    let (min, max) = if cfg.nat_port_min <= cfg.nat_port_max && cfg.nat_port_min != 0 {
+        (cfg.nat_port_min as u32, cfg.nat_port_max as u32)
+    } else {
+        let d = Config::default();
+        (d.nat_port_min as u32, d.nat_port_max as u32)
+    };
+    let span = max - min + 1;
+    let cursor = LB_NAT_CURSOR
+        .get_ptr_mut(backend.id)
+        .ok_or(Stat::ErrBackendLookup)?;
+    for _ in 0..NAT_PORT_TRIES {
+        // SAFETY: array elements are stable for the map's life; fetch-and-add as in LB_RR.
+        let turn: u32 = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(cursor, 1) };
+        let port = ((min + turn.checked_rem(span).unwrap_or(0)) as u16).to_be();
+        rkey.dport = port;
+        if claim_reply(rkey, reply, cfg, now, false) {
+            return Ok(port);
+        }
+    }
+    // Rare and actionable (widen --nat-port-range or add an agent address): say so.
+    warn!(
+        &(),
+        "no free NAT port towards {:i}:{} after {} probes",
+        u32::from_be(backend.addr),
+        u16::from_be(backend.port),
+        NAT_PORT_TRIES
+    );
+    Err(Stat::DropNatPorts)
 }
 
 #[inline(always)]

@@ -33,6 +33,9 @@ pub static LB_CONFIG: Array<Config, 1> = Array::new();
 pub static LB_RR: Array<u32, { MAX_SERVICES as usize }> = Array::new();
 
 #[btf_map]
+pub static LB_NAT_CURSOR: Array<u32, { MAX_BACKEND_IDS as usize }> = Array::new();
+
+#[btf_map]
 pub static LB_SVC_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
 #[btf_map]

@@ -1,6 +1,9 @@
 //! Address and port rewriting with incremental checksum updates: the IPv4 header checksum
 //! by hand (it is always complete), TCP/UDP through the hook, which knows the skb's state.
-use lb_common::{Flow, Stat, csum};
+use lb_common::{
+    FLOW_F_REPLY, FLOW_F_TS, Flow, Stat, csum,
+    tcpopt::{TSECR_OFF, TSVAL_OFF},
+};
 
 use crate::{
     context::{Packet, ptr_at},
@@ -76,5 +79,36 @@ pub fn rewrite<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, hop: Hop<'_>) ->
     if key.dport != flow.new_dport {
         ctx.l4_csum(off, key.dport as u32, flow.new_dport as u32, 2, false, udp)?;
     }
+    if flow.flags & FLOW_F_TS != 0 {
+        shift_timestamp(ctx, p, flow)?;
+    }
     Ok(())
+}
+
+/// Full NAT's timestamp translation: TSval + `ts_off` towards the backend, TSecr - `ts_off`
+/// back to the client. A segment without the option (or with a malformed option list) is
+/// left as it is.
+#[inline(always)]
+fn shift_timestamp<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow) -> Result<(), Stat> {
+    let Some(at) = p.ts_at else {
+        return Ok(());
+    };
+    let (field, delta) = if flow.flags & FLOW_F_REPLY == 0 {
+        (at + TSVAL_OFF, flow.ts_off)
+    } else {
+        (at + TSECR_OFF, flow.ts_off.wrapping_neg())
+    };
+    let old: u32 = {
+        let f: *const u32 = ptr_at(ctx, field).ok_or(Stat::ErrRewrite)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { f.read_unaligned() }
+    };
+    let new = u32::from_be(old).wrapping_add(delta).to_be();
+    write(ctx, field, new)?;
+    let (o, n) = if (field - p.l4_off) % 2 == 1 {
+        (csum::at_odd_offset(old), csum::at_odd_offset(new))
+    } else {
+        (old, new)
+    };
+    ctx.l4_csum(p.l4_check_off(), o, n, 4, false, false)
 }

@@ -2,7 +2,7 @@
 //! Anything that is not a well-formed IPv4 TCP/UDP packet comes back as the reason to pass it.
 use core::mem::offset_of;
 
-use lb_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat};
+use lb_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat, tcpopt};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::context::{Packet, ptr_at};
@@ -44,8 +44,12 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Bytes the parser may need to read: Ethernet, the longest IPv4 header, a TCP header.
-pub const MAX_HEADERS: u32 = (ETH_LEN + 60 + size_of::<TcpHdr>()) as u32;
+const TCP_DOFF_OFF: usize = offset_of!(TcpHdr, ack_seq) + 4;
+const TCP_MIN_LEN: usize = size_of::<TcpHdr>();
+
+/// Bytes the packet path may need to read: Ethernet, the longest IPv4 header, the longest TCP
+/// header (its options carry the timestamps that full NAT rewrites).
+pub const MAX_HEADERS: u32 = (ETH_LEN + 60 + 60) as u32;
 
 pub struct Parsed {
     pub key: FlowKey,
@@ -57,6 +61,11 @@ pub struct Parsed {
     pub ttl: u8,
     /// IPv4 total length, host order: the bytes counted for this packet.
     pub tot_len: u16,
+    /// Bytes of TCP options (0 for UDP, or when the data offset makes no sense).
+    pub tcp_opt_len: usize,
+    /// Where the timestamp option is, for flows that translate timestamps: found once by
+    /// connection tracking, used by the rewrite (one walk of the options per packet).
+    pub ts_at: Option<usize>,
 }
 
 impl Parsed {
@@ -131,10 +140,15 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
     }
     let sport: u16 = read(ctx, l4_off + L4_SPORT_OFF)?;
     let dport: u16 = read(ctx, l4_off + L4_DPORT_OFF)?;
+    let mut tcp_opt_len = 0;
     let tcp_flags = if proto == IPPROTO_TCP {
         // Rewriting needs the checksum field, so the full fixed header must be present.
         if ptr_at::<C, TcpHdr>(ctx, l4_off).is_none() && !first_fragment {
             return Err(Stat::PassMalformed);
+        }
+        let doff = (read::<C, u8>(ctx, l4_off + TCP_DOFF_OFF).unwrap_or(0) >> 4) as usize * 4;
+        if doff > TCP_MIN_LEN && ihl + doff <= tot_len as usize {
+            tcp_opt_len = doff - TCP_MIN_LEN;
         }
         read::<C, u8>(ctx, l4_off + TCP_FLAGS_OFF).unwrap_or(0)
     } else {
@@ -157,5 +171,18 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
         first_fragment,
         ttl: read(ctx, IP_TTL_OFF)?,
         tot_len,
+        tcp_opt_len,
+        ts_at: None,
     })
+}
+
+/// Offset in the packet of the TCP timestamp option, if the segment carries a well-formed one.
+#[inline(always)]
+pub fn tcp_timestamp<C: Packet>(ctx: &C, p: &Parsed) -> Option<usize> {
+    if p.tcp_opt_len == 0 {
+        return None;
+    }
+    let base = p.l4_off + TCP_MIN_LEN;
+    let at = tcpopt::find_timestamp(p.tcp_opt_len, |i| read::<C, u8>(ctx, base + i).ok())?;
+    Some(base + at)
 }

@@ -40,10 +40,10 @@ fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
         MAX_HEADERS
     };
     ctx.pull(want);
-    let p = parse(&ctx)?;
+    let mut p = parse(&ctx)?;
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = conntrack::track(&p, now)?;
+    let flow = conntrack::track(&ctx, &mut p, now)?;
     if p.ttl <= 1 {
         return Err(Stat::PassTtl);
     }

@@ -34,10 +34,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_lb_xdp(mut ctx: XdpContext) -> Result<u32, Stat> {
-    let p = parse(&ctx)?;
+    let mut p = parse(&ctx)?;
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = conntrack::track(&p, now)?;
+    let flow = conntrack::track(&ctx, &mut p, now)?;
     // A veth hands XDP the sender's skb data, whose TCP/UDP checksum may be only partial
     // (offloaded): rewriting it here would corrupt it. TC sees the skb state and copes.
     let ingress = Packet::ingress_ifindex(&ctx);

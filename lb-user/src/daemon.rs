@@ -71,6 +71,7 @@ pub fn data_plane_config(args: &RunArgs) -> Config {
         tcp_closed_timeout_ns: args.tcp_closed_timeout.saturating_mul(1_000_000_000),
         tcp_time_wait_timeout_ns: args.tcp_time_wait_timeout.saturating_mul(1_000_000_000),
         udp_timeout_ns: args.udp_timeout.saturating_mul(1_000_000_000),
+        ..Config::default()
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Pkt {
     pub ttl: u8,
     pub tcp_flags: u8,
     pub ip_options: Vec<u8>,
+    /// TCP option bytes (a multiple of 4, at most 40), after the fixed header.
+    pub tcp_options: Vec<u8>,
     /// The raw flags+offset field (host order): 0x2000 = more fragments.
     pub frag: u16,
     pub payload: Vec<u8>,
@@ -40,6 +42,7 @@ impl Pkt {
             ttl: 64,
             tcp_flags: 0,
             ip_options: Vec::new(),
+            tcp_options: Vec::new(),
             frag: 0,
             payload: b"hello, balancer".to_vec(),
             udp_no_checksum: false,
@@ -57,6 +60,32 @@ impl Pkt {
         Self::new(17, src, dst)
     }
 
+    /// With the option list Linux puts on a SYN: MSS, SACK permitted, timestamps, NOP,
+    /// window scale.
+    pub fn with_syn_timestamps(mut self, tsval: u32, tsecr: u32) -> Self {
+        self.tcp_options = [2, 4, 5, 0xb4, 4, 2].to_vec();
+        self.tcp_options.extend(ts_option(tsval, tsecr));
+        self.tcp_options.extend([1, 3, 3, 7]);
+        self
+    }
+
+    /// With the option list of a data segment: NOP, NOP, timestamps.
+    pub fn with_timestamps(mut self, tsval: u32, tsecr: u32) -> Self {
+        self.tcp_options = vec![1, 1];
+        self.tcp_options.extend(ts_option(tsval, tsecr));
+        self
+    }
+}
+
+/// The timestamp option's ten bytes.
+pub fn ts_option(tsval: u32, tsecr: u32) -> Vec<u8> {
+    let mut o = vec![8, 10];
+    o.extend(tsval.to_be_bytes());
+    o.extend(tsecr.to_be_bytes());
+    o
+}
+
+impl Pkt {
     pub fn bytes(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         let (sp, dp) = (self.src.port().to_be_bytes(), self.dst.port().to_be_bytes());
@@ -65,10 +94,15 @@ impl Pkt {
             l4.extend_from_slice(&dp);
             l4.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
             l4.extend_from_slice(&0x0a0b_0c0du32.to_be_bytes()); // ack
-            l4.push(5 << 4);
+            assert!(
+                self.tcp_options.len().is_multiple_of(4) && self.tcp_options.len() <= 40,
+                "TCP options must pad to 4 bytes"
+            );
+            l4.push(((20 + self.tcp_options.len()) / 4) as u8 * 16);
             l4.push(self.tcp_flags);
             l4.extend_from_slice(&0xfaf0u16.to_be_bytes()); // window
             l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+            l4.extend_from_slice(&self.tcp_options);
         } else {
             l4.extend_from_slice(&sp);
             l4.extend_from_slice(&dp);
@@ -123,6 +157,8 @@ pub struct Seen {
     pub ip_checksum_ok: bool,
     pub l4_checksum_ok: bool,
     pub l4_checksum: u16,
+    /// TSval and TSecr of a TCP segment's timestamp option, if it has one.
+    pub timestamps: Option<(u32, u32)>,
 }
 
 pub fn read(frame: &[u8]) -> Seen {
@@ -140,7 +176,16 @@ pub fn read(frame: &[u8]) -> Seen {
     } else {
         csum::fold(csum::sum(l4, csum::sum(&pseudo(s, d, proto, l4.len()), 0))) == 0xffff
     };
+    let mut timestamps = None;
+    if proto == 6 {
+        let opts = &l4[20..((l4[12] >> 4) as usize * 4).max(20)];
+        if let Some(at) = lb_common::tcpopt::find_timestamp(opts.len(), |i| opts.get(i).copied()) {
+            let word = |o: usize| u32::from_be_bytes(opts[at + o..at + o + 4].try_into().unwrap());
+            timestamps = Some((word(2), word(6)));
+        }
+    }
     Seen {
+        timestamps,
         dst_mac: frame[0..6].try_into().unwrap(),
         src_mac: frame[6..12].try_into().unwrap(),
         src: SocketAddrV4::new(Ipv4Addr::from(s), u16::from_be_bytes([l4[0], l4[1]])),

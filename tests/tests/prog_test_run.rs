@@ -10,7 +10,9 @@ use aya::{
     maps::HashMap,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config, Flow, FlowKey, MAP_FLOWS, MAP_XDP_TX, Stat};
+use lb_common::{
+    CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_TS, Flow, FlowKey, MAP_FLOWS, MAP_XDP_TX, Stat,
+};
 use lb_tests::{
     netns::{FibNs, in_netns, sh},
     packets::{Pkt, Seen, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, read},
@@ -733,5 +735,343 @@ fn a_closed_flow_frees_its_nat_port_for_the_next_one() {
             lb.flow(reply_key).is_some(),
             "the reply entry still reserves the port"
         );
+    });
+}
+
+/// The flow entries of the connection whose client-side packet is `p`: (forward, reply).
+fn both(lb: &mut Lb, p: &Pkt) -> (Flow, Flow) {
+    let fwd = lb.flow(key(p)).expect("forward entry");
+    let rev = lb.flow(FlowKey::peer_of(&fwd, 6)).expect("reply entry");
+    (fwd, rev)
+}
+
+/// Sends `p` through TC and checks it leaves as `want` (addresses, ports, MACs, TTL and the
+/// option bytes) with both checksums valid.
+fn through_tc(lb: &mut Lb, p: &Pkt, want: &Pkt, what: &str) -> Seen {
+    let (v, out) = lb.tc(&p.bytes());
+    assert_eq!(v, TC_ACT_REDIRECT, "{what}: verdict");
+    let seen = read(&out);
+    assert!(
+        seen.ip_checksum_ok && seen.l4_checksum_ok,
+        "{what}: {seen:?}"
+    );
+    assert_eq!(out, want.bytes(), "{what}: output bytes");
+    seen
+}
+
+/// `p` routed to `src` → `dst` with `macs`, and the timestamp option at `at` (offset in the
+/// options) holding `ts`.
+fn translated(
+    p: &Pkt,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    macs: ([u8; 6], [u8; 6]),
+    ts: Option<(usize, u32, u32)>,
+) -> Pkt {
+    let mut e = p.clone();
+    e.src = src;
+    e.dst = dst;
+    e.ttl -= 1;
+    (e.src_mac, e.dst_mac) = macs;
+    if let Some((at, tsval, tsecr)) = ts {
+        e.tcp_options[at..at + 10].copy_from_slice(&lb_tests::packets::ts_option(tsval, tsecr));
+    }
+    e
+}
+
+#[test]
+fn full_nat_shifts_tcp_timestamps_to_the_balancers_clock_and_back() {
+    let _env = env();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let client = sa("10.0.0.2:43000");
+        let vip = sa("10.0.0.1:10000");
+        let task = sa("192.168.1.11:80");
+        let to_task = (CALI0_MAC, TASK1_MAC);
+        let to_client = (UP0_MAC, CLIENT_MAC);
+        // A client clock far from the balancer's, so the shift is visible.
+        let syn = Pkt::tcp(client, vip, TCP_SYN).with_syn_timestamps(0xfff0_0000, 0);
+        lb.tc(&syn.bytes());
+        let (fwd, rev) = both(&mut lb, &syn);
+        assert_ne!(fwd.flags & FLOW_F_TS, 0, "timestamps tracked: {fwd:?}");
+        assert_eq!((rev.flags & FLOW_F_TS, rev.ts_off), (FLOW_F_TS, fwd.ts_off));
+        let nat = addr_of(fwd.new_src, fwd.new_sport);
+        let shifted = |v: u32| v.wrapping_add(fwd.ts_off);
+        // The SYN's TSval is the balancer's clock now: ktime >> TS_CLOCK_SHIFT.
+        let clock_now = (uptime_ns() >> lb_common::TS_CLOCK_SHIFT) as u32;
+        assert!(
+            clock_now.wrapping_sub(shifted(0xfff0_0000)) < 1 << 16,
+            "SYN's TSval {} is the balancer's clock (now {clock_now})",
+            shifted(0xfff0_0000)
+        );
+        let syn2 = translated(&syn, nat, task, to_task, Some((6, shifted(0xfff0_0000), 0)));
+        through_tc(&mut lb, &syn, &syn2, "retransmitted SYN");
+
+        // The task's SYN-ACK echoes the shifted value; the client gets its own back.
+        let synack =
+            Pkt::tcp(task, nat, TCP_SYN | TCP_ACK).with_syn_timestamps(777, shifted(0xfff0_0000));
+        let want = translated(&synack, vip, client, to_client, Some((6, 777, 0xfff0_0000)));
+        through_tc(&mut lb, &synack, &want, "SYN-ACK");
+
+        // Data both ways, the client's clock wrapping past zero on the way.
+        let data = Pkt::tcp(client, vip, TCP_ACK | TCP_PSH).with_timestamps(0x0000_0005, 777);
+        let want = translated(&data, nat, task, to_task, Some((2, shifted(5), 777)));
+        through_tc(&mut lb, &data, &want, "data to the task");
+        let back = Pkt::tcp(task, nat, TCP_ACK).with_timestamps(780, shifted(5));
+        let want = translated(&back, vip, client, to_client, Some((2, 780, 5)));
+        through_tc(&mut lb, &back, &want, "data to the client");
+
+        // The option at an odd offset (window scale right before it, no NOPs).
+        let mut odd = Pkt::tcp(client, vip, TCP_ACK);
+        odd.tcp_options = vec![3, 3, 7];
+        odd.tcp_options.extend(lb_tests::packets::ts_option(9, 780));
+        odd.tcp_options.extend([0, 0, 0]);
+        let want = translated(&odd, nat, task, to_task, Some((3, shifted(9), 780)));
+        through_tc(&mut lb, &odd, &want, "option at an odd offset");
+
+        // XDP computes the same bytes where it forwards on its own.
+        lb.allow_xdp_redirect("lo");
+        lb.allow_xdp_redirect("cali0");
+        let (v, out) = lb.xdp(&odd.bytes());
+        assert_eq!((v, out), (XDP_REDIRECT, want.bytes()), "XDP, odd offset");
+        let (v, out) = lb.xdp(&data.bytes());
+        let want = translated(&data, nat, task, to_task, Some((2, shifted(5), 777)));
+        assert_eq!((v, out), (XDP_REDIRECT, want.bytes()), "XDP, data");
+
+        // The FIN carries timestamps too.
+        let fin = Pkt::tcp(client, vip, TCP_FIN | TCP_ACK).with_timestamps(11, 780);
+        let want = translated(&fin, nat, task, to_task, Some((2, shifted(11), 780)));
+        through_tc(&mut lb, &fin, &want, "FIN");
+
+        // Without a well-formed option nothing but addresses and ports changes.
+        let mut cases: Vec<(&str, Vec<u8>)> = vec![
+            ("no options", vec![]),
+            ("only MSS", vec![2, 4, 5, 0xb4]),
+            ("timestamp of length 9", {
+                let mut o = vec![1, 1, 8, 9];
+                o.extend([0; 8]);
+                o
+            }),
+            ("zero-length option first", {
+                let mut o = vec![2, 0];
+                o.extend(lb_tests::packets::ts_option(1, 2));
+                o
+            }),
+            ("option longer than the list", {
+                let mut o = vec![1, 1, 5, 30];
+                o.extend(lb_tests::packets::ts_option(1, 2));
+                o.extend([0, 0]);
+                o
+            }),
+            ("after the end of the list", {
+                let mut o = vec![0, 1];
+                o.extend(lb_tests::packets::ts_option(1, 2));
+                o
+            }),
+        ];
+        for (name, opts) in cases.drain(..) {
+            let mut p = Pkt::tcp(client, vip, TCP_ACK);
+            p.tcp_options = opts;
+            let want = translated(&p, nat, task, to_task, None);
+            through_tc(&mut lb, &p, &want, name);
+        }
+        // A data offset past the packet's end: the options are not read at all.
+        let mut lying = Pkt::tcp(client, vip, TCP_ACK).with_timestamps(1, 2);
+        lying.payload.clear();
+        let mut bytes = lying.bytes();
+        bytes[14 + 20 + 12] = 15 << 4;
+        let mut want = translated(&lying, nat, task, to_task, None).bytes();
+        want[14 + 20 + 12] = 15 << 4;
+        let (v, out) = lb.tc(&bytes);
+        assert_eq!(v, TC_ACT_REDIRECT);
+        // The checksums differ from a fresh build's (the header changed), so compare all but them.
+        let mask = |b: &mut Vec<u8>| {
+            b[14 + 10..14 + 12].fill(0);
+            b[14 + 20 + 16..14 + 20 + 18].fill(0);
+        };
+        let (mut out, mut want) = (out, want);
+        mask(&mut out);
+        mask(&mut want);
+        assert_eq!(out, want, "data offset past the end: options untouched");
+        assert_eq!(lb.stat(Stat::ErrRewrite), 0);
+    });
+}
+
+fn uptime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn a_backend_that_declines_timestamps_keeps_them_untouched() {
+    let _env = env();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let client = sa("10.0.0.2:43100");
+        let vip = sa("10.0.0.1:10000");
+        let task = sa("192.168.1.11:80");
+        let syn = Pkt::tcp(client, vip, TCP_SYN).with_syn_timestamps(5000, 0);
+        lb.tc(&syn.bytes());
+        let (fwd, _) = both(&mut lb, &syn);
+        let nat = addr_of(fwd.new_src, fwd.new_sport);
+        let mut synack = Pkt::tcp(task, nat, TCP_SYN | TCP_ACK);
+        synack.tcp_options = vec![2, 4, 5, 0xb4];
+        let want = translated(&synack, vip, client, (UP0_MAC, CLIENT_MAC), None);
+        through_tc(&mut lb, &synack, &want, "SYN-ACK without timestamps");
+        let (fwd, rev) = both(&mut lb, &syn);
+        assert_eq!((fwd.flags & FLOW_F_TS, rev.flags & FLOW_F_TS), (0, 0));
+        let odd = Pkt::tcp(client, vip, TCP_ACK).with_timestamps(5001, 0);
+        let want = translated(&odd, nat, task, (CALI0_MAC, TASK1_MAC), None);
+        through_tc(&mut lb, &odd, &want, "a stray option is left alone");
+    });
+}
+
+/// One NAT port, closed flows gone at once: what may take the port after the backend closed
+/// first depends on timestamps alone.
+fn one_port(lb: &mut Lb) {
+    let cfg = Config {
+        nat_port_min: 20000,
+        nat_port_max: 20000,
+        tcp_closed_timeout_ns: 1,
+        ..Config::default()
+    };
+    writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+}
+
+#[test]
+fn with_timestamps_a_port_closed_by_the_backend_is_free_at_once_and_its_clock_rises() {
+    let _env = env();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        one_port(&mut lb);
+        let vip = sa("10.0.0.1:10000");
+        let task = sa("192.168.1.11:80");
+        let mut last_tsval_seen_by_task = None;
+        // Clients with clocks far apart, as real clients have: the task must see one clock.
+        for (i, client_clock) in [4_000_000_000u32, 7, 2_000_000_000, 123_456]
+            .into_iter()
+            .enumerate()
+        {
+            let client = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2 + i as u8), 44000);
+            let syn = Pkt::tcp(client, vip, TCP_SYN).with_syn_timestamps(client_clock, 0);
+            let (v, out) = lb.tc(&syn.bytes());
+            assert_eq!(v, TC_ACT_REDIRECT, "connection {i} gets the port");
+            let seen = read(&out);
+            assert_eq!(seen.src.port(), 20000);
+            let (tsval, _) = seen.timestamps.expect("SYN keeps its option");
+            if let Some(prev) = last_tsval_seen_by_task {
+                assert!(
+                    (tsval.wrapping_sub(prev) as i32) > 0,
+                    "connection {i}: TSval {tsval} not above the last one {prev}"
+                );
+            }
+            let (fwd, _) = both(&mut lb, &syn);
+            let nat = addr_of(fwd.new_src, fwd.new_sport);
+            // Some data, then the backend closes first and the client follows.
+            let data = Pkt::tcp(client, vip, TCP_ACK).with_timestamps(client_clock + 3, 1);
+            let (_, out) = lb.tc(&data.bytes());
+            assert_eq!(
+                read(&out).timestamps.unwrap().0,
+                tsval.wrapping_add(3),
+                "the client's clock runs on from the shifted start"
+            );
+            lb.tc(&Pkt::tcp(task, nat, TCP_FIN | TCP_ACK)
+                .with_timestamps(1, tsval)
+                .bytes());
+            let fin = Pkt::tcp(client, vip, TCP_FIN | TCP_ACK).with_timestamps(client_clock + 4, 1);
+            let (_, out) = lb.tc(&fin.bytes());
+            last_tsval_seen_by_task = Some(read(&out).timestamps.unwrap().0);
+            let (fwd, _) = both(&mut lb, &syn);
+            assert_ne!(fwd.flags & lb_common::FLOW_F_BACKEND_CLOSED_FIRST, 0);
+            // The clock ticks every 65 µs; real reuse of a port is never that fast.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(lb.stat(Stat::DropNatPorts), 0);
+    });
+}
+
+#[test]
+fn nat_ports_follow_a_cursor_and_skip_the_ones_in_use() {
+    let _env = env();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let cfg = Config {
+            nat_port_min: 20000,
+            nat_port_max: 20003,
+            tcp_closed_timeout_ns: 1,
+            ..Config::default()
+        };
+        writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+        let vip = sa("10.0.0.1:10000");
+        let task = sa("192.168.1.11:80");
+        let syn = |port: u16| Pkt::tcp(sa(&format!("10.0.0.2:{port}")), vip, TCP_SYN);
+        let port_of = |lb: &mut Lb, c: u16| {
+            let (v, out) = lb.tc(&syn(c).bytes());
+            (v == TC_ACT_REDIRECT).then(|| read(&out).src.port())
+        };
+        assert_eq!(port_of(&mut lb, 1), Some(20000));
+        assert_eq!(port_of(&mut lb, 2), Some(20001));
+        assert_eq!(port_of(&mut lb, 3), Some(20002));
+        // The second connection closes (client first: no reservation).
+        lb.tc(&Pkt::tcp(sa("10.0.0.2:2"), vip, TCP_FIN | TCP_ACK).bytes());
+        lb.tc(&Pkt::tcp(task, sa("10.0.0.1:20001"), TCP_FIN | TCP_ACK).bytes());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert_eq!(port_of(&mut lb, 4), Some(20003));
+        // 20000 is live: skipped; 20001 is free again.
+        assert_eq!(port_of(&mut lb, 5), Some(20001));
+        // Every port live: refused after the probes, never a port in use.
+        assert_eq!(port_of(&mut lb, 6), None);
+        assert_eq!(lb.stat(Stat::DropNatPorts), 1);
+        assert_eq!(lb.stat(Stat::FlowCreated), 5);
+    });
+}
+
+#[test]
+fn dnat_client_reusing_its_port_after_a_close_starts_a_new_flow() {
+    let _env = env();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), true);
+        let client = sa("10.0.0.2:45000");
+        let vip = sa("10.0.0.1:10000");
+        let task = sa("192.168.1.11:80");
+        let close_backend_first = |lb: &mut Lb| {
+            lb.tc(&Pkt::tcp(task, client, TCP_FIN | TCP_ACK).bytes());
+            lb.tc(&Pkt::tcp(client, vip, TCP_FIN | TCP_ACK).bytes());
+        };
+        let syn = Pkt::tcp(client, vip, TCP_SYN);
+        assert_eq!(lb.tc(&syn.bytes()).0, TC_ACT_REDIRECT);
+        close_backend_first(&mut lb);
+        // The client's kernel reuses the port at once: a new connection, not a drop.
+        assert_eq!(lb.tc(&syn.bytes()).0, TC_ACT_REDIRECT, "reused port");
+        assert_eq!(lb.stat(Stat::FlowReplaced), 1);
+        let (fwd, rev) = both(&mut lb, &syn);
+        assert_eq!((fwd.flags, rev.flags), (0, lb_common::FLOW_F_REPLY));
+        // Even with the forward entry gone (evicted), the closed reply entry gives way.
+        close_backend_first(&mut lb);
+        let mut flows: HashMap<_, FlowKey, Flow> =
+            HashMap::try_from(lb.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        flows.remove(&key(&syn)).unwrap();
+        assert_eq!(lb.tc(&syn.bytes()).0, TC_ACT_REDIRECT, "after eviction");
+        assert_eq!(lb.stat(Stat::DropFlowInsert), 0);
+        // A live connection's reply entry is never taken: the same client port to another
+        // service on the same task collides with it and is refused.
+        let mut svcs = web();
+        svcs.push(service(
+            "web2",
+            None,
+            10004,
+            Protocol::Tcp,
+            &["192.168.1.11:80"],
+        ));
+        let mut lb = Lb::new(svcs, true);
+        assert_eq!(lb.tc(&syn.bytes()).0, TC_ACT_REDIRECT);
+        let other = Pkt::tcp(client, sa("10.0.0.1:10004"), TCP_SYN);
+        assert_eq!(lb.tc(&other.bytes()).0, TC_ACT_SHOT, "live reply tuple");
+        assert_eq!(lb.stat(Stat::DropFlowInsert), 1);
     });
 }

@@ -506,10 +506,37 @@ impl Writer {
 }
 
 /// Writes the run-time settings the data plane reads for every new flow.
+/// Writes the data plane's configuration. The route generation always moves on from the one
+/// in force (also one left by an earlier daemon), so no flow keeps a route cached before.
 pub fn write_config(ebpf: &mut Ebpf, cfg: &Config) -> Result<()> {
     let mut m: Array<_, Config> = Array::try_from(map(ebpf, MAP_CONFIG)?)?;
-    m.set(0, *cfg, 0).context("writing LB_CONFIG")?;
+    let old = m.get(&0, 0).context("reading LB_CONFIG")?;
+    let cfg = Config {
+        route_gen: next_route_gen(old.route_gen),
+        ..*cfg
+    };
+    m.set(0, cfg, 0).context("writing LB_CONFIG")?;
     Ok(())
+}
+
+/// Invalidates every cached route (routes, neighbours, links or `LB_XDP_TX` changed).
+pub fn bump_route_gen(ebpf: &mut Ebpf) -> Result<()> {
+    let mut m: Array<_, Config> = Array::try_from(map(ebpf, MAP_CONFIG)?)?;
+    let cfg = m.get(&0, 0).context("reading LB_CONFIG")?;
+    let cfg = Config {
+        route_gen: next_route_gen(cfg.route_gen),
+        ..cfg
+    };
+    m.set(0, cfg, 0).context("writing LB_CONFIG")?;
+    Ok(())
+}
+
+/// 0 means "no route cached" in a flow, so the generation skips it when it wraps.
+const fn next_route_gen(gen_: u32) -> u32 {
+    match gen_.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
 }
 
 /// Replaces the set of the agent's own addresses (where wildcard services answer).

@@ -515,6 +515,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
             backend_id: s * SCALE_BACKENDS + b,
             created_ns: now,
             last_seen_ns: now,
+            ..Flow::default()
         };
         let reply = Flow {
             new_src: fkey.dst,
