@@ -3,6 +3,7 @@
 pub mod control;
 pub mod packet;
 pub mod report;
+pub mod svg;
 pub mod traffic;
 
 /// How long and how often to measure: `--quick` is a smoke run, the default a real one.
