@@ -25,14 +25,18 @@ const TASK_IPERF: u16 = 5201;
 /// Concurrent connections for the request-rate runs.
 const CONNECTIONS: u32 = 32;
 
+/// What carries the client's traffic to the tasks. The traffic section measures the first five;
+/// the sustained section adds `lb`'s DNAT mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Contender {
+pub(super) enum Contender {
     /// No balancer: the client addresses the tasks themselves, through the agent's routing.
     Plain,
     Haproxy,
     Nftables,
     LbXdp,
     LbTc,
+    /// `lb --hook tc --preserve-client-ip`: DNAT, replies route back through the agent.
+    LbTcPreserve,
 }
 
 impl Contender {
@@ -43,17 +47,21 @@ impl Contender {
         Contender::LbXdp,
         Contender::LbTc,
     ];
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Contender::Plain => "no balancer, tasks direct (limit)",
             Contender::Haproxy => "HAProxy (marathon-lb style)",
             Contender::Nftables => "nftables DNAT + masquerade",
             Contender::LbXdp => "lb --hook xdp",
             Contender::LbTc => "lb --hook tc",
+            Contender::LbTcPreserve => "lb --hook tc --preserve-client-ip",
         }
     }
-    fn is_lb(self) -> bool {
-        matches!(self, Contender::LbXdp | Contender::LbTc)
+    pub(super) fn is_lb(self) -> bool {
+        matches!(
+            self,
+            Contender::LbXdp | Contender::LbTc | Contender::LbTcPreserve
+        )
     }
     /// The one web address a single connection goes to: t1 itself without a balancer.
     fn web(self) -> SocketAddrV4 {
@@ -64,7 +72,7 @@ impl Contender {
     }
     /// Where request-rate load goes: the three tasks directly without a balancer, so the
     /// limit has the same three servers behind it as the balancers do.
-    fn webs(self) -> Vec<SocketAddrV4> {
+    pub(super) fn webs(self) -> Vec<SocketAddrV4> {
         match self {
             Contender::Plain => TASKS
                 .iter()
@@ -186,9 +194,10 @@ fn log(dir: &str, name: &str) -> fs::File {
     fs::File::create(format!("{dir}/{name}.log")).expect("create a log file")
 }
 
-/// A fresh topology with nginx and an iperf3 server in every task and `c` in place on the agent.
-fn topology(c: Contender) -> Topology {
-    let mut topo = Topology::new(PREFIX);
+/// A fresh topology named `prefix` with nginx and an iperf3 server in every task and `c` in
+/// place on the agent.
+pub(super) fn topology(prefix: &str, c: Contender) -> Topology {
+    let mut topo = Topology::new(prefix);
     // XDP needs these on veth (see tests/e2e.rs); every contender gets them, for fairness.
     for ns in ["client", "t1", "t2", "agent2"] {
         topo.sh(ns, "ethtool -K eth0 gro on tx off >/dev/null");
@@ -201,7 +210,7 @@ fn topology(c: Contender) -> Topology {
              net.core.somaxconn=4096 net.ipv4.tcp_max_syn_backlog=4096",
         );
     }
-    let dir = format!("/tmp/{PREFIX}-run");
+    let dir = format!("/tmp/{prefix}-run");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("bench run directory");
     for (task, addr, _, _) in TASKS {
@@ -242,13 +251,13 @@ fn topology(c: Contender) -> Topology {
             fs::write(&rules, nft_rules()).unwrap();
             topo.sh("agent", &format!("nft -f {rules}"));
         }
-        Contender::LbXdp | Contender::LbTc => {
+        Contender::LbXdp | Contender::LbTc | Contender::LbTcPreserve => {
             let services = services_json(&dir);
             let mut args = vec!["--iface", "eth*", "--iface", "cali*", "--config", &services];
-            if c == Contender::LbXdp {
-                args.extend(["--hook", "xdp", "--xdp-redirect", "*"]);
-            } else {
-                args.extend(["--hook", "tc"]);
+            match c {
+                Contender::LbXdp => args.extend(["--hook", "xdp", "--xdp-redirect", "*"]),
+                Contender::LbTcPreserve => args.extend(["--hook", "tc", "--preserve-client-ip"]),
+                _ => args.extend(["--hook", "tc"]),
             }
             lb::start(&mut topo, "lb", &args, 2);
         }
@@ -263,7 +272,7 @@ fn topology(c: Contender) -> Topology {
 }
 
 /// Runs a command in the client namespace, bounded by `limit` seconds, and returns its stdout.
-fn client_cmd(topo: &Topology, args: &[&str], limit: u32) -> Result<String, String> {
+pub(super) fn client_cmd(topo: &Topology, args: &[&str], limit: u32) -> Result<String, String> {
     let mut cmd = Command::new("timeout");
     cmd.args([
         "-k",
@@ -429,7 +438,7 @@ fn measure(
     notes: &mut Vec<String>,
     counters: &mut Vec<String>,
 ) -> BTreeMap<Metric, f64> {
-    let topo = topology(c);
+    let topo = topology(PREFIX, c);
     let url = format!("http://{}/", c.web());
     let secs = effort.seconds;
     let mut got = BTreeMap::new();
