@@ -31,7 +31,8 @@ pub fn run(quick: bool) -> Result<()> {
     }
     cmd.args(["--out", &root().join("target/bench").to_string_lossy()])
         .env("LB_BIN", &lb)
-        .env("LBT_SERVER", bin.join("lbt-server"));
+        .env("LBT_SERVER", bin.join("lbt-server"))
+        .env("LBT_LOAD", bin.join("lbt-load"));
     eprintln!(
         "==> running the benchmarks{}",
         if quick { " (quick)" } else { "" }

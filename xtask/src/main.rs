@@ -38,7 +38,7 @@ enum Cmd {
     Demo,
     /// Measure the data plane and its peers (HAProxy, nftables) in one run.
     Bench {
-        /// A smoke run that finishes in under two minutes.
+        /// A smoke run (shorter measurements, one round) that finishes in about four minutes.
         #[arg(long)]
         quick: bool,
     },

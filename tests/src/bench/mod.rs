@@ -1,8 +1,11 @@
 //! The measurements behind `cargo xtask bench`: per-packet cost (`packet`), real traffic through
-//! the agent against its peers (`traffic`) and the control plane (`control`). They report, never judge.
+//! the agent against its peers (`traffic`, and a minute of it in `sustained`) and the control
+//! plane (`control`). They report, never judge.
 pub mod control;
 pub mod packet;
 pub mod report;
+pub mod sustained;
+pub mod svg;
 pub mod traffic;
 
 /// How long and how often to measure: `--quick` is a smoke run, the default a real one.
@@ -21,6 +24,9 @@ pub struct Effort {
     pub rounds: usize,
     /// Seconds per wrk/iperf3 measurement.
     pub seconds: u32,
+    /// Seconds of each sustained run: long enough for steady state (TIME_WAIT, NAT ports and
+    /// conntrack entries come back into play after about a minute).
+    pub sustained_seconds: u64,
 }
 
 impl Effort {
@@ -34,6 +40,7 @@ impl Effort {
                 live_frames: 2_000_000,
                 rounds: 1,
                 seconds: 2,
+                sustained_seconds: 15,
             }
         } else {
             Self {
@@ -44,6 +51,7 @@ impl Effort {
                 live_frames: 10_000_000,
                 rounds: 3,
                 seconds: 5,
+                sustained_seconds: 60,
             }
         }
     }

@@ -100,6 +100,8 @@ pub struct Report {
     pub failures: Vec<String>,
     /// What a reader needs beside the figures (e.g. the data plane's drop counters).
     pub notes: Vec<String>,
+    /// Further files (name, contents) saved beside the JSON, e.g. plots.
+    pub files: Vec<(String, String)>,
 }
 
 fn sh(cmd: &str) -> String {
@@ -188,7 +190,7 @@ impl Report {
         })
     }
 
-    /// Writes `latest.json` and a dated copy under `dir`.
+    /// Writes `latest.json`, a dated copy and the report's further files under `dir`.
     pub fn save(
         &self,
         dir: &Path,
@@ -203,12 +205,17 @@ impl Report {
             .unwrap_or("undated")
             .replace(':', "");
         let kind = if quick { "quick" } else { "full" };
-        let paths = vec![
+        let mut paths = vec![
             dir.join("latest.json"),
             dir.join(format!("{stamp}-{kind}.json")),
         ];
         for p in &paths {
             fs::write(p, &body)?;
+        }
+        for (name, contents) in &self.files {
+            let p = dir.join(name);
+            fs::write(&p, contents)?;
+            paths.push(p);
         }
         Ok(paths)
     }

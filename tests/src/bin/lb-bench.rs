@@ -1,4 +1,4 @@
-//! `lb-bench [--quick] [--only packet|traffic|control]`: the benchmarks `cargo xtask bench` runs
+//! `lb-bench [--quick] [--only packet|traffic|sustained|control]`: the benchmarks `cargo xtask bench` runs
 //! as root. Prints a markdown report and stores it as JSON under `target/bench/`.
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -6,19 +6,20 @@ use std::{
     time::Instant,
 };
 
-use lb_tests::bench::{Effort, control, packet, report, traffic};
+use lb_tests::bench::{Effort, control, packet, report, sustained, traffic};
 
 /// A part of the benchmark: it adds its tables and targets to the report.
 type Section = fn(&Effort, &mut report::Report);
 
-const USAGE: &str =
-    "usage: lb-bench [--quick] [--only packet|traffic|control]... [--out DIR] [--seconds N]";
+const USAGE: &str = "usage: lb-bench [--quick] [--only packet|traffic|sustained|control]... \
+     [--out DIR] [--seconds N] [--sustained-seconds N (at least 15)]";
 
 fn main() {
     let mut quick = false;
     let mut only: Vec<String> = Vec::new();
     let mut out = PathBuf::from("target/bench");
     let mut seconds = None;
+    let mut sustained_seconds = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -26,6 +27,14 @@ fn main() {
             "--only" => only.push(args.next().expect(USAGE)),
             "--out" => out = args.next().expect(USAGE).into(),
             "--seconds" => seconds = Some(args.next().and_then(|s| s.parse().ok()).expect(USAGE)),
+            "--sustained-seconds" => {
+                let s = args.next().and_then(|s| s.parse().ok()).expect(USAGE);
+                if s < sustained::MIN_SECONDS {
+                    eprintln!("{USAGE}");
+                    std::process::exit(2);
+                }
+                sustained_seconds = Some(s);
+            }
             // Internal: one translate-and-apply measurement in a process of its own.
             "--control-apply" => {
                 let n = args.next().and_then(|n| n.parse().ok()).expect(USAGE);
@@ -42,11 +51,15 @@ fn main() {
     if let Some(s) = seconds {
         effort.seconds = s;
     }
+    if let Some(s) = sustained_seconds {
+        effort.sustained_seconds = s;
+    }
     let machine = report::machine();
     let mut rep = report::Report::default();
-    let sections: [(&str, Section); 3] = [
+    let sections: [(&str, Section); 4] = [
         ("packet", packet::run),
         ("traffic", traffic::run),
+        ("sustained", sustained::run),
         ("control", control::run),
     ];
     for (name, section) in sections {

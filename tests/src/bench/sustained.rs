@@ -1,0 +1,444 @@
+//! Sustained new-connection load through the agent: a minute of it from many client addresses,
+//! each contender on a fresh topology, so steady state shows (NAT ports, conntrack, TIME_WAIT).
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, thread, time::Duration};
+
+use serde_json::{Value, json};
+
+use super::{
+    Effort,
+    report::{Report, Table, Target},
+    svg::{self, Series},
+    traffic::{self, Contender},
+};
+use crate::{lb, netns::Topology};
+
+/// Namespace prefix of its own: never collides with the traffic section's or the tests'.
+const PREFIX: &str = "lbs";
+const CONTENDERS: [Contender; 6] = [
+    Contender::Plain,
+    Contender::Haproxy,
+    Contender::Nftables,
+    Contender::LbXdp,
+    Contender::LbTc,
+    Contender::LbTcPreserve,
+];
+/// Client addresses 10.0.0.100 and up on the client's eth0: each pair of addresses has its own
+/// TCP timestamp offset, as real clients would, and its own share of source ports.
+const CLIENTS: u8 = 16;
+const FIRST_CLIENT: u8 = 100;
+/// Concurrent connections (as in the traffic section's wrk runs), one request each.
+const CONNECTIONS: u32 = 32;
+const WINDOW_S: u64 = 5;
+const TIMEOUT_S: u32 = 2;
+/// The shortest run that still has windows after the first to judge.
+pub const MIN_SECONDS: u64 = 3 * WINDOW_S;
+/// Client-side TCP counters compared before and after each run (`nstat`).
+const TCP_COUNTERS: [&str; 5] = [
+    "TcpExtTCPSynRetrans",
+    "TcpRetransSegs",
+    "TcpAttemptFails",
+    "TcpEstabResets",
+    "TcpOutRsts",
+];
+
+/// `lbt-load`: `$LBT_LOAD`, else beside the running benchmark binary.
+fn load_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LBT_LOAD") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let p = exe.with_file_name("lbt-load");
+    assert!(
+        p.exists(),
+        "{} not built: `cargo build --release -p lb-tests --bins` (or set LBT_LOAD)",
+        p.display()
+    );
+    p
+}
+
+fn clients() -> Vec<Ipv4Addr> {
+    (0..CLIENTS)
+        .map(|i| Ipv4Addr::new(10, 0, 0, FIRST_CLIENT + i))
+        .collect()
+}
+
+/// The client namespace's TCP counters, absolute (`-a`) and without touching nstat's history
+/// file (`-s`), which is shared by every namespace.
+fn tcp_counters(topo: &Topology) -> BTreeMap<String, i64> {
+    let out = topo.sh("client", &format!("nstat -asz {}", TCP_COUNTERS.join(" ")));
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What one contender's run showed.
+struct Run {
+    /// (end of window s, requests/s) per window.
+    windows: Vec<(f64, f64)>,
+    load: Value,
+    /// Client TCP counters' increase over the run.
+    tcp: BTreeMap<String, i64>,
+    /// `lb`'s drop and error counters after the run (lb contenders only).
+    dataplane: Option<BTreeMap<String, u64>>,
+}
+
+impl Run {
+    fn failed(&self) -> u64 {
+        self.load["total"]["failed"].as_u64().unwrap_or(0)
+    }
+    fn drops(&self) -> Option<u64> {
+        self.dataplane.as_ref().map(|d| d.values().sum())
+    }
+}
+
+fn measure(c: Contender, seconds: u64) -> Result<Run, String> {
+    let topo = traffic::topology(PREFIX, c);
+    let from = clients();
+    let adds: Vec<String> = from
+        .iter()
+        .map(|a| format!("ip addr add {a}/24 dev eth0"))
+        .collect();
+    topo.sh("client", &adds.join(" && "));
+    // Per-address-pair timestamp offsets are what make the addresses look like distinct hosts.
+    let ts = topo.sh("client", "sysctl -n net.ipv4.tcp_timestamps");
+    assert_eq!(
+        ts.trim(),
+        "1",
+        "net.ipv4.tcp_timestamps in the client namespace"
+    );
+    let before = tcp_counters(&topo);
+    let bin = load_bin();
+    let mut args: Vec<String> = vec![
+        bin.to_string_lossy().into_owned(),
+        "--connections".into(),
+        CONNECTIONS.to_string(),
+        "--seconds".into(),
+        seconds.to_string(),
+        "--window".into(),
+        WINDOW_S.to_string(),
+        "--timeout".into(),
+        TIMEOUT_S.to_string(),
+    ];
+    for a in &from {
+        args.extend(["--from".into(), a.to_string()]);
+    }
+    for t in c.webs() {
+        args.extend(["--to".into(), t.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = traffic::client_cmd(&topo, &args, seconds as u32 + 30)?;
+    let load: Value =
+        serde_json::from_str(&out).map_err(|e| format!("lbt-load's JSON: {e}: {out}"))?;
+    let after = tcp_counters(&topo);
+    let tcp = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .collect();
+    // None also when `lb status` fails: no figure rather than a zero.
+    let status = c.is_lb().then(|| lb::status(&topo)).flatten();
+    let dataplane = status.map(|st| {
+        st["dataplane"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with("drop") || k.starts_with("error"))
+            .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+            .collect()
+    });
+    let windows = load["windows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            let end = w["start_s"].as_f64().unwrap_or(0.0) + w["seconds"].as_f64().unwrap_or(0.0);
+            (end, w["rps"].as_f64().unwrap_or(0.0))
+        })
+        .collect();
+    drop(topo);
+    // Let the namespaces' sockets and conntrack go before the next contender starts.
+    thread::sleep(Duration::from_millis(500));
+    Ok(Run {
+        windows,
+        load,
+        tcp,
+        dataplane,
+    })
+}
+
+/// Windows after the first of `lb` against a per-window bar; (met, what this run got).
+fn judge(lb: &[(f64, f64)], bar: &[f64], what: &str) -> (bool, String) {
+    let pairs: Vec<(usize, f64, f64)> = lb
+        .iter()
+        .zip(bar)
+        .enumerate()
+        .skip(1)
+        .map(|(i, ((_, l), b))| (i, *l, *b))
+        .collect();
+    if pairs.is_empty() {
+        return (false, "no windows after the first".into());
+    }
+    let below = pairs.iter().filter(|(_, l, b)| l < b).count();
+    let (i, l, b) = pairs
+        .iter()
+        .copied()
+        .min_by(|x, y| (x.1 / x.2).total_cmp(&(y.1 / y.2)))
+        .expect("non-empty");
+    (
+        below == 0,
+        format!(
+            "worst window {}: {l:.0} vs {b:.0} {what} ({:.2}×); {below} of {} windows below",
+            i + 1,
+            l / b,
+            pairs.len()
+        ),
+    )
+}
+
+fn rates(r: &Run) -> Vec<f64> {
+    r.windows.iter().map(|w| w.1).collect()
+}
+
+fn median_after_first(r: &Run) -> Option<f64> {
+    let mut v: Vec<f64> = rates(r).into_iter().skip(1).collect();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| super::report::median_sorted(&v))
+}
+
+fn failures_text(r: &Run) -> String {
+    let kinds: Vec<String> = r.load["failures"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(k, n)| format!("{} {n}", k.replace('_', " ")))
+        .collect();
+    if kinds.is_empty() {
+        r.failed().to_string()
+    } else {
+        format!("{} ({})", r.failed(), kinds.join(", "))
+    }
+}
+
+fn drops_text(r: &Run) -> String {
+    match &r.dataplane {
+        None => "—".into(),
+        Some(d) => {
+            let nonzero: Vec<String> = d
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            if nonzero.is_empty() {
+                "0".into()
+            } else {
+                nonzero.join(", ")
+            }
+        }
+    }
+}
+
+pub fn run(effort: &Effort, report: &mut Report) {
+    let seconds = effort.sustained_seconds.max(MIN_SECONDS);
+    let mut runs: BTreeMap<Contender, Run> = BTreeMap::new();
+    for c in CONTENDERS {
+        eprintln!("    sustained {seconds} s: {}", c.label());
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(c, seconds)));
+        let msg = match got {
+            Ok(Ok(r)) => {
+                runs.insert(c, r);
+                continue;
+            }
+            Ok(Err(e)) => e,
+            Err(e) => e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default(),
+        };
+        report
+            .failures
+            .push(format!("sustained: {}: {msg}", c.label()));
+    }
+    let haproxy = runs.get(&Contender::Haproxy).map(median_after_first);
+    let mut t = Table::new(
+        &format!("Sustained new connections: {CLIENTS} client addresses, {seconds} s"),
+        &[
+            "contender",
+            &format!("requests/s per {WINDOW_S} s window"),
+            "median after the first",
+            "÷ HAProxy",
+            "failed connections",
+            "SYN retransmits (client)",
+            "data-plane drops and errors",
+        ],
+        &format!(
+            "Each contender on a fresh topology (as in the traffic section: nginx in t1, t2, t3), one after \
+             the other. `lbt-load` in the client namespace opens a new TCP connection per request (`GET /` \
+             with `Connection: close`, read to EOF, 200 required) with {CONNECTIONS} connections in a closed \
+             loop on one thread, for {seconds} s, bound in turn to {CLIENTS} client addresses \
+             (10.0.0.{FIRST_CLIENT}–10.0.0.{}, on the client's eth0; tcp_timestamps=1, so each address pair \
+             has its own timestamp clock) with the kernel choosing the source port at connect time \
+             (IP_BIND_ADDRESS_NO_PORT). A connect, or the request after it, taking over {TIMEOUT_S} s counts \
+             as failed. The limit has no balancer: the client addresses the three task IPs in turn. SYN \
+             retransmits: the client namespace's TcpExtTCPSynRetrans over the run (`nstat -as`). Drops: \
+             `lb status --json`'s data-plane counters whose names start with drop or error, after the run. \
+             Per-window figures are in sustained.svg beside the JSON report.",
+            FIRST_CLIENT + CLIENTS - 1
+        ),
+    );
+    for c in CONTENDERS {
+        let Some(r) = runs.get(&c) else {
+            t.row(
+                vec![
+                    c.label().into(),
+                    "not measured".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                ],
+                json!({"contender": c.label(), "measured": false}),
+            );
+            continue;
+        };
+        let series: Vec<String> = rates(r).iter().map(|v| format!("{v:.0}")).collect();
+        let median = median_after_first(r);
+        let vs_h = match (median, haproxy.flatten()) {
+            (Some(m), Some(h)) if h > 0.0 => Some(m / h),
+            _ => None,
+        };
+        let syn = r.tcp.get("TcpExtTCPSynRetrans").copied().unwrap_or(0);
+        t.row(
+            vec![
+                c.label().into(),
+                series.join(" · "),
+                median.map_or("—".into(), |m| format!("{m:.0}")),
+                vs_h.map_or("—".into(), |v| format!("{v:.2}")),
+                failures_text(r),
+                syn.to_string(),
+                drops_text(r),
+            ],
+            json!({
+                "contender": c.label(),
+                "measured": true,
+                "windows_rps": rates(r),
+                "median_after_first_rps": median,
+                "ratio_to_haproxy": vs_h,
+                "client_tcp_counters_delta": r.tcp,
+                "dataplane_drops": r.dataplane,
+                "load": r.load,
+            }),
+        );
+    }
+    report.tables.push(t);
+    targets(&runs, report);
+    let series: Vec<Series> = CONTENDERS
+        .iter()
+        .map(|c| Series {
+            name: c.label().into(),
+            points: runs.get(c).map(|r| r.windows.clone()).unwrap_or_default(),
+        })
+        .collect();
+    report.files.push((
+        "sustained.svg".into(),
+        svg::line_plot(
+            &format!(
+                "Sustained new connections: {CLIENTS} client addresses, {CONNECTIONS} connections"
+            ),
+            &format!("time, s (end of each {WINDOW_S} s window)"),
+            "requests/s",
+            &series,
+        ),
+    ));
+}
+
+fn targets(runs: &BTreeMap<Contender, Run>, report: &mut Report) {
+    let rates_of = |c| runs.get(&c).map(rates);
+    let haproxy = rates_of(Contender::Haproxy);
+    let limit = rates_of(Contender::Plain);
+    let nft = rates_of(Contender::Nftables);
+    for c in [Contender::LbXdp, Contender::LbTc, Contender::LbTcPreserve] {
+        let name = c.label();
+        let Some(r) = runs.get(&c) else {
+            report.targets.push(Target {
+                what: format!("sustained: {name}"),
+                got: "not measured".into(),
+                met: None,
+            });
+            continue;
+        };
+        let what = format!(
+            "sustained requests/s, {name} ≥ 1.5× HAProxy (or 0.9× the limit where lower), every window after the first"
+        );
+        match &haproxy {
+            Some(h) => {
+                let bar: Vec<f64> = h
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let l = limit.as_ref().and_then(|l| l.get(i)).copied();
+                        l.map_or(1.5 * h, |l| (1.5 * h).min(0.9 * l))
+                    })
+                    .collect();
+                let (met, got) = judge(&r.windows, &bar, "bar");
+                report.targets.push(Target {
+                    what,
+                    got,
+                    met: Some(met),
+                });
+            }
+            None => report.targets.push(Target {
+                what,
+                got: "HAProxy not measured".into(),
+                met: None,
+            }),
+        }
+        let what = format!("sustained requests/s, {name} ≥ nftables, every window after the first");
+        match &nft {
+            Some(n) => {
+                let (met, got) = judge(&r.windows, n, "nftables");
+                report.targets.push(Target {
+                    what,
+                    got,
+                    met: Some(met),
+                });
+            }
+            None => report.targets.push(Target {
+                what,
+                got: "nftables not measured".into(),
+                met: None,
+            }),
+        }
+        report.targets.push(Target {
+            what: format!("sustained: {name}, no failed connections"),
+            got: failures_text(r),
+            met: Some(r.failed() == 0),
+        });
+        report.targets.push(Target {
+            what: format!("sustained: {name}, no data-plane drops or errors"),
+            got: drops_text(r),
+            met: r.drops().map(|d| d == 0),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judging_skips_the_first_window_and_names_the_worst() {
+        let lb = [(5.0, 10.0), (10.0, 100.0), (15.0, 80.0)];
+        let (met, got) = judge(&lb, &[50.0, 50.0, 100.0], "bar");
+        assert!(!met);
+        assert!(got.starts_with("worst window 3: 80 vs 100"), "{got}");
+        assert!(got.ends_with("1 of 2 windows below"), "{got}");
+        assert!(judge(&lb, &[50.0, 50.0, 50.0], "bar").0);
+        assert!(!judge(&lb[..1], &[1.0], "bar").0);
+    }
+}
