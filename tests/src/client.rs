@@ -1,7 +1,7 @@
 //! Client side of the traffic: plain blocking sockets, meant to run inside `netns::in_netns`.
 use std::{
     io::{Read, Write},
-    net::{SocketAddrV4, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -35,8 +35,33 @@ impl Answer {
 
 /// One HTTP/1.0 request on a new TCP connection; returns the body.
 pub fn http_get(target: SocketAddrV4, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect_timeout(&target.into(), timeout)
+    let s = TcpStream::connect_timeout(&target.into(), timeout)
         .map_err(|e| format!("connect {target}: {e}"))?;
+    request(s, target, path, timeout)
+}
+
+/// Asks a service over TCP which task answers, from the client address `from`.
+pub fn tcp_ask_from(
+    from: Ipv4Addr,
+    target: SocketAddrV4,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| e.to_string())?;
+    sock.bind(&SocketAddrV4::new(from, 0).into())
+        .map_err(|e| format!("bind {from}: {e}"))?;
+    sock.connect_timeout(&target.into(), timeout)
+        .map_err(|e| format!("connect {target} from {from}: {e}"))?;
+    let body = request(sock.into(), target, "/", timeout)?;
+    Answer::parse(&String::from_utf8_lossy(&body))
+}
+
+fn request(
+    mut s: TcpStream,
+    target: SocketAddrV4,
+    path: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n")
@@ -57,9 +82,15 @@ pub fn tcp_ask(target: SocketAddrV4, timeout: Duration) -> Result<Answer, String
     Answer::parse(&String::from_utf8_lossy(&body))
 }
 
-/// Asks a service over UDP (a new flow per call: a fresh socket, so a fresh source port).
+/// Asks a service over UDP from an ephemeral port. Two calls may get the same port, and then
+/// they are one flow (as conntrack sees it too): to count flows, use `udp_ask_from`.
 pub fn udp_ask(target: SocketAddrV4, timeout: Duration) -> Result<Answer, String> {
-    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    udp_ask_from(0, target, timeout)
+}
+
+/// Asks a service over UDP from source port `port` (0: any).
+pub fn udp_ask_from(port: u16, target: SocketAddrV4, timeout: Duration) -> Result<Answer, String> {
+    let s = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| format!("bind UDP port {port}: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.connect(target)

@@ -87,6 +87,29 @@ pub fn lb(topo: &Topology, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that the data plane dropped nothing and hit no error (every `drop_*` and `error_*`
+/// counter of `lb status` is zero), except the causes in `expected`, so a lost packet fails
+/// the test with its cause named.
+pub fn assert_no_drops(topo: &Topology, expected: &[&str]) {
+    let st = status(topo).expect("lb status");
+    let bad: Vec<String> = st["dataplane"]
+        .as_object()
+        .expect("dataplane counters in lb status")
+        .iter()
+        .filter(|(k, v)| {
+            (k.starts_with("drop") || k.starts_with("error"))
+                && !expected.contains(&k.as_str())
+                && v.as_u64() != Some(0)
+        })
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "the data plane dropped packets: {}",
+        bad.join(", ")
+    );
+}
+
 /// Backend addresses of the service listening on `port`, from `lb status --json`.
 pub fn active_backends(topo: &Topology, port: u16) -> Vec<String> {
     let Some(st) = status(topo) else {

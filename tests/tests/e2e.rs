@@ -4,7 +4,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{Read, Write},
-    net::{SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 
 use lb_tests::{
-    client::{Answer, fetch_and_check, tcp_ask, udp_ask},
+    client::{Answer, fetch_and_check, tcp_ask, tcp_ask_from, udp_ask, udp_ask_from},
     lb,
     netns::{AGENT, AGENT_BACKNET, CLIENT, TASKS, Topology, in_netns, server_bin},
 };
@@ -77,9 +77,11 @@ fn balances_and_leaves_the_rest_alone(topo: &mut Topology, expect_nat: bool) {
             .collect()
     });
     even(&tcp);
+    // A port of its own for every datagram: an ephemeral port that repeats within the UDP
+    // timeout is the same flow, to the same task, and that once made this 11/10/9.
     let udp: Vec<Answer> = in_netns(&client_ns, || {
         (0..30)
-            .map(|_| udp_ask(vip(10000), T).expect("UDP through lb"))
+            .map(|i| udp_ask_from(21000 + i, vip(10000), T).expect("UDP through lb"))
             .collect()
     });
     even(&udp);
@@ -128,6 +130,7 @@ fn balances_and_leaves_the_rest_alone(topo: &mut Topology, expect_nat: bool) {
             "direct to {addr}"
         );
     }
+    lb::assert_no_drops(topo, &[]);
 }
 
 fn topology(prefix: &str) -> Topology {
@@ -312,6 +315,7 @@ fn restart_keeps_live_connections_and_detach_removes_everything() {
     let body_len =
         first.len() + rest.len() - first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4;
     assert_eq!(body_len, 4_000_000, "the live connection saw no failure");
+    lb::assert_no_drops(&topo, &[]);
 
     assert!(topo.stop("lb2").success());
     let out = lb::lb(
@@ -455,6 +459,7 @@ fn status_flows_and_bpftool_show_what_the_data_plane_does() {
     assert!(mine["nat"].as_str().unwrap().starts_with("10.0."), "{mine}");
 
     // BTF makes bpftool print field names and decoded values.
+    lb::assert_no_drops(&topo, &[]);
     let dump = topo.sh(
         "agent",
         &format!("bpftool map dump pinned {pin}/LB_SERVICES"),
@@ -526,5 +531,92 @@ fn nat_port_exhaustion_is_counted_and_logged_from_the_data_plane() {
         "{}",
         st["dataplane"]
     );
+    lb::assert_no_drops(&topo, &["drop_nat_ports_exhausted"]);
     drop(held);
+}
+
+#[test]
+fn full_nat_reuses_ports_the_backend_closed_first_for_clients_with_their_own_clocks() {
+    let mut topo = topology("lbe7");
+    // Four client addresses: Linux gives every address pair its own timestamp offset, so
+    // these are four clocks, as four client hosts would have.
+    let clients: Vec<Ipv4Addr> = (20..24).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+    for c in &clients {
+        topo.sh("client", &format!("ip addr add {c}/24 dev eth0"));
+    }
+    let path = format!("/tmp/{}-services.json", topo.prefix);
+    fs::write(
+        &path,
+        format!(
+            r#"{{"services": [{{"name": "web_10000", "port": 10000, "backends": ["{}:80"]}}]}}"#,
+            TASKS[0].1
+        ),
+    )
+    .unwrap();
+    // 100 NAT ports, free again a second after a close; 400 connections at about 50 a
+    // second, each closed by the task first (it holds TIME_WAIT for 60 s): every port is
+    // taken about four times while the task still remembers it.
+    lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--hook",
+            "tc",
+            "--nat-port-range",
+            "20000-20099",
+            "--tcp-closed-timeout",
+            "1",
+            "--config",
+            &path,
+        ],
+        1,
+    );
+    let client_ns = topo.ns("client");
+    let workers: Vec<_> = clients
+        .iter()
+        .map(|&from| {
+            let ns = client_ns.clone();
+            thread::spawn(move || {
+                in_netns(&ns, move || {
+                    (0..100)
+                        .map(|_| {
+                            let a = tcp_ask_from(from, vip(10000), T);
+                            thread::sleep(Duration::from_millis(80));
+                            a
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+        })
+        .collect();
+    let mut ports = std::collections::BTreeSet::new();
+    let mut failed = Vec::new();
+    for w in workers {
+        for a in w.join().unwrap() {
+            match a {
+                Ok(a) => {
+                    ports.insert(a.peer.clone());
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), failed);
+    assert!(
+        ports.len() <= 100,
+        "the task saw {} NAT source ports for 400 connections",
+        ports.len()
+    );
+    let retrans = topo.sh("client", "nstat -az TcpExtTCPSynRetrans");
+    let syn_retrans: u64 = retrans
+        .lines()
+        .find_map(|l| l.strip_prefix("TcpExtTCPSynRetrans"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no SYN retransmit counter in {retrans}"));
+    assert_eq!(syn_retrans, 0, "no SYN was refused and retried");
+    lb::assert_no_drops(&topo, &[]);
 }

@@ -264,6 +264,7 @@ fn follows_marathon_live_drains_and_survives_marathon_failures() {
         "VHOST reported once, not per sync:\n{text}"
     );
     assert!(!text.contains("password"), "no credentials in logs");
+    lb::assert_no_drops(&topo, &[]);
 }
 
 #[test]
@@ -380,4 +381,5 @@ fn metrics_and_healthz_follow_attachment_sync_and_traffic() {
         "{text}"
     );
     assert!(text.contains("lb_event_to_map_seconds_bucket"), "{text}");
+    lb::assert_no_drops(&topo, &[]);
 }

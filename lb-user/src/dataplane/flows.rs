@@ -106,15 +106,21 @@ impl Sweeper {
         for (k, f) in flows.iter().filter_map(Result::ok) {
             entries += 1;
             if expired(cfg, &k, &f, now) {
-                dead.push(k);
+                dead.push((k, f.created_ns));
             } else {
                 backends.insert(f.backend_id);
                 services.insert(f.service_id);
             }
         }
         let mut removed = 0;
-        for k in &dead {
-            if flows.remove(k).is_ok() {
+        for (k, created_ns) in &dead {
+            // The scan took a while: the data plane may since have put a new flow under this
+            // key (a client reusing its port) or seen the old one again. Only what is still
+            // the same expired entry goes; deleting a live entry would reset its connection.
+            let still_dead = flows
+                .get(k, 0)
+                .is_ok_and(|f| f.created_ns == *created_ns && expired(cfg, k, &f, now));
+            if still_dead && flows.remove(k).is_ok() {
                 removed += 1;
             }
         }
