@@ -172,6 +172,10 @@ pub const FLOW_F_BACKEND_CLOSED_FIRST: u32 = 16;
 /// backend in TIME_WAIT then accepts the next SYN on that tuple at once (RFC 6191), and the
 /// NAT port is free as soon as the flow is closed.
 pub const FLOW_F_TS: u32 = 32;
+/// A new full-NAT TCP flow whose timestamp offset is still to be chosen: the first program
+/// that rewrites its SYN (XDP or TC) reads the client's TSval, then sets `FLOW_F_TS` and
+/// `ts_off`, or nothing when the SYN carries no timestamps.
+pub const FLOW_F_TS_INIT: u32 = 64;
 
 /// The balancer's timestamp clock for new flows: `bpf_ktime_get_ns() >> TS_CLOCK_SHIFT`,
 /// about 15 kHz. Faster than any client's clock (RFC 7323: at most 1 kHz), so a new

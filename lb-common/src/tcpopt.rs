@@ -11,6 +11,12 @@ const OPT_TS_LEN: u8 = 10;
 /// Most option bytes a TCP header can carry (data offset 15 words, minus the fixed 20).
 pub const MAX_OPTIONS_LEN: usize = 40;
 
+/// Options looked at before giving up. Every stack puts the timestamp among its first few
+/// options (Linux, the BSDs and Windows send at most eight, NOPs included, before it); a
+/// longer walk costs the BPF verifier more than it could ever find. A list with the option
+/// further on counts as having none: a SYN's flow then keeps the TIME_WAIT reservation.
+pub const MAX_STEPS: usize = 16;
+
 /// Offset of TSval inside the timestamp option; TSecr follows it.
 pub const TSVAL_OFF: usize = 2;
 pub const TSECR_OFF: usize = 6;
@@ -35,8 +41,7 @@ pub fn find_timestamp(len: usize, byte: impl Fn(usize) -> Option<u8>) -> Option<
         return Some(2);
     }
     let mut i = 0;
-    // Every option takes at least one byte, so MAX_OPTIONS_LEN steps always reach the end.
-    for _ in 0..MAX_OPTIONS_LEN {
+    for _ in 0..MAX_STEPS {
         if i >= len {
             return None;
         }
@@ -112,6 +117,18 @@ mod tests {
         assert_eq!(find(&wrong_len), None, "timestamp of the wrong length");
         // The reader says the bytes are not there (a truncated packet): nothing found.
         assert_eq!(find_timestamp(12, |i| (i < 4).then_some(1)), None);
+    }
+
+    #[test]
+    fn gives_up_after_max_steps() {
+        let mut late = vec![1; MAX_STEPS];
+        late.extend(TS);
+        late.extend([0, 0]);
+        assert_eq!(find(&late), None);
+        let mut in_reach = vec![1; MAX_STEPS - 1];
+        in_reach.extend(TS);
+        in_reach.extend([0, 0, 0]);
+        assert_eq!(find(&in_reach), Some(MAX_STEPS - 1));
     }
 
     #[test]

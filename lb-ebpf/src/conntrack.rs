@@ -7,27 +7,33 @@ use aya_log_ebpf::warn;
 use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_BACKEND_CLOSED_FIRST,
     FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, FLOW_F_TS,
-    Flow, FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE,
-    Service, ServiceKey, Stat, TS_CLOCK_SHIFT, tcpopt::TSVAL_OFF,
+    FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES,
+    SVC_F_AFFINITY_SOURCE, Service, ServiceKey, Stat,
 };
 
 use crate::{
-    context::{Packet, ptr_at},
+    context::Packet,
     maps::{
         LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_NAT_CURSOR, LB_RR, LB_SERVICES,
         LB_SVC_STATS, config, count,
     },
-    parse::{Parsed, TCP_ACK, TCP_RST, TCP_SYN, tcp_timestamp},
+    parse::{Parsed, TCP_RST},
 };
 
 /// Refresh `last_seen_ns` at most this often: fewer writes to a shared cache line.
 const TOUCH_EVERY_NS: u64 = 100_000_000;
 
+/// A packet's flow, and its map entry when the packet found an existing one (the route cache
+/// lives there; a flow created by this packet caches its route from the next one on).
+pub struct Tracked {
+    pub flow: Flow,
+    pub entry: Option<*mut Flow>,
+}
+
 /// Returns the flow for this packet: an existing one, or a new one if the packet opens a
 /// connection to a service. `Err` says why the packet is not (or cannot be) balanced.
-/// For a flow that translates timestamps it also notes where the option is (`p.ts_at`).
 #[inline(always)]
-pub fn track<C: Packet>(ctx: &C, p: &mut Parsed, now: u64) -> Result<Flow, Stat> {
+pub fn track<C: Packet>(ctx: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> {
     let cfg = config();
     if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
         // SAFETY: the map hands out a pointer to a live element; we copy it out.
@@ -62,22 +68,10 @@ pub fn track<C: Packet>(ctx: &C, p: &mut Parsed, now: u64) -> Result<Flow, Stat>
                 };
                 mark(entry, &flow, p.key.proto, FLOW_F_CLOSING | bits, 0);
             }
-            if flow.flags & FLOW_F_TS != 0 {
-                p.ts_at = tcp_timestamp(ctx, p);
-            }
-            if flow.flags & (FLOW_F_REPLY | FLOW_F_TS) == FLOW_F_REPLY | FLOW_F_TS
-                && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
-                && p.ts_at.is_none()
-            {
-                // The backend declined timestamps: nothing to shift, and its TIME_WAIT will
-                // judge a reused port by sequence numbers alone, so keep the reservation.
-                mark(entry, &flow, p.key.proto, 0, FLOW_F_TS);
-                return Ok(Flow {
-                    flags: flow.flags & !FLOW_F_TS,
-                    ..flow
-                });
-            }
-            return Ok(flow);
+            return Ok(Tracked {
+                flow,
+                entry: Some(entry),
+            });
         }
         // In DNAT the client's own kernel reused its port, which it does only when that is
         // safe: its new SYN replaces the old connection in both directions, as conntrack does.
@@ -93,7 +87,7 @@ pub fn track<C: Packet>(ctx: &C, p: &mut Parsed, now: u64) -> Result<Flow, Stat>
     if p.key.proto == IPPROTO_TCP && !p.is_tcp_open() {
         return Err(Stat::PassMidstream);
     }
-    create(ctx, p, &service, &cfg, now)
+    create(ctx, p, &service, &cfg, now).map(|flow| Tracked { flow, entry: None })
 }
 
 /// Exact (address, port, protocol) first; then the wildcard, if the address is the agent's.
@@ -117,9 +111,9 @@ fn lookup_service(key: &FlowKey) -> Option<Service> {
 }
 
 /// Sets and clears flags on both directions (a FIN or RST, so both expire by the same
-/// timeout; timestamps declined, so neither rewrites them).
+/// timeout; timestamps chosen or declined, so both rewrite them or neither does).
 #[inline(always)]
-fn mark(entry: *mut Flow, flow: &Flow, proto: u8, set: u32, clear: u32) {
+pub fn mark(entry: *mut Flow, flow: &Flow, proto: u8, set: u32, clear: u32) {
     // SAFETY: entry points at a live map element.
     unsafe { (*entry).flags = ((*entry).flags | set) & !clear };
     if let Some(peer) = LB_FLOWS.get_ptr_mut(FlowKey::peer_of(flow, proto)) {
@@ -215,14 +209,13 @@ fn claim_reply(rkey: &FlowKey, reply: &Flow, cfg: &Config, now: u64, reopen: boo
 #[inline(always)]
 fn create<C: Packet>(
     ctx: &C,
-    p: &mut Parsed,
+    p: &Parsed,
     service: &Service,
     cfg: &Config,
     now: u64,
 ) -> Result<Flow, Stat> {
     let backend = pick_backend(p, service)?;
-    let key = p.key;
-    let key = &key;
+    let key = &p.key;
     let preserve = cfg.flags & CFG_F_PRESERVE_CLIENT_IP != 0;
     let mut fwd = Flow {
         new_src: if preserve { key.src } else { backend.nat_addr },
@@ -237,16 +230,9 @@ fn create<C: Packet>(
         ..Flow::default()
     };
     if !preserve && key.proto == IPPROTO_TCP {
-        p.ts_at = tcp_timestamp(ctx, p);
-        if let Some(at) = p.ts_at
-            && let Some(tsval) = ptr_at::<C, u32>(ctx, at + TSVAL_OFF)
-        {
-            // SAFETY: bounds checked by ptr_at.
-            let tsval = u32::from_be(unsafe { tsval.read_unaligned() });
-            // The backend sees this flow's timestamps start at the balancer's clock.
-            fwd.ts_off = ((now >> TS_CLOCK_SHIFT) as u32).wrapping_sub(tsval);
-            fwd.flags |= FLOW_F_TS;
-        }
+        // The options are read once per packet, where the rewrite needs them (nat.rs): one
+        // walk of them, late in the program, keeps the verifier's work small.
+        fwd.flags |= FLOW_F_TS_INIT;
     }
     // Replies arrive from the backend and must look as if the service sent them.
     let reply = Flow {

@@ -4,15 +4,22 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated::bpf_fib_lookup as fib_lookup,
 };
-use lb_common::Flow;
+use lb_common::{Flow, RT_F_XDP};
 
-use crate::{context::Packet, nat::Macs, parse::Parsed};
+use crate::{
+    conntrack::Tracked,
+    context::Packet,
+    maps::{LB_XDP_TX, route_gen},
+    nat::Macs,
+    parse::Parsed,
+};
 
 const AF_INET: u8 = 2;
 
 pub enum Route {
-    /// Next hop resolved: redirect out of `ifindex` with these MACs.
-    Neighbour { ifindex: u32, macs: Macs },
+    /// Next hop resolved: redirect out of `ifindex` with these MACs; `mtu` as the FIB said
+    /// (0 when it was not asked to check).
+    Neighbour { ifindex: u32, macs: Macs, mtu: u16 },
     /// Route known, neighbour not resolved: TC can still redirect and let the kernel resolve it.
     NoNeighbour { ifindex: u32 },
     /// Local, unreachable, needs fragmenting, forwarding disabled...: the stack decides.
@@ -50,10 +57,69 @@ pub fn route<C: Packet>(ctx: &C, p: &Parsed, flow: &Flow, tot_len: u16) -> Route
                 src: params.smac,
                 dst: params.dmac,
             },
+            // SAFETY: on success the kernel leaves the egress MTU in the union (5.13+).
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour {
             ifindex: params.ifindex,
         },
         _ => Route::Stack,
     }
+}
+
+/// Where a flow's packet goes, and whether XDP may send it there itself (ingress and egress
+/// both in `LB_XDP_TX`).
+pub struct Hop {
+    pub route: Route,
+    pub xdp: bool,
+}
+
+/// `route`, answered from the flow entry while the daemon's route generation and the ingress
+/// interface are those it was cached with: an established packet then makes no FIB lookup
+/// and no `LB_XDP_TX` lookup. `tot_len` as for `route`; a cached route says nothing about the
+/// MTU unless it was cached from a lookup that checked it, so XDP looks up again then.
+#[inline(always)]
+pub fn cached_route<C: Packet>(ctx: &C, p: &Parsed, t: &Tracked, tot_len: u16) -> Hop {
+    let flow = &t.flow;
+    let ingress = ctx.ingress_ifindex();
+    let gen_ = route_gen();
+    let mtu = (flow.rt_flags >> 16) as u16;
+    if flow.rt_gen == gen_ && flow.rt_in == ingress && (tot_len == 0 || mtu != 0) {
+        if tot_len > mtu {
+            return Hop {
+                route: Route::Stack,
+                xdp: false,
+            };
+        }
+        return Hop {
+            route: Route::Neighbour {
+                ifindex: flow.rt_ifindex,
+                macs: Macs {
+                    src: flow.rt_smac,
+                    dst: flow.rt_dmac,
+                },
+                mtu,
+            },
+            xdp: flow.rt_flags & RT_F_XDP != 0,
+        };
+    }
+    let route = route(ctx, p, flow, tot_len);
+    let mut xdp = false;
+    if let Route::Neighbour { ifindex, macs, mtu } = &route {
+        // SAFETY: only tested for presence.
+        xdp = unsafe { LB_XDP_TX.get(&ingress).is_some() && LB_XDP_TX.get(ifindex).is_some() };
+        if let Some(entry) = t.entry {
+            // SAFETY: a live map element; a racing CPU writes the same answer. The generation
+            // goes last, so a reader never takes a half-written entry for a valid one.
+            unsafe {
+                (*entry).rt_ifindex = *ifindex;
+                (*entry).rt_in = ingress;
+                (*entry).rt_smac = macs.src;
+                (*entry).rt_dmac = macs.dst;
+                (*entry).rt_flags = ((*mtu as u32) << 16) | if xdp { RT_F_XDP } else { 0 };
+                (*entry).rt_gen = gen_;
+            }
+        }
+    }
+    Hop { route, xdp }
 }

@@ -71,6 +71,15 @@ pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64) {
     }
 }
 
+/// The daemon's route generation (see `Config::route_gen`), read in place.
+#[inline(always)]
+pub fn route_gen() -> u32 {
+    match LB_CONFIG.get(0) {
+        Some(c) => c.route_gen,
+        None => 0,
+    }
+}
+
 #[inline(always)]
 pub fn config() -> Config {
     match LB_CONFIG.get(0) {

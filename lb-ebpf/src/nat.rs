@@ -1,19 +1,22 @@
 //! Address and port rewriting with incremental checksum updates: the IPv4 header checksum
 //! by hand (it is always complete), TCP/UDP through the hook, which knows the skb's state.
 use lb_common::{
-    FLOW_F_REPLY, FLOW_F_TS, Flow, Stat, csum,
+    FLOW_F_REPLY, FLOW_F_TS, FLOW_F_TS_INIT, Flow, FlowKey, Stat, TS_CLOCK_SHIFT, csum,
     tcpopt::{TSECR_OFF, TSVAL_OFF},
 };
 
 use crate::{
+    conntrack::mark,
     context::{Packet, ptr_at},
+    maps::LB_FLOWS,
     parse::{
         ETH_DST_OFF, ETH_SRC_OFF, IP_CHECK_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF, L4_DPORT_OFF,
-        L4_SPORT_OFF, Parsed,
+        L4_SPORT_OFF, Parsed, TCP_ACK, TCP_SYN, tcp_timestamp,
     },
 };
 
 /// Link-layer addresses for a packet that is redirected straight to its next hop.
+#[derive(Clone, Copy)]
 pub struct Macs {
     pub src: [u8; 6],
     pub dst: [u8; 6],
@@ -27,18 +30,49 @@ fn write<C: Packet, T>(ctx: &C, off: usize, v: T) -> Result<(), Stat> {
     Ok(())
 }
 
-/// How the rewritten packet leaves.
-pub enum Hop<'a> {
-    /// To the kernel stack, which routes it and decrements the TTL itself.
-    Stack,
-    /// By redirect: this hop decrements the TTL (the caller made sure it is above 1), and
-    /// sets the MACs when the FIB gave them (otherwise the kernel's neighbour code does).
-    Routed(Option<&'a Macs>),
+/// How the rewritten packet leaves: to the kernel stack, which routes it and decrements the
+/// TTL itself, or by redirect, where this hop decrements the TTL (the caller made sure it is
+/// above 1) and sets the MACs when the FIB gave them (otherwise the kernel's neighbour code
+/// does). Plain fields rather than an enum with a reference: LLVM spilled the unused payload
+/// of such an enum uninitialised, which the verifier refuses.
+pub struct Hop {
+    routed: bool,
+    set_macs: bool,
+    macs: Macs,
+}
+
+impl Hop {
+    pub const STACK: Self = Self {
+        routed: false,
+        set_macs: false,
+        macs: Macs {
+            src: [0; 6],
+            dst: [0; 6],
+        },
+    };
+    pub const UNRESOLVED: Self = Self {
+        routed: true,
+        ..Self::STACK
+    };
+
+    pub const fn to(macs: Macs) -> Self {
+        Self {
+            routed: true,
+            set_macs: true,
+            macs,
+        }
+    }
 }
 
 /// Applies `flow`'s rewrite to the packet.
 #[inline(always)]
-pub fn rewrite<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, hop: Hop<'_>) -> Result<(), Stat> {
+pub fn rewrite<C: Packet>(
+    ctx: &mut C,
+    p: &Parsed,
+    flow: &Flow,
+    hop: Hop,
+    now: u64,
+) -> Result<(), Stat> {
     let key = &p.key;
     // Direct writes first: the checksum helpers of TC invalidate packet pointers.
     let mut ip_check: u16 = {
@@ -50,15 +84,15 @@ pub fn rewrite<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, hop: Hop<'_>) ->
     ip_check = csum::update32(ip_check, key.dst, flow.new_dst);
     write(ctx, IP_SRC_OFF, flow.new_src)?;
     write(ctx, IP_DST_OFF, flow.new_dst)?;
-    if let Hop::Routed(macs) = hop {
+    if hop.routed {
         // TTL shares a 16-bit word with the protocol: update that word.
         let old_word = u16::from_be_bytes([p.ttl, key.proto]).to_be();
         let new_word = u16::from_be_bytes([p.ttl - 1, key.proto]).to_be();
         ip_check = csum::update16(ip_check, old_word, new_word);
         write(ctx, IP_TTL_OFF, p.ttl - 1)?;
-        if let Some(macs) = macs {
-            write(ctx, ETH_DST_OFF, macs.dst)?;
-            write(ctx, ETH_SRC_OFF, macs.src)?;
+        if hop.set_macs {
+            write(ctx, ETH_DST_OFF, hop.macs.dst)?;
+            write(ctx, ETH_SRC_OFF, hop.macs.src)?;
         }
     }
     write(ctx, IP_CHECK_OFF, ip_check)?;
@@ -79,30 +113,61 @@ pub fn rewrite<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, hop: Hop<'_>) ->
     if key.dport != flow.new_dport {
         ctx.l4_csum(off, key.dport as u32, flow.new_dport as u32, 2, false, udp)?;
     }
-    if flow.flags & FLOW_F_TS != 0 {
-        shift_timestamp(ctx, p, flow)?;
+    if flow.flags & (FLOW_F_TS | FLOW_F_TS_INIT) != 0 {
+        shift_timestamp(ctx, p, flow, now)?;
     }
     Ok(())
 }
 
 /// Full NAT's timestamp translation: TSval + `ts_off` towards the backend, TSecr - `ts_off`
 /// back to the client. A segment without the option (or with a malformed option list) is
-/// left as it is.
+/// left as it is. The first rewrite of a new flow's SYN chooses `ts_off` (so the backend sees
+/// the balancer's clock); a backend's SYN-ACK without timestamps turns translation off.
 #[inline(always)]
-fn shift_timestamp<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow) -> Result<(), Stat> {
-    let Some(at) = p.ts_at else {
+fn shift_timestamp<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, now: u64) -> Result<(), Stat> {
+    // Walked here, at the end of the path, so the verifier does not carry every possible
+    // offset through the rest of the program.
+    let at = tcp_timestamp(ctx, p);
+    let mut ts_off = flow.ts_off;
+    if flow.flags & FLOW_F_TS_INIT != 0 {
+        let mut set = 0;
+        if let Some(at) = at {
+            let tsval: u32 = read(ctx, at + TSVAL_OFF)?;
+            ts_off = ((now >> TS_CLOCK_SHIFT) as u32).wrapping_sub(u32::from_be(tsval));
+            set = FLOW_F_TS;
+        }
+        if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
+            // SAFETY: a live map element; the reply entry gets the same offset below.
+            unsafe { (*entry).ts_off = ts_off };
+            if let Some(peer) = LB_FLOWS.get_ptr_mut(FlowKey::peer_of(flow, p.key.proto)) {
+                // SAFETY: as above.
+                unsafe { (*peer).ts_off = ts_off };
+            }
+            mark(entry, flow, p.key.proto, set, FLOW_F_TS_INIT);
+        }
+        if set == 0 {
+            return Ok(());
+        }
+    } else if flow.flags & (FLOW_F_REPLY | FLOW_F_TS) == FLOW_F_REPLY | FLOW_F_TS
+        && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+        && at.is_none()
+    {
+        // The backend declined timestamps: nothing to shift, and its TIME_WAIT will judge a
+        // reused port by sequence numbers alone, so the reservation stays (Config::timeout_ns).
+        if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
+            mark(entry, flow, p.key.proto, 0, FLOW_F_TS);
+        }
+        return Ok(());
+    }
+    let Some(at) = at else {
         return Ok(());
     };
     let (field, delta) = if flow.flags & FLOW_F_REPLY == 0 {
-        (at + TSVAL_OFF, flow.ts_off)
+        (at + TSVAL_OFF, ts_off)
     } else {
-        (at + TSECR_OFF, flow.ts_off.wrapping_neg())
+        (at + TSECR_OFF, ts_off.wrapping_neg())
     };
-    let old: u32 = {
-        let f: *const u32 = ptr_at(ctx, field).ok_or(Stat::ErrRewrite)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { f.read_unaligned() }
-    };
+    let old: u32 = read(ctx, field)?;
     let new = u32::from_be(old).wrapping_add(delta).to_be();
     write(ctx, field, new)?;
     let (o, n) = if (field - p.l4_off) % 2 == 1 {
@@ -111,4 +176,11 @@ fn shift_timestamp<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow) -> Result<()
         (old, new)
     };
     ctx.l4_csum(p.l4_check_off(), o, n, 4, false, false)
+}
+
+#[inline(always)]
+fn read<C: Packet, T: Copy>(ctx: &C, off: usize) -> Result<T, Stat> {
+    let f: *const T = ptr_at(ctx, off).ok_or(Stat::ErrRewrite)?;
+    // SAFETY: bounds checked by ptr_at.
+    Ok(unsafe { f.read_unaligned() })
 }

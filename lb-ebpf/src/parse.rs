@@ -63,9 +63,6 @@ pub struct Parsed {
     pub tot_len: u16,
     /// Bytes of TCP options (0 for UDP, or when the data offset makes no sense).
     pub tcp_opt_len: usize,
-    /// Where the timestamp option is, for flows that translate timestamps: found once by
-    /// connection tracking, used by the rewrite (one walk of the options per packet).
-    pub ts_at: Option<usize>,
 }
 
 impl Parsed {
@@ -172,7 +169,6 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
         ttl: read(ctx, IP_TTL_OFF)?,
         tot_len,
         tcp_opt_len,
-        ts_at: None,
     })
 }
 

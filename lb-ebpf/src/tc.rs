@@ -40,29 +40,35 @@ fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
         MAX_HEADERS
     };
     ctx.pull(want);
-    let mut p = parse(&ctx)?;
+    let p = parse(&ctx)?;
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = conntrack::track(&ctx, &mut p, now)?;
+    let t = conntrack::track(&ctx, &p, now)?;
+    let flow = &t.flow;
     if p.ttl <= 1 {
         return Err(Stat::PassTtl);
     }
-    let action = match forward::route(&ctx, &p, &flow, 0) {
-        Route::Neighbour { ifindex, macs } => {
-            nat::rewrite(&mut ctx, &p, &flow, Hop::Routed(Some(&macs)))?;
+    let route = forward::cached_route(&ctx, &p, &t, 0).route;
+    // One rewrite for every way out: each inlined copy would cost the verifier again.
+    let hop = match &route {
+        Route::Neighbour { macs, .. } => Hop::to(*macs),
+        // The kernel resolves the neighbour and sets the MACs; the TTL is ours.
+        Route::NoNeighbour { .. } => Hop::UNRESOLVED,
+        Route::Stack => Hop::STACK,
+    };
+    nat::rewrite(&mut ctx, &p, flow, hop, now)?;
+    let action = match route {
+        Route::Neighbour { ifindex, .. } => {
             count(Stat::Redirect);
             // SAFETY: plain helper call.
             unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as i32 }
         }
         Route::NoNeighbour { ifindex } => {
-            // The kernel resolves the neighbour and sets the MACs; the TTL is ours.
-            nat::rewrite(&mut ctx, &p, &flow, Hop::Routed(None))?;
             count(Stat::Redirect);
             // SAFETY: NULL params ask the kernel to look the neighbour up itself.
             unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
         }
         Route::Stack => {
-            nat::rewrite(&mut ctx, &p, &flow, Hop::Stack)?;
             count(Stat::PassToStack);
             TC_ACT_OK
         }

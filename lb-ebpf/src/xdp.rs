@@ -12,7 +12,7 @@ use crate::{
     conntrack,
     context::Packet,
     forward::{self, Route},
-    maps::{LB_XDP_TX, count, count_traffic},
+    maps::{count, count_traffic},
     nat::{self, Hop},
     parse::parse,
 };
@@ -34,31 +34,28 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_lb_xdp(mut ctx: XdpContext) -> Result<u32, Stat> {
-    let mut p = parse(&ctx)?;
+    let p = parse(&ctx)?;
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = conntrack::track(&ctx, &mut p, now)?;
-    // A veth hands XDP the sender's skb data, whose TCP/UDP checksum may be only partial
-    // (offloaded): rewriting it here would corrupt it. TC sees the skb state and copes.
-    let ingress = Packet::ingress_ifindex(&ctx);
-    // SAFETY: only tested for presence.
-    if unsafe { LB_XDP_TX.get(&ingress) }.is_none() {
-        return Err(Stat::PassToTc);
-    }
+    let t = conntrack::track(&ctx, &p, now)?;
     if p.ttl <= 1 {
         return Err(Stat::PassTtl);
     }
-    let Route::Neighbour { ifindex, macs } = forward::route(&ctx, &p, &flow, p.tot_len) else {
+    // A veth hands XDP the sender's skb data, whose TCP/UDP checksum may be only partial
+    // (offloaded): rewriting it here would corrupt it. TC sees the skb state and copes. So
+    // XDP forwards only between interfaces in LB_XDP_TX (the flow's cached route says
+    // whether both ends are); the rest goes to TC untouched.
+    let hop = forward::cached_route(&ctx, &p, &t, p.tot_len);
+    let Route::Neighbour { ifindex, macs, .. } = hop.route else {
         return Err(Stat::PassToTc);
     };
-    // SAFETY: only tested for presence.
-    if unsafe { LB_XDP_TX.get(&ifindex) }.is_none() {
+    if !hop.xdp {
         return Err(Stat::PassToTc);
     }
-    nat::rewrite(&mut ctx, &p, &flow, Hop::Routed(Some(&macs)))?;
-    count_traffic(flow.service_id, flow.backend_id, p.tot_len as u64);
+    nat::rewrite(&mut ctx, &p, &t.flow, Hop::to(macs), now)?;
+    count_traffic(t.flow.service_id, t.flow.backend_id, p.tot_len as u64);
     count(Stat::Redirect);
-    if ifindex == ingress {
+    if ifindex == Packet::ingress_ifindex(&ctx) {
         return Ok(XDP_TX);
     }
     // SAFETY: plain helper call; the verdict it returns is the program's.

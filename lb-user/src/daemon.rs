@@ -107,6 +107,8 @@ impl Daemon {
             attached: Default::default(),
         };
         attacher.reconcile(&mut ebpf)?;
+        // LB_XDP_TX is rewritten by the attach: no route cached before may stand.
+        writer::bump_route_gen(&mut ebpf)?;
         if attacher.attached.is_empty() {
             warn!(patterns = ?args.ifaces, "no interface matches yet; attaching as they appear");
         }
@@ -171,6 +173,8 @@ impl Daemon {
     pub fn links_changed(&mut self) -> Result<()> {
         writer::write_local_addrs(&mut self.ebpf, &ifaces::ipv4_addresses())?;
         self.attacher.reconcile(&mut self.ebpf)?;
+        // LB_XDP_TX may have changed: cached routes carry its verdict.
+        writer::bump_route_gen(&mut self.ebpf)?;
         self.writer.routes_changed();
         let desired = self.desired.clone();
         self.apply(desired)?;
@@ -334,6 +338,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         drop(sync_tx);
     }
     let mut links = ifaces::watch().context("watching netlink for interface changes")?;
+    let mut routes = ifaces::watch_routes().context("watching netlink for route changes")?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -349,6 +354,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 sleep(Duration::from_millis(50)).await;
                 while links.try_recv().is_ok() {}
                 if let Err(e) = d.links_changed() {
+                    d.record_error(&e);
+                }
+            }
+            Some(()) = routes.recv() => {
+                // At once, and before anything else: until then flows may use a stale route.
+                while routes.try_recv().is_ok() {}
+                if let Err(e) = writer::bump_route_gen(&mut d.ebpf) {
                     d.record_error(&e);
                 }
             }

@@ -103,6 +103,8 @@ impl Lb {
         let mut m: HashMap<_, u32, u32> =
             HashMap::try_from(self.ebpf.map_mut(MAP_XDP_TX).unwrap()).unwrap();
         m.insert(idx, 1, 0).unwrap();
+        // As the daemon does: cached routes carry LB_XDP_TX's verdict.
+        writer::bump_route_gen(&mut self.ebpf).unwrap();
     }
 
     fn run(&mut self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
@@ -201,6 +203,30 @@ fn web() -> Vec<ServiceSpec> {
 
 const UP0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
 const CALI0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+
+/// The verifier explores every path of a program up to a million instructions; a change that
+/// nears the limit fails here, with the figure, before it fails to load on some kernel.
+#[test]
+fn the_verifier_accepts_both_programs_with_headroom() {
+    let lb = Lb::new(web(), false);
+    let counts: Vec<(&str, u32)> = ["lb_xdp", "lb_tc"]
+        .into_iter()
+        .map(|name| {
+            let info = lb.ebpf.program(name).unwrap().info().unwrap();
+            let n = info
+                .verified_instruction_count()
+                .expect("the kernel reports verified instructions");
+            (name, n)
+        })
+        .collect();
+    eprintln!("verified instructions: {counts:?}");
+    for (name, n) in counts {
+        assert!(
+            n < 600_000,
+            "{name}: {n} verified instructions of the 1,000,000 limit"
+        );
+    }
+}
 
 #[test]
 fn traffic_that_is_not_ours_passes_byte_identical() {

@@ -109,6 +109,22 @@ pub fn set_sysctl(iface: &str, key: &str, value: &str) -> io::Result<()> {
 /// Sends `()` whenever a link or IPv4 address appears, changes or goes away. Events only
 /// trigger a re-read of the interface list, so a lost or merged message loses nothing.
 pub fn watch() -> io::Result<mpsc::Receiver<()>> {
+    watch_groups(libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR)
+}
+
+/// Sends `()` whenever anything a cached route depends on changes: IPv4 routes, neighbours,
+/// links and addresses. The data plane caches FIB answers per flow; each event invalidates
+/// them all (`writer::bump_route_gen`), so a flow never forwards on a stale next hop.
+pub fn watch_routes() -> io::Result<mpsc::Receiver<()>> {
+    watch_groups(
+        libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_NEIGH,
+    )
+}
+
+// Hand-written netlink on purpose for now: only the fact that something changed matters
+// (no message is parsed), which `libc` does in a few lines; the route watcher of a later
+// change may move to rtnetlink when messages need reading.
+fn watch_groups(groups: i32) -> io::Result<mpsc::Receiver<()>> {
     // SAFETY: plain socket calls on a descriptor we own; the sockaddr is fully initialised.
     let fd = unsafe {
         let fd = libc::socket(
@@ -121,7 +137,7 @@ pub fn watch() -> io::Result<mpsc::Receiver<()>> {
         }
         let mut sa: libc::sockaddr_nl = std::mem::zeroed();
         sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR) as u32;
+        sa.nl_groups = groups as u32;
         let rc = libc::bind(
             fd,
             &sa as *const libc::sockaddr_nl as *const libc::sockaddr,

@@ -168,6 +168,7 @@ impl Plane {
                 tx.insert(list[name].index, 1, 0).unwrap();
             }
         }
+        writer::bump_route_gen(&mut ebpf).unwrap();
         setup(&mut ebpf);
         let flows = HashMap::try_from(ebpf.take_map(MAP_FLOWS).unwrap()).unwrap();
         Self { ebpf, flows }
