@@ -37,6 +37,11 @@ pub const MAP_CONFIG: &str = "LB_CONFIG";
 pub const MAP_RR: &str = "LB_RR";
 /// `backend id -> u32` NAT port cursor (full NAT), advanced atomically by the data plane.
 pub const MAP_NAT_CURSOR: &str = "LB_NAT_CURSOR";
+/// `u32 word -> u64` bitmap of the ports that may concern the data plane (`port_gate_slot`):
+/// service ports (as destination) and backend ports (as the source of replies), per protocol.
+/// Written by the daemon (bits only ever added while it runs), read first by the data plane,
+/// so a packet on any other port passes after one array read, with no hash lookup.
+pub const MAP_PORTS: &str = "LB_PORTS";
 /// Per-CPU `service id -> Counters`. Written by the data plane, summed by the daemon.
 pub const MAP_SERVICE_STATS: &str = "LB_SVC_STATS";
 /// Per-CPU `backend id -> Counters`. Written by the data plane, summed by the daemon.
@@ -45,7 +50,7 @@ pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 pub const MAP_STATS: &str = "LB_STATS";
 
 /// Every map the data plane declares, in the order `lb status` and the README list them.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_FLOWS,
@@ -54,6 +59,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_CONFIG,
     MAP_RR,
     MAP_NAT_CURSOR,
+    MAP_PORTS,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_STATS,
@@ -80,6 +86,22 @@ pub const MAX_BACKENDS_PER_SERVICE: u32 = 4_096;
 /// cursor, so the next port tried is the one handed out longest ago (the likeliest free):
 /// expected probes stay near one until the range is truly full of live flows.
 pub const NAT_PORT_TRIES: u32 = 32;
+
+// ---- The port gate -------------------------------------------------------------
+
+/// `LB_PORTS` kinds: a service's port (a packet's destination) or a backend's port (the
+/// source of its replies).
+pub const PORT_SERVICE: u32 = 0;
+pub const PORT_BACKEND: u32 = 2;
+/// Words in `LB_PORTS`: 65,536 bits for each of the four kinds (service/backend × TCP/UDP).
+pub const PORT_GATE_WORDS: u32 = 4 * 1024;
+
+/// The word and bit of `LB_PORTS` for `port` (host order) of `kind` and `proto`.
+#[inline(always)]
+pub const fn port_gate_slot(kind: u32, proto: u8, port: u16) -> (u32, u64) {
+    let k = kind + if proto == IPPROTO_UDP { 1 } else { 0 };
+    ((k << 10) | (port as u32 >> 6), 1u64 << (port & 63))
+}
 
 // ---- Services and backends -------------------------------------------------
 
@@ -465,6 +487,22 @@ mod tests {
             c.timeout_ns(IPPROTO_TCP, FLOW_F_CLOSING),
             c.tcp_closing_timeout_ns
         );
+    }
+
+    #[test]
+    fn port_gate_slots_are_distinct_and_in_range() {
+        let mut seen = [0u64; PORT_GATE_WORDS as usize];
+        for kind in [PORT_SERVICE, PORT_BACKEND] {
+            for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+                for port in [0u16, 1, 63, 64, 80, 10000, 65535] {
+                    let (w, bit) = port_gate_slot(kind, proto, port);
+                    assert!(w < PORT_GATE_WORDS);
+                    assert_eq!(bit.count_ones(), 1);
+                    assert_eq!(seen[w as usize] & bit, 0, "{kind} {proto} {port}");
+                    seen[w as usize] |= bit;
+                }
+            }
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BackendKey, Config, Counters, Flow, FlowKey, LocalAddr, MAX_BACKEND_IDS,
-    MAX_BACKEND_SLOTS, MAX_FLOW_ENTRIES, MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_XDP_TX, STAT_COUNT,
-    Service, ServiceKey, Stat,
+    MAX_BACKEND_SLOTS, MAX_FLOW_ENTRIES, MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_XDP_TX, PORT_BACKEND,
+    PORT_GATE_WORDS, PORT_SERVICE, STAT_COUNT, Service, ServiceKey, Stat, port_gate_slot,
 };
 
 #[btf_map]
@@ -36,6 +36,9 @@ pub static LB_RR: Array<u32, { MAX_SERVICES as usize }> = Array::new();
 pub static LB_NAT_CURSOR: Array<u32, { MAX_BACKEND_IDS as usize }> = Array::new();
 
 #[btf_map]
+pub static LB_PORTS: Array<u64, { PORT_GATE_WORDS as usize }> = Array::new();
+
+#[btf_map]
 pub static LB_SVC_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
 #[btf_map]
@@ -43,6 +46,17 @@ pub static LB_BE_STATS: PerCpuArray<Counters, { MAX_BACKEND_IDS as usize }> = Pe
 
 #[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
+
+/// The port gate: false when neither the destination is a service port nor the source a
+/// backend port (of this protocol), so the packet can be no flow's and no service's.
+#[inline(always)]
+pub fn may_be_ours(key: &FlowKey) -> bool {
+    let set = |kind, port: u16| {
+        let (word, bit) = port_gate_slot(kind, key.proto, u16::from_be(port));
+        LB_PORTS.get(word).is_some_and(|w| *w & bit != 0)
+    };
+    set(PORT_SERVICE, key.dport) || set(PORT_BACKEND, key.sport)
+}
 
 #[inline(always)]
 pub fn count(stat: Stat) {

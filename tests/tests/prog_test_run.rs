@@ -1101,3 +1101,54 @@ fn dnat_client_reusing_its_port_after_a_close_starts_a_new_flow() {
         assert_eq!(lb.stat(Stat::DropFlowInsert), 1);
     });
 }
+
+#[test]
+fn the_port_gate_follows_services_and_the_flows_still_draining() {
+    let _env = env();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let client = sa("10.0.0.2:46000");
+        let vip = sa("10.0.0.1:10000");
+        let syn = Pkt::tcp(client, vip, TCP_SYN);
+        assert_eq!(lb.tc(&syn.bytes()).0, TC_ACT_REDIRECT);
+        let nat = {
+            let f = lb.flow(key(&syn)).unwrap();
+            addr_of(f.new_src, f.new_sport)
+        };
+        // A restarted daemon rebuilds the gate from the services and the flows, then the
+        // service goes: its flow drains, both ways, through the gate.
+        let mut w = writer::Writer::adopt(&mut lb.ebpf, &Default::default()).unwrap();
+        w.apply(&mut lb.ebpf, &Desired { services: vec![] })
+            .unwrap();
+        let data = Pkt::tcp(client, vip, TCP_ACK);
+        assert_eq!(
+            lb.tc(&data.bytes()).0,
+            TC_ACT_REDIRECT,
+            "client side drains"
+        );
+        let reply = Pkt::tcp(sa("192.168.1.11:80"), nat, TCP_ACK);
+        assert_eq!(
+            lb.tc(&reply.bytes()).0,
+            TC_ACT_REDIRECT,
+            "reply side drains"
+        );
+        // With the flow gone too, the next daemon closes the gate: the port is nobody's.
+        let mut flows: HashMap<_, FlowKey, Flow> =
+            HashMap::try_from(lb.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            flows.remove(&k).unwrap();
+        }
+        writer::Writer::adopt(&mut lb.ebpf, &Default::default()).unwrap();
+        let gate: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(lb.ebpf.map(lb_common::MAP_PORTS).unwrap()).unwrap();
+        assert!(
+            gate.iter().all(|w| w.unwrap() == 0),
+            "no service, no flow: every port closed"
+        );
+        let before = lb.stat(Stat::PassNotService);
+        let (v, out) = lb.tc(&Pkt::tcp(sa("10.0.0.2:46001"), vip, TCP_SYN).bytes());
+        assert_eq!((v, out.len()), (TC_ACT_OK, syn.bytes().len()));
+        assert_eq!(lb.stat(Stat::PassNotService), before + 1);
+    });
+}

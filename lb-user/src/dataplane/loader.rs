@@ -7,9 +7,9 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendKey, Config, Counters, Flow, FlowKey, LocalAddr, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_RR,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAX_LOCAL_ADDRS, MAX_XDP_TX, PROG_TC,
-    PROG_XDP, STAT_COUNT, Service, ServiceKey,
+    MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR,
+    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAX_LOCAL_ADDRS, MAX_XDP_TX,
+    PORT_GATE_WORDS, PROG_TC, PROG_XDP, STAT_COUNT, Service, ServiceKey,
 };
 use thiserror::Error;
 
@@ -38,7 +38,7 @@ impl Default for Capacities {
 
 impl Capacities {
     /// (map, key size, value size, max entries) as this build creates them.
-    fn expected(&self) -> [(&'static str, usize, usize, u32); 11] {
+    fn expected(&self) -> [(&'static str, usize, usize, u32); 12] {
         use std::mem::size_of;
         [
             (
@@ -64,6 +64,7 @@ impl Capacities {
             (MAP_CONFIG, 4, size_of::<Config>(), 1),
             (MAP_RR, 4, 4, self.services),
             (MAP_NAT_CURSOR, 4, 4, self.backend_ids),
+            (MAP_PORTS, 4, 8, PORT_GATE_WORDS),
             (MAP_SERVICE_STATS, 4, size_of::<Counters>(), self.services),
             (
                 MAP_BACKEND_STATS,

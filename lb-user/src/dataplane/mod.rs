@@ -5,6 +5,7 @@ pub mod flows;
 pub mod ifaces;
 pub mod loader;
 pub mod pins;
+pub mod ports;
 pub mod writer;
 
 /// The BPF object built by `build.rs` from `lb-ebpf`.

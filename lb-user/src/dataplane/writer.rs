@@ -21,7 +21,7 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use super::{ifaces, loader::Capacities};
+use super::{ifaces, loader::Capacities, ports::PortGate};
 use crate::services::{Balance, Desired, Listener, Protocol, ServiceSpec};
 
 /// How long a replaced backend generation stays readable for packets already in flight.
@@ -145,6 +145,7 @@ pub struct Writer {
     /// Ids of removed services whose flows may still be counting.
     retired_services: BTreeSet<u32>,
     nat_cache: StdHashMap<Ipv4Addr, Ipv4Addr>,
+    ports: PortGate,
 }
 
 impl Writer {
@@ -160,6 +161,7 @@ impl Writer {
             pending_deletes: VecDeque::new(),
             retired_services: BTreeSet::new(),
             nat_cache: StdHashMap::new(),
+            ports: PortGate::default(),
         };
         let services: Vec<(ServiceKey, Service)> = {
             let m: HashMap<_, ServiceKey, Service> = HashMap::try_from(map(ebpf, MAP_SERVICES)?)?;
@@ -221,6 +223,7 @@ impl Writer {
         // (and counters) reserved and show them draining, as the previous daemon did.
         let flows: HashMap<_, FlowKey, Flow> = HashMap::try_from(map(ebpf, MAP_FLOWS)?)?;
         for (k, f) in flows.iter().filter_map(Result::ok) {
+            w.ports.add_flow(&k, &f);
             if f.flags & FLOW_F_REPLY != 0 || w.backend_ids.contains(f.backend_id) {
                 continue;
             }
@@ -257,6 +260,11 @@ impl Writer {
                 w.retired_services.insert(f.service_id);
             }
         }
+        for a in w.services.values() {
+            w.ports
+                .add_service(&a.spec.listener, a.backends.iter().map(|b| b.addr));
+        }
+        w.ports.flush(ebpf, true)?;
         // Slots of generations no service points at: leftovers of an interrupted swap.
         if !all_slots.is_empty() {
             w.pending_deletes.push_back((Instant::now(), all_slots));
@@ -411,6 +419,10 @@ impl Writer {
                     0
                 },
             };
+            // The gate opens before the service answers, so its first packet gets through.
+            self.ports
+                .add_service(&listener, backends.iter().map(|b| b.addr));
+            self.ports.flush(ebpf, false)?;
             let mut svcs: HashMap<_, ServiceKey, Service> =
                 HashMap::try_from(map(ebpf, MAP_SERVICES)?)?;
             svcs.insert(service_key(&listener), svc, 0)

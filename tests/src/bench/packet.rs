@@ -144,6 +144,7 @@ impl Plane {
                 .map_max_entries(MAP_SERVICE_STATS, s.services)
                 .map_max_entries(MAP_BACKENDS, s.backend_slots)
                 .map_max_entries(MAP_BACKEND_STATS, s.backend_ids)
+                .map_max_entries(lb_common::MAP_NAT_CURSOR, s.backend_ids)
                 .map_max_entries(MAP_FLOWS, s.flow_entries);
         }
         let mut ebpf = loader.load(OBJECT).expect("load the BPF object");
@@ -478,6 +479,29 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
                     )
                     .unwrap();
                 id += 1;
+            }
+        }
+    }
+    {
+        // The port gate, as the daemon's writer would open it for these services.
+        let mut gate: Array<_, u64> =
+            Array::try_from(p.ebpf.map_mut(lb_common::MAP_PORTS).unwrap()).unwrap();
+        let mut words = vec![0u64; lb_common::PORT_GATE_WORDS as usize];
+        let mut add = |kind, proto, port| {
+            let (w, bit) = lb_common::port_gate_slot(kind, proto, port);
+            words[w as usize] |= bit;
+        };
+        for s in 0..SCALE_SERVICES {
+            add(lb_common::PORT_SERVICE, 6, 10_000 + s as u16);
+        }
+        add(lb_common::PORT_SERVICE, 17, 10_000);
+        for i in 0..SCALE_BACKENDS {
+            add(lb_common::PORT_BACKEND, 6, 8000 + i as u16);
+            add(lb_common::PORT_BACKEND, 17, 8000 + i as u16);
+        }
+        for (w, v) in words.iter().enumerate() {
+            if *v != 0 {
+                gate.set(w as u32, *v, 0).unwrap();
             }
         }
     }
