@@ -15,7 +15,7 @@ use crate::{
     context::Packet,
     maps::{
         LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_NAT_CURSOR, LB_RR, LB_SERVICES,
-        LB_SVC_STATS, config, count, may_be_ours,
+        LB_SVC_STATS, config, count,
     },
     parse::{Parsed, TCP_RST},
 };
@@ -34,9 +34,6 @@ pub struct Tracked {
 /// connection to a service. `Err` says why the packet is not (or cannot be) balanced.
 #[inline(always)]
 pub fn track<C: Packet>(ctx: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> {
-    if !may_be_ours(&p.key) {
-        return Err(Stat::PassNotService);
-    }
     let cfg = config();
     if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
         // SAFETY: the map hands out a pointer to a live element; we copy it out.

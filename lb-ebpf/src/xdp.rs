@@ -12,7 +12,7 @@ use crate::{
     conntrack,
     context::Packet,
     forward::{self, Route},
-    maps::{count, count_traffic},
+    maps::{count, count_traffic, may_be_ours},
     nat::{self, Hop},
     parse::parse,
 };
@@ -35,6 +35,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb_xdp(mut ctx: XdpContext) -> Result<u32, Stat> {
     let p = parse(&ctx)?;
+    // The port gate first: the agent's other traffic leaves before any clock read or lookup.
+    if !may_be_ours(&p.key) {
+        return Err(Stat::PassNotService);
+    }
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     let t = conntrack::track(&ctx, &p, now)?;

@@ -1152,3 +1152,54 @@ fn the_port_gate_follows_services_and_the_flows_still_draining() {
         assert_eq!(lb.stat(Stat::PassNotService), before + 1);
     });
 }
+
+#[test]
+fn the_sweeper_reads_the_table_in_batches_and_removes_only_expired_flows() {
+    let _env = env();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let cfg = Config {
+            tcp_closed_timeout_ns: 1,
+            ..Config::default()
+        };
+        writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+        let vip = sa("10.0.0.1:10000");
+        // 5,000 flows (10,000 entries: several batches), every fifth one closed.
+        for i in 0..5000u16 {
+            let client =
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, (i >> 8) as u8 + 1, i as u8), 40000);
+            assert_eq!(
+                lb.tc(&Pkt::tcp(client, vip, TCP_SYN).bytes()).0,
+                TC_ACT_REDIRECT
+            );
+            if i % 5 == 0 {
+                lb.tc(&Pkt::tcp(client, vip, TCP_FIN | TCP_ACK).bytes());
+                let f = lb.flow(key(&Pkt::tcp(client, vip, TCP_SYN))).unwrap();
+                let nat = addr_of(f.new_src, f.new_sport);
+                lb.tc(&Pkt::tcp(sa("192.168.1.11:80"), nat, TCP_FIN | TCP_ACK).bytes());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let stats = {
+            let m =
+                aya::maps::PerCpuArray::try_from(lb.ebpf.map_mut(lb_common::MAP_STATS).unwrap())
+                    .unwrap();
+            sum_stats(&m)
+        };
+        let mut flows: HashMap<_, FlowKey, Flow> =
+            HashMap::try_from(lb.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        let mut sweeper = lb_user::dataplane::flows::Sweeper::default();
+        let (report, backends, services) =
+            sweeper.sweep(&mut flows, &stats, &cfg, lb_user::dataplane::monotonic_ns());
+        assert_eq!(report.expired_removed, 2000, "{report:?}");
+        assert_eq!(report.entries, 8000, "{report:?}");
+        assert_eq!(flows.keys().count(), 8000);
+        assert_eq!((backends.len(), services.len()), (1, 1));
+        // The batch read itself (the sweeper falls back to key-by-key reads if it fails).
+        use aya::maps::IterableMap as _;
+        let all = lb_user::dataplane::batch::lookup_all::<FlowKey, Flow>(flows.map())
+            .expect("BPF_MAP_LOOKUP_BATCH on the flow table");
+        assert_eq!(all.len(), 8000);
+        assert!(all.iter().all(|(k, f)| flows.get(k, 0).ok() == Some(*f)));
+    });
+}

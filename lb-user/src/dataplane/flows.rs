@@ -6,11 +6,12 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, IterableMap as _, MapData, PerCpuArray};
 use lb_common::{
     Config, Counters, FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_REPLY, Flow, FlowKey, STAT_COUNT, Stat,
 };
 use serde::Serialize;
+use tracing::warn;
 
 use crate::services::Protocol;
 
@@ -103,7 +104,11 @@ impl Sweeper {
         let mut backends = BTreeSet::new();
         let mut services = BTreeSet::new();
         let mut entries = 0u64;
-        for (k, f) in flows.iter().filter_map(Result::ok) {
+        // One read of the whole table in a few calls; key by key it cost two calls an entry.
+        let all = super::batch::lookup_all::<FlowKey, Flow>(flows.map())
+            .map_err(|e| warn!("reading the flow table in batches: {e}"))
+            .unwrap_or_else(|()| flows.iter().filter_map(Result::ok).collect());
+        for (k, f) in all {
             entries += 1;
             if expired(cfg, &k, &f, now) {
                 dead.push((k, f.created_ns));

@@ -1,6 +1,7 @@
 //! Loading the BPF object, attaching it to interfaces, and keeping its maps in step with the
 //! desired services. Maps and links live under the pin path, so a restart adopts them.
 pub mod attach;
+pub mod batch;
 pub mod flows;
 pub mod ifaces;
 pub mod loader;
