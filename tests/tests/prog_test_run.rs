@@ -675,13 +675,7 @@ fn a_closed_flow_frees_its_nat_port_for_the_next_one() {
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
         // One NAT port, and closed flows expire at once.
-        let cfg = Config {
-            nat_port_min: 20000,
-            nat_port_max: 20000,
-            tcp_closed_timeout_ns: 1,
-            ..Config::default()
-        };
-        writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+        nat_ports(&mut lb, 20000, 20000);
         let vip = sa("10.0.0.1:10000");
         let (a, b) = (sa("10.0.0.2:41000"), sa("10.0.0.2:41001"));
         assert_eq!(lb.tc(&Pkt::tcp(a, vip, TCP_SYN).bytes()).0, TC_ACT_REDIRECT);
@@ -957,16 +951,17 @@ fn a_backend_that_declines_timestamps_keeps_them_untouched() {
     });
 }
 
-/// One NAT port, closed flows gone at once: what may take the port after the backend closed
-/// first depends on timestamps alone.
-fn one_port(lb: &mut Lb) {
+/// NAT ports `min..=max`, and closed flows gone at once (1 ns), so what may take a port
+/// depends on the flow's state alone.
+fn nat_ports(lb: &mut Lb, min: u16, max: u16) -> Config {
     let cfg = Config {
-        nat_port_min: 20000,
-        nat_port_max: 20000,
+        nat_port_min: min,
+        nat_port_max: max,
         tcp_closed_timeout_ns: 1,
         ..Config::default()
     };
     writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+    cfg
 }
 
 #[test]
@@ -974,7 +969,7 @@ fn with_timestamps_a_port_closed_by_the_backend_is_free_at_once_and_its_clock_ri
     let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
-        one_port(&mut lb);
+        nat_ports(&mut lb, 20000, 20000);
         let vip = sa("10.0.0.1:10000");
         let task = sa("192.168.1.11:80");
         let mut last_tsval_seen_by_task = None;
@@ -1026,13 +1021,7 @@ fn nat_ports_follow_a_cursor_and_skip_the_ones_in_use() {
     let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
-        let cfg = Config {
-            nat_port_min: 20000,
-            nat_port_max: 20003,
-            tcp_closed_timeout_ns: 1,
-            ..Config::default()
-        };
-        writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+        nat_ports(&mut lb, 20000, 20003);
         let vip = sa("10.0.0.1:10000");
         let task = sa("192.168.1.11:80");
         let syn = |port: u16| Pkt::tcp(sa(&format!("10.0.0.2:{port}")), vip, TCP_SYN);
@@ -1158,11 +1147,8 @@ fn the_sweeper_reads_the_table_in_batches_and_removes_only_expired_flows() {
     let _env = env();
     in_netns(NS, || {
         let mut lb = Lb::new(web(), false);
-        let cfg = Config {
-            tcp_closed_timeout_ns: 1,
-            ..Config::default()
-        };
-        writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+        let d = Config::default();
+        let cfg = nat_ports(&mut lb, d.nat_port_min, d.nat_port_max);
         let vip = sa("10.0.0.1:10000");
         // 5,000 flows (10,000 entries: several batches), every fifth one closed.
         for i in 0..5000u16 {

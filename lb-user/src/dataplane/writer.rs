@@ -531,16 +531,12 @@ pub fn write_config(ebpf: &mut Ebpf, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Invalidates every cached route (routes, neighbours, links or `LB_XDP_TX` changed).
+/// Invalidates every cached route (routes, neighbours, links or `LB_XDP_TX` changed): the
+/// configuration in force, written again, which moves the generation on.
 pub fn bump_route_gen(ebpf: &mut Ebpf) -> Result<()> {
-    let mut m: Array<_, Config> = Array::try_from(map(ebpf, MAP_CONFIG)?)?;
+    let m: Array<_, Config> = Array::try_from(map(ebpf, MAP_CONFIG)?)?;
     let cfg = m.get(&0, 0).context("reading LB_CONFIG")?;
-    let cfg = Config {
-        route_gen: next_route_gen(cfg.route_gen),
-        ..cfg
-    };
-    m.set(0, cfg, 0).context("writing LB_CONFIG")?;
-    Ok(())
+    write_config(ebpf, &cfg)
 }
 
 /// 0 means "no route cached" in a flow, so the generation skips it when it wraps.

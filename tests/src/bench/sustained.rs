@@ -357,6 +357,32 @@ pub fn run(effort: &Effort, report: &mut Report) {
     ));
 }
 
+/// A target judged window by window against `against` (named `label`), or marked not measured
+/// when the contender it derives from (`source`) has no figures.
+fn window_target(
+    what: String,
+    windows: &[(f64, f64)],
+    against: Option<&[f64]>,
+    label: &str,
+    source: &str,
+) -> Target {
+    match against {
+        Some(a) => {
+            let (met, got) = judge(windows, a, label);
+            Target {
+                what,
+                got,
+                met: Some(met),
+            }
+        }
+        None => Target {
+            what,
+            got: format!("{source} not measured"),
+            met: None,
+        },
+    }
+}
+
 fn targets(runs: &BTreeMap<Contender, Run>, report: &mut Report) {
     let rates_of = |c| runs.get(&c).map(rates);
     let haproxy = rates_of(Contender::Haproxy);
@@ -375,45 +401,31 @@ fn targets(runs: &BTreeMap<Contender, Run>, report: &mut Report) {
         let what = format!(
             "sustained requests/s, {name} ≥ 1.5× HAProxy (or 0.9× the limit where lower), every window after the first"
         );
-        match &haproxy {
-            Some(h) => {
-                let bar: Vec<f64> = h
-                    .iter()
-                    .enumerate()
-                    .map(|(i, h)| {
-                        let l = limit.as_ref().and_then(|l| l.get(i)).copied();
-                        l.map_or(1.5 * h, |l| (1.5 * h).min(0.9 * l))
-                    })
-                    .collect();
-                let (met, got) = judge(&r.windows, &bar, "bar");
-                report.targets.push(Target {
-                    what,
-                    got,
-                    met: Some(met),
-                });
-            }
-            None => report.targets.push(Target {
-                what,
-                got: "HAProxy not measured".into(),
-                met: None,
-            }),
-        }
+        // Per window: 1.5× HAProxy's rate, or 0.9× the limit's where that is lower.
+        let bar = haproxy.as_ref().map(|h| {
+            h.iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let l = limit.as_ref().and_then(|l| l.get(i)).copied();
+                    l.map_or(1.5 * h, |l| (1.5 * h).min(0.9 * l))
+                })
+                .collect::<Vec<f64>>()
+        });
+        report.targets.push(window_target(
+            what,
+            &r.windows,
+            bar.as_deref(),
+            "bar",
+            "HAProxy",
+        ));
         let what = format!("sustained requests/s, {name} ≥ nftables, every window after the first");
-        match &nft {
-            Some(n) => {
-                let (met, got) = judge(&r.windows, n, "nftables");
-                report.targets.push(Target {
-                    what,
-                    got,
-                    met: Some(met),
-                });
-            }
-            None => report.targets.push(Target {
-                what,
-                got: "nftables not measured".into(),
-                met: None,
-            }),
-        }
+        report.targets.push(window_target(
+            what,
+            &r.windows,
+            nft.as_deref(),
+            "nftables",
+            "nftables",
+        ));
         report.targets.push(Target {
             what: format!("sustained: {name}, no failed connections"),
             got: failures_text(r),
