@@ -32,6 +32,58 @@ pub const fn update16(check: u16, old: u16, new: u16) -> u16 {
     !fold(sum)
 }
 
+/// The change a rewrite makes to a checksum, gathered over every field it changes (RFC 1624:
+/// the one's-complement sum of `~m + m'` per field) and applied once. Its `wsum` is the form
+/// `bpf_l4_csum_replace` takes with a field size of 0, so TC updates a checksum with one
+/// helper call per kind (pseudo-header or not) instead of one per field.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Diff(u64);
+
+impl Diff {
+    pub const NONE: Self = Self(0);
+
+    /// A 32-bit field (an address, a timestamp) changed from `old` to `new`; nothing if equal.
+    #[inline(always)]
+    pub const fn add32(self, old: u32, new: u32) -> Self {
+        if old == new {
+            return self;
+        }
+        Self(self.0 + (!old) as u64 + new as u64)
+    }
+
+    /// A 16-bit field (a port, the TTL/protocol word) changed from `old` to `new`.
+    #[inline(always)]
+    pub const fn add16(self, old: u16, new: u16) -> Self {
+        if old == new {
+            return self;
+        }
+        Self(self.0 + (!old) as u64 + new as u64)
+    }
+
+    pub const fn plus(self, other: Self) -> Self {
+        Self(self.0 + other.0)
+    }
+
+    pub const fn is_none(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The difference as a 32-bit partial sum (the kernel's `__wsum`).
+    #[inline(always)]
+    pub const fn wsum(self) -> u32 {
+        fold(self.0) as u32
+    }
+
+    /// `check` (raw, complete) updated by this difference.
+    #[inline(always)]
+    pub const fn apply(self, check: u16) -> u16 {
+        if self.0 == 0 {
+            return check;
+        }
+        !fold((!check) as u64 + self.0)
+    }
+}
+
 /// The raw value that stands for a 32-bit field at an odd offset from the checksummed data's
 /// start in `update32` (a TCP option need not be aligned): such a field's bytes fall into
 /// the 16-bit words the other way round, so each half is seen byte-swapped.
@@ -182,6 +234,57 @@ mod tests {
             let inc = update32(check, u32::from_ne_bytes(dst), u32::from_ne_bytes(new_dst));
             assert_eq!(inc, l4_checksum(src, new_dst, 17, &seg));
         }
+    }
+
+    /// The kernel's `csum_replace_by_diff` (what `bpf_l4_csum_replace` does with size 0 on a
+    /// complete checksum): `csum_fold(csum_add(diff, ~csum_unfold(sum)))`, with 32-bit adds.
+    fn kernel_replace_by_diff(check: u16, diff: u32) -> u16 {
+        let (s, carry) = diff.overflowing_add(!(check as u32));
+        let s = s.wrapping_add(carry as u32);
+        !fold(s as u64)
+    }
+
+    #[test]
+    fn one_diff_over_many_fields_matches_a_full_recompute_and_the_kernel() {
+        let mut rng = Rng(0x0bad_cafe);
+        for _ in 0..100_000 {
+            let mut seg = [0u8; 40];
+            for b in seg.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            seg[16] = 0;
+            seg[17] = 0;
+            let src = (rng.next() as u32).to_ne_bytes();
+            let dst = (rng.next() as u32).to_ne_bytes();
+            let check = l4_checksum(src, dst, 6, &seg);
+            // New addresses (pseudo-header), new ports, a new timestamp at an odd offset.
+            let (nsrc, ndst) = (
+                (rng.next() as u32).to_ne_bytes(),
+                (rng.next() as u32).to_ne_bytes(),
+            );
+            let pseudo = Diff::NONE
+                .add32(u32::from_ne_bytes(src), u32::from_ne_bytes(nsrc))
+                .add32(u32::from_ne_bytes(dst), u32::from_ne_bytes(ndst));
+            let (old_ports, new_ports) = (
+                u32::from_ne_bytes(seg[0..4].try_into().unwrap()),
+                rng.next() as u32,
+            );
+            seg[0..4].copy_from_slice(&new_ports.to_ne_bytes());
+            let old_ts = u32::from_ne_bytes(seg[25..29].try_into().unwrap());
+            let new_ts = rng.next() as u32;
+            seg[25..29].copy_from_slice(&new_ts.to_ne_bytes());
+            let plain = Diff::NONE
+                .add16(old_ports as u16, new_ports as u16)
+                .add16((old_ports >> 16) as u16, (new_ports >> 16) as u16)
+                .add32(at_odd_offset(old_ts), at_odd_offset(new_ts));
+            let want = l4_checksum(nsrc, ndst, 6, &seg);
+            assert_eq!(pseudo.plus(plain).apply(check), want);
+            let by_kernel =
+                kernel_replace_by_diff(kernel_replace_by_diff(check, pseudo.wsum()), plain.wsum());
+            assert_eq!(by_kernel, want);
+        }
+        assert_eq!(Diff::NONE.add32(7, 7), Diff::NONE);
+        assert_eq!(Diff::NONE.apply(0x1234), 0x1234);
     }
 
     #[test]

@@ -5,7 +5,10 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{Stat, csum};
+use lb_common::{
+    Stat,
+    csum::{self, Diff},
+};
 
 pub trait Packet: EbpfContext {
     fn data(&self) -> usize;
@@ -13,17 +16,9 @@ pub trait Packet: EbpfContext {
     fn ingress_ifindex(&self) -> u32;
     /// Makes the first `len` bytes directly accessible where the hook may hold them elsewhere.
     fn pull(&mut self, len: u32);
-    /// Updates the TCP/UDP checksum at `off` after a 16- or 32-bit field changed from `old`
-    /// to `new` (raw, network order). `pseudo`: the field is in the pseudo-header (an address).
-    fn l4_csum(
-        &mut self,
-        off: usize,
-        old: u32,
-        new: u32,
-        size: u8,
-        pseudo: bool,
-        udp: bool,
-    ) -> Result<(), Stat>;
+    /// Updates the TCP/UDP checksum at `off` by the changes of a rewrite: `pseudo` those of
+    /// pseudo-header fields (the addresses), `plain` those inside the segment (ports, options).
+    fn l4_csum(&mut self, off: usize, pseudo: Diff, plain: Diff, udp: bool) -> Result<(), Stat>;
 }
 
 /// The one bounds-checked accessor: a pointer to a `T` at `off`, or `None` past the end.
@@ -54,15 +49,7 @@ impl Packet for XdpContext {
     fn pull(&mut self, _len: u32) {}
 
     #[inline(always)]
-    fn l4_csum(
-        &mut self,
-        off: usize,
-        old: u32,
-        new: u32,
-        size: u8,
-        _pseudo: bool,
-        udp: bool,
-    ) -> Result<(), Stat> {
+    fn l4_csum(&mut self, off: usize, pseudo: Diff, plain: Diff, udp: bool) -> Result<(), Stat> {
         // A raw frame always carries a complete checksum, so RFC 1624 applies directly.
         let p: *mut u16 = ptr_at(self, off).ok_or(Stat::ErrRewrite)?;
         // SAFETY: bounds checked by ptr_at.
@@ -70,11 +57,7 @@ impl Packet for XdpContext {
         if udp && check == 0 {
             return Ok(());
         }
-        let updated = if size == 4 {
-            csum::update32(check, old, new)
-        } else {
-            csum::update16(check, old as u16, new as u16)
-        };
+        let updated = pseudo.plus(plain).apply(check);
         let updated = if udp {
             csum::udp_fixup(check, updated)
         } else {
@@ -109,25 +92,19 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn l4_csum(
-        &mut self,
-        off: usize,
-        old: u32,
-        new: u32,
-        size: u8,
-        pseudo: bool,
-        udp: bool,
-    ) -> Result<(), Stat> {
+    fn l4_csum(&mut self, off: usize, pseudo: Diff, plain: Diff, udp: bool) -> Result<(), Stat> {
         // The helper knows whether the skb's checksum is complete, partial (offloaded) or
-        // covered by skb->csum, and updates whichever is in force.
-        let mut flags = size as u64;
-        if pseudo {
-            flags |= BPF_F_PSEUDO_HDR as u64;
+        // covered by skb->csum, and updates whichever is in force. Size 0 takes a whole
+        // difference: one call per kind rather than one per changed field.
+        let mm0 = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        if !pseudo.is_none() {
+            self.l4_csum_replace(off, 0, pseudo.wsum() as u64, BPF_F_PSEUDO_HDR as u64 | mm0)
+                .map_err(|_| Stat::ErrRewrite)?;
         }
-        if udp {
-            flags |= BPF_F_MARK_MANGLED_0 as u64;
+        if !plain.is_none() {
+            self.l4_csum_replace(off, 0, plain.wsum() as u64, mm0)
+                .map_err(|_| Stat::ErrRewrite)?;
         }
-        self.l4_csum_replace(off, old as u64, new as u64, flags)
-            .map_err(|_| Stat::ErrRewrite)
+        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Address and port rewriting with incremental checksum updates: the IPv4 header checksum
 //! by hand (it is always complete), TCP/UDP through the hook, which knows the skb's state.
 use lb_common::{
-    FLOW_F_REPLY, FLOW_F_TS, FLOW_F_TS_INIT, Flow, FlowKey, Stat, TS_CLOCK_SHIFT, csum,
+    FLOW_F_REPLY, FLOW_F_TS, FLOW_F_TS_INIT, Flow, FlowKey, Stat, TS_CLOCK_SHIFT,
+    csum::{self, Diff},
     tcpopt::{TSECR_OFF, TSVAL_OFF},
 };
 
@@ -75,48 +76,39 @@ pub fn rewrite<C: Packet>(
 ) -> Result<(), Stat> {
     let key = &p.key;
     // Direct writes first: the checksum helpers of TC invalidate packet pointers.
-    let mut ip_check: u16 = {
+    let ip_check: u16 = {
         let c: *const u16 = ptr_at(ctx, IP_CHECK_OFF).ok_or(Stat::ErrRewrite)?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { c.read_unaligned() }
     };
-    ip_check = csum::update32(ip_check, key.src, flow.new_src);
-    ip_check = csum::update32(ip_check, key.dst, flow.new_dst);
+    let addrs = Diff::NONE
+        .add32(key.src, flow.new_src)
+        .add32(key.dst, flow.new_dst);
+    let mut ip_diff = addrs;
     write(ctx, IP_SRC_OFF, flow.new_src)?;
     write(ctx, IP_DST_OFF, flow.new_dst)?;
     if hop.routed {
         // TTL shares a 16-bit word with the protocol: update that word.
         let old_word = u16::from_be_bytes([p.ttl, key.proto]).to_be();
         let new_word = u16::from_be_bytes([p.ttl - 1, key.proto]).to_be();
-        ip_check = csum::update16(ip_check, old_word, new_word);
+        ip_diff = ip_diff.add16(old_word, new_word);
         write(ctx, IP_TTL_OFF, p.ttl - 1)?;
         if hop.set_macs {
             write(ctx, ETH_DST_OFF, hop.macs.dst)?;
             write(ctx, ETH_SRC_OFF, hop.macs.src)?;
         }
     }
-    write(ctx, IP_CHECK_OFF, ip_check)?;
+    write(ctx, IP_CHECK_OFF, ip_diff.apply(ip_check))?;
     write(ctx, p.l4_off + L4_SPORT_OFF, flow.new_sport)?;
     write(ctx, p.l4_off + L4_DPORT_OFF, flow.new_dport)?;
-
-    let off = p.l4_check_off();
-    let udp = p.is_udp();
-    if key.src != flow.new_src {
-        ctx.l4_csum(off, key.src, flow.new_src, 4, true, udp)?;
-    }
-    if key.dst != flow.new_dst {
-        ctx.l4_csum(off, key.dst, flow.new_dst, 4, true, udp)?;
-    }
-    if key.sport != flow.new_sport {
-        ctx.l4_csum(off, key.sport as u32, flow.new_sport as u32, 2, false, udp)?;
-    }
-    if key.dport != flow.new_dport {
-        ctx.l4_csum(off, key.dport as u32, flow.new_dport as u32, 2, false, udp)?;
-    }
+    let mut plain = Diff::NONE
+        .add16(key.sport, flow.new_sport)
+        .add16(key.dport, flow.new_dport);
     if flow.flags & (FLOW_F_TS | FLOW_F_TS_INIT) != 0 {
-        shift_timestamp(ctx, p, flow, now)?;
+        plain = plain.plus(shift_timestamp(ctx, p, flow, now)?);
     }
-    Ok(())
+    // Every direct write is done: the TC helper invalidates packet pointers.
+    ctx.l4_csum(p.l4_check_off(), addrs, plain, p.is_udp())
 }
 
 /// Full NAT's timestamp translation: TSval + `ts_off` towards the backend, TSecr - `ts_off`
@@ -124,7 +116,12 @@ pub fn rewrite<C: Packet>(
 /// left as it is. The first rewrite of a new flow's SYN chooses `ts_off` (so the backend sees
 /// the balancer's clock); a backend's SYN-ACK without timestamps turns translation off.
 #[inline(always)]
-fn shift_timestamp<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, now: u64) -> Result<(), Stat> {
+fn shift_timestamp<C: Packet>(
+    ctx: &mut C,
+    p: &Parsed,
+    flow: &Flow,
+    now: u64,
+) -> Result<Diff, Stat> {
     // Walked here, at the end of the path, so the verifier does not carry every possible
     // offset through the rest of the program.
     let at = tcp_timestamp(ctx, p);
@@ -146,7 +143,7 @@ fn shift_timestamp<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, now: u64) ->
             mark(entry, flow, p.key.proto, set, FLOW_F_TS_INIT);
         }
         if set == 0 {
-            return Ok(());
+            return Ok(Diff::NONE);
         }
     } else if flow.flags & (FLOW_F_REPLY | FLOW_F_TS) == FLOW_F_REPLY | FLOW_F_TS
         && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
@@ -157,10 +154,10 @@ fn shift_timestamp<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, now: u64) ->
         if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
             mark(entry, flow, p.key.proto, 0, FLOW_F_TS);
         }
-        return Ok(());
+        return Ok(Diff::NONE);
     }
     let Some(at) = at else {
-        return Ok(());
+        return Ok(Diff::NONE);
     };
     let (field, delta) = if flow.flags & FLOW_F_REPLY == 0 {
         (at + TSVAL_OFF, ts_off)
@@ -170,12 +167,11 @@ fn shift_timestamp<C: Packet>(ctx: &mut C, p: &Parsed, flow: &Flow, now: u64) ->
     let old: u32 = read(ctx, field)?;
     let new = u32::from_be(old).wrapping_add(delta).to_be();
     write(ctx, field, new)?;
-    let (o, n) = if (field - p.l4_off) % 2 == 1 {
-        (csum::at_odd_offset(old), csum::at_odd_offset(new))
+    Ok(if (field - p.l4_off) % 2 == 1 {
+        Diff::NONE.add32(csum::at_odd_offset(old), csum::at_odd_offset(new))
     } else {
-        (old, new)
-    };
-    ctx.l4_csum(p.l4_check_off(), o, n, 4, false, false)
+        Diff::NONE.add32(old, new)
+    })
 }
 
 #[inline(always)]
