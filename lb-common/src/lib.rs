@@ -49,21 +49,16 @@ pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 /// Per-CPU `Stat as u32 -> u64`: drops, errors and passes by cause.
 pub const MAP_STATS: &str = "LB_STATS";
 
-/// Every map the data plane declares, in the order `lb status` and the README list them.
-pub const ALL_MAPS: [&str; 12] = [
-    MAP_SERVICES,
-    MAP_BACKENDS,
-    MAP_FLOWS,
-    MAP_LOCAL_ADDRS,
-    MAP_XDP_TX,
-    MAP_CONFIG,
-    MAP_RR,
-    MAP_NAT_CURSOR,
-    MAP_PORTS,
-    MAP_SERVICE_STATS,
-    MAP_BACKEND_STATS,
-    MAP_STATS,
-];
+/// Every map's name, in the order of `MAPS` (the order `lb status` and the README list them).
+pub const ALL_MAPS: [&str; MAPS.len()] = {
+    let mut names = [""; MAPS.len()];
+    let mut i = 0;
+    while i < MAPS.len() {
+        names[i] = MAPS[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// Program names in the object (also the names under which they are pinned).
 pub const PROG_XDP: &str = "lb_xdp";
@@ -439,6 +434,55 @@ mod pod {
     unsafe impl aya::Pod for super::LocalAddr {}
     unsafe impl aya::Pod for super::Counters {}
 }
+
+// ---- The map table -------------------------------------------------------------
+
+/// How many entries a map holds: fixed by this build, or one of the capacities the daemon
+/// chooses at load time (`lb run --max-services`, `--max-backends`, `--max-flows`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapSize {
+    Fixed(u32),
+    Services,
+    BackendSlots,
+    BackendIds,
+    FlowEntries,
+}
+
+/// One map of the data plane as both sides must agree on it: its name, key and value sizes,
+/// and size. `lb-ebpf/src/maps.rs` declares the maps for the kernel; the daemon loads, pins,
+/// checks and sizes them from this table alone, and checks the object against it at load.
+#[derive(Clone, Copy, Debug)]
+pub struct MapDef {
+    pub name: &'static str,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub size: MapSize,
+}
+
+const fn def<K, V>(name: &'static str, size: MapSize) -> MapDef {
+    MapDef {
+        name,
+        key_size: size_of::<K>(),
+        value_size: size_of::<V>(),
+        size,
+    }
+}
+
+/// Every map the data plane declares.
+pub const MAPS: [MapDef; 12] = [
+    def::<ServiceKey, Service>(MAP_SERVICES, MapSize::Services),
+    def::<BackendKey, Backend>(MAP_BACKENDS, MapSize::BackendSlots),
+    def::<FlowKey, Flow>(MAP_FLOWS, MapSize::FlowEntries),
+    def::<u32, LocalAddr>(MAP_LOCAL_ADDRS, MapSize::Fixed(MAX_LOCAL_ADDRS)),
+    def::<u32, u32>(MAP_XDP_TX, MapSize::Fixed(MAX_XDP_TX)),
+    def::<u32, Config>(MAP_CONFIG, MapSize::Fixed(1)),
+    def::<u32, u32>(MAP_RR, MapSize::Services),
+    def::<u32, u32>(MAP_NAT_CURSOR, MapSize::BackendIds),
+    def::<u32, u64>(MAP_PORTS, MapSize::Fixed(PORT_GATE_WORDS)),
+    def::<u32, Counters>(MAP_SERVICE_STATS, MapSize::Services),
+    def::<u32, Counters>(MAP_BACKEND_STATS, MapSize::BackendIds),
+    def::<u32, u64>(MAP_STATS, MapSize::Fixed(STAT_COUNT)),
+];
 
 #[cfg(test)]
 mod tests {

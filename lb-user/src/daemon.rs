@@ -3,11 +3,8 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use aya::{
-    Ebpf,
-    maps::{HashMap, PerCpuArray},
-};
-use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config, Flow, FlowKey, MAP_FLOWS, MAP_STATS};
+use aya::Ebpf;
+use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config};
 use tokio::sync::{mpsc, watch};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -19,13 +16,13 @@ use crate::{
     cli::{RunArgs, default_state_file},
     config,
     dataplane::{
+        Dataplane,
         attach::Attacher,
         flows::{self, Sweeper},
         ifaces,
-        loader::{self, Capacities},
+        loader::Capacities,
         monotonic_ns,
         pins::PinLayout,
-        writer::{self, Writer, map},
     },
     marathon::{
         controller::{self, Snapshot, SyncState, Trigger},
@@ -42,8 +39,7 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Daemon {
-    pub ebpf: Ebpf,
-    pub writer: Writer,
+    pub dp: Dataplane,
     pub attacher: Attacher,
     pub cfg: Config,
     pub desired: Desired,
@@ -90,14 +86,13 @@ impl Daemon {
             backend_ids: args.max_backends,
             flow_entries: args.max_flows.saturating_mul(2),
         };
-        let mut ebpf = loader::load(&layout, &caps).context("loading the data plane")?;
-        forward_bpf_logs(&mut ebpf);
+        let mut dp = Dataplane::load(caps, Some(&layout))?;
+        forward_bpf_logs(&mut dp.ebpf);
         let cfg = data_plane_config(args);
-        writer::write_config(&mut ebpf, &cfg)?;
-        writer::write_local_addrs(&mut ebpf, &ifaces::ipv4_addresses())?;
-        let writer = Writer::adopt(&mut ebpf, &caps)?;
+        dp.maps.write_config(&cfg)?;
+        dp.maps.write_local_addrs(&ifaces::ipv4_addresses())?;
         if adopting {
-            info!(services = writer.services.len(), pin_path = %layout.root.display(), "adopted pinned data plane");
+            info!(services = dp.planner.services.len(), pin_path = %layout.root.display(), "adopted pinned data plane");
         }
         let mut attacher = Attacher {
             layout,
@@ -106,9 +101,7 @@ impl Daemon {
             redirect_patterns: args.xdp_redirect.clone(),
             attached: Default::default(),
         };
-        attacher.reconcile(&mut ebpf)?;
-        // LB_XDP_TX is rewritten by the attach: no route cached before may stand.
-        writer::bump_route_gen(&mut ebpf)?;
+        attacher.reconcile(&mut dp)?;
         if attacher.attached.is_empty() {
             warn!(patterns = ?args.ifaces, "no interface matches yet; attaching as they appear");
         }
@@ -131,8 +124,7 @@ impl Daemon {
             ..Default::default()
         };
         Ok(Self {
-            ebpf,
-            writer,
+            dp,
             attacher,
             cfg,
             desired: Desired::default(),
@@ -154,7 +146,7 @@ impl Daemon {
 
     /// Applies `desired`; true when any service changed.
     pub fn apply(&mut self, desired: Desired) -> Result<bool> {
-        let report = self.writer.apply(&mut self.ebpf, &desired)?;
+        let report = self.dp.apply(&desired)?;
         let changed = report.added + report.changed + report.removed > 0;
         if changed {
             info!(
@@ -171,11 +163,9 @@ impl Daemon {
 
     /// Interfaces or addresses changed: re-read them, attach new interfaces, refresh NAT sources.
     pub fn links_changed(&mut self) -> Result<()> {
-        writer::write_local_addrs(&mut self.ebpf, &ifaces::ipv4_addresses())?;
-        self.attacher.reconcile(&mut self.ebpf)?;
-        // LB_XDP_TX may have changed: cached routes carry its verdict.
-        writer::bump_route_gen(&mut self.ebpf)?;
-        self.writer.routes_changed();
+        self.dp.maps.write_local_addrs(&ifaces::ipv4_addresses())?;
+        self.attacher.reconcile(&mut self.dp)?;
+        self.dp.routes_changed();
         let desired = self.desired.clone();
         self.apply(desired)?;
         self.save_state();
@@ -183,18 +173,11 @@ impl Daemon {
     }
 
     pub fn sweep(&mut self) -> Result<()> {
-        let stats = {
-            let m: PerCpuArray<_, u64> = PerCpuArray::try_from(map(&mut self.ebpf, MAP_STATS)?)?;
-            flows::sum_stats(&m)
-        };
-        let (report, backends_in_use, services_in_use) = {
-            let mut m: HashMap<_, FlowKey, Flow> =
-                HashMap::try_from(map(&mut self.ebpf, MAP_FLOWS)?)?;
+        let stats = flows::sum_stats(&self.dp.maps.stats);
+        let (report, backends_in_use, services_in_use) =
             self.sweeper
-                .sweep(&mut m, &stats, &self.cfg, monotonic_ns())
-        };
-        self.writer
-            .tick(&mut self.ebpf, &backends_in_use, &services_in_use)?;
+                .sweep(&mut self.dp.maps.flows, &stats, &self.cfg, monotonic_ns());
+        self.dp.tick(&backends_in_use, &services_in_use)?;
         self.state.flow_entries = report.entries;
         self.state.flow_evictions = self.sweeper.evictions;
         self.save_state();
@@ -204,10 +187,11 @@ impl Daemon {
     /// Refreshes what Prometheus and /healthz see.
     pub fn publish(&mut self, flow_entries: Option<u64>) -> Result<()> {
         let view = status::status_of(
+            &self.dp.maps,
             &self.attacher.layout,
             Some(self.state.clone()),
             flow_entries,
-        )?;
+        );
         let marathon = self.marathon.as_ref().map(|m| MarathonSample {
             requests_total: m.requests_total,
             request_errors_total: m.request_errors_total,
@@ -234,8 +218,8 @@ impl Daemon {
     pub fn save_state(&mut self) {
         self.state.updated_at = unix_now();
         self.state.interfaces = self.attacher.attached.clone();
-        self.state.services = self.writer.services.values().cloned().collect();
-        self.state.draining = self.writer.draining.values().cloned().collect();
+        self.state.services = self.dp.planner.services.values().cloned().collect();
+        self.state.draining = self.dp.planner.draining.values().cloned().collect();
         if let Err(e) = self.state.write(&self.state_file) {
             warn!(file = %self.state_file.display(), "cannot write state file: {e}");
         }
@@ -360,7 +344,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Some(()) = routes.recv() => {
                 // At once, and before anything else: until then flows may use a stale route.
                 while routes.try_recv().is_ok() {}
-                if let Err(e) = writer::bump_route_gen(&mut d.ebpf) {
+                if let Err(e) = d.dp.maps.bump_route_gen() {
                     d.record_error(&e);
                 }
             }

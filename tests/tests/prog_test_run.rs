@@ -5,20 +5,14 @@
 //! 192.168.1.12 has none.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::HashMap,
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-};
-use lb_common::{
-    CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_TS, Flow, FlowKey, MAP_FLOWS, MAP_XDP_TX, Stat,
-};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_TS, Flow, FlowKey, Stat};
 use lb_tests::{
     netns::{FibNs, in_netns, sh},
     packets::{Pkt, Seen, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, read},
 };
 use lb_user::{
-    dataplane::{OBJECT, flows::sum_stats, ifaces, writer},
+    dataplane::{Dataplane, flows::sum_stats, ifaces, loader::Capacities},
     services::{Balance, Desired, Listener, Protocol, ServiceSpec},
 };
 
@@ -51,7 +45,7 @@ fn env() -> FibNs {
 }
 
 struct Lb {
-    ebpf: Ebpf,
+    dp: Dataplane,
 }
 
 fn service(
@@ -76,13 +70,10 @@ fn service(
 }
 
 impl Lb {
-    /// Loads the object unpinned and applies `services` through the daemon's own writer.
+    /// Loads the data plane unpinned, as the daemon does, and applies `services` through it.
     fn new(services: Vec<ServiceSpec>, preserve: bool) -> Self {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).expect("load object");
-        let xdp: &mut Xdp = ebpf.program_mut("lb_xdp").unwrap().try_into().unwrap();
-        xdp.load().expect("verifier accepts lb_xdp");
-        let tc: &mut SchedClassifier = ebpf.program_mut("lb_tc").unwrap().try_into().unwrap();
-        tc.load().expect("verifier accepts lb_tc");
+        let mut dp =
+            Dataplane::load(Capacities::default(), None).expect("verifier accepts both programs");
         let cfg = Config {
             flags: if preserve {
                 CFG_F_PRESERVE_CLIENT_IP
@@ -91,20 +82,19 @@ impl Lb {
             },
             ..Config::default()
         };
-        writer::write_config(&mut ebpf, &cfg).unwrap();
-        writer::write_local_addrs(&mut ebpf, &ifaces::ipv4_addresses()).unwrap();
-        let mut w = writer::Writer::adopt(&mut ebpf, &Default::default()).unwrap();
-        w.apply(&mut ebpf, &Desired { services }).unwrap();
-        Self { ebpf }
+        dp.maps.write_config(&cfg).unwrap();
+        dp.maps
+            .write_local_addrs(&ifaces::ipv4_addresses())
+            .unwrap();
+        dp.apply(&Desired { services }).unwrap();
+        Self { dp }
     }
 
     fn allow_xdp_redirect(&mut self, ifname: &str) {
         let idx = ifaces::list()[ifname].index;
-        let mut m: HashMap<_, u32, u32> =
-            HashMap::try_from(self.ebpf.map_mut(MAP_XDP_TX).unwrap()).unwrap();
-        m.insert(idx, 1, 0).unwrap();
+        self.dp.maps.xdp_tx.insert(idx, 1, 0).unwrap();
         // As the daemon does: cached routes carry LB_XDP_TX's verdict.
-        writer::bump_route_gen(&mut self.ebpf).unwrap();
+        self.dp.maps.bump_route_gen().unwrap();
     }
 
     fn run(&mut self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
@@ -115,10 +105,11 @@ impl Lb {
             ..TestRunOptions::new()
         };
         let res = if prog == "lb_xdp" {
-            let p: &mut Xdp = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+            let p: &mut Xdp = self.dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
             p.test_run(opts)
         } else {
-            let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+            let p: &mut SchedClassifier =
+                self.dp.ebpf.program_mut(prog).unwrap().try_into().unwrap();
             p.test_run(opts)
         }
         .unwrap_or_else(|e| panic!("{prog} test run: {e}"));
@@ -135,21 +126,15 @@ impl Lb {
     }
 
     fn flow(&mut self, key: FlowKey) -> Option<Flow> {
-        let m: HashMap<_, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
-        m.get(&key, 0).ok()
+        self.dp.maps.flows.get(&key, 0).ok()
     }
 
     fn flow_count(&mut self) -> usize {
-        let m: HashMap<_, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
-        m.keys().count()
+        self.dp.maps.flows.keys().count()
     }
 
     fn stat(&mut self, s: Stat) -> u64 {
-        let m = aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(lb_common::MAP_STATS).unwrap())
-            .unwrap();
-        sum_stats(&m)[s as usize]
+        sum_stats(&self.dp.maps.stats)[s as usize]
     }
 }
 
@@ -212,7 +197,7 @@ fn the_verifier_accepts_both_programs_with_headroom() {
     let counts: Vec<(&str, u32)> = ["lb_xdp", "lb_tc"]
         .into_iter()
         .map(|name| {
-            let info = lb.ebpf.program(name).unwrap().info().unwrap();
+            let info = lb.dp.ebpf.program(name).unwrap().info().unwrap();
             let n = info
                 .verified_instruction_count()
                 .expect("the kernel reports verified instructions");
@@ -960,7 +945,7 @@ fn nat_ports(lb: &mut Lb, min: u16, max: u16) -> Config {
         tcp_closed_timeout_ns: 1,
         ..Config::default()
     };
-    writer::write_config(&mut lb.ebpf, &cfg).unwrap();
+    lb.dp.maps.write_config(&cfg).unwrap();
     cfg
 }
 
@@ -1068,9 +1053,7 @@ fn dnat_client_reusing_its_port_after_a_close_starts_a_new_flow() {
         assert_eq!((fwd.flags, rev.flags), (0, lb_common::FLOW_F_REPLY));
         // Even with the forward entry gone (evicted), the closed reply entry gives way.
         close_backend_first(&mut lb);
-        let mut flows: HashMap<_, FlowKey, Flow> =
-            HashMap::try_from(lb.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
-        flows.remove(&key(&syn)).unwrap();
+        lb.dp.maps.flows.remove(&key(&syn)).unwrap();
         assert_eq!(lb.tc(&syn.bytes()).0, TC_ACT_REDIRECT, "after eviction");
         assert_eq!(lb.stat(Stat::DropFlowInsert), 0);
         // A live connection's reply entry is never taken: the same client port to another
@@ -1106,9 +1089,8 @@ fn the_port_gate_follows_services_and_the_flows_still_draining() {
         };
         // A restarted daemon rebuilds the gate from the services and the flows, then the
         // service goes: its flow drains, both ways, through the gate.
-        let mut w = writer::Writer::adopt(&mut lb.ebpf, &Default::default()).unwrap();
-        w.apply(&mut lb.ebpf, &Desired { services: vec![] })
-            .unwrap();
+        lb.dp.readopt().unwrap();
+        lb.dp.apply(&Desired { services: vec![] }).unwrap();
         let data = Pkt::tcp(client, vip, TCP_ACK);
         assert_eq!(
             lb.tc(&data.bytes()).0,
@@ -1122,17 +1104,14 @@ fn the_port_gate_follows_services_and_the_flows_still_draining() {
             "reply side drains"
         );
         // With the flow gone too, the next daemon closes the gate: the port is nobody's.
-        let mut flows: HashMap<_, FlowKey, Flow> =
-            HashMap::try_from(lb.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        let flows = &mut lb.dp.maps.flows;
         let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
         for k in keys {
             flows.remove(&k).unwrap();
         }
-        writer::Writer::adopt(&mut lb.ebpf, &Default::default()).unwrap();
-        let gate: aya::maps::Array<_, u64> =
-            aya::maps::Array::try_from(lb.ebpf.map(lb_common::MAP_PORTS).unwrap()).unwrap();
+        lb.dp.readopt().unwrap();
         assert!(
-            gate.iter().all(|w| w.unwrap() == 0),
+            lb.dp.maps.ports.iter().all(|w| w.unwrap() == 0),
             "no service, no flow: every port closed"
         );
         let before = lb.stat(Stat::PassNotService);
@@ -1166,17 +1145,11 @@ fn the_sweeper_reads_the_table_in_batches_and_removes_only_expired_flows() {
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let stats = {
-            let m =
-                aya::maps::PerCpuArray::try_from(lb.ebpf.map_mut(lb_common::MAP_STATS).unwrap())
-                    .unwrap();
-            sum_stats(&m)
-        };
-        let mut flows: HashMap<_, FlowKey, Flow> =
-            HashMap::try_from(lb.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        let stats = sum_stats(&lb.dp.maps.stats);
+        let flows = &mut lb.dp.maps.flows;
         let mut sweeper = lb_user::dataplane::flows::Sweeper::default();
         let (report, backends, services) =
-            sweeper.sweep(&mut flows, &stats, &cfg, lb_user::dataplane::monotonic_ns());
+            sweeper.sweep(flows, &stats, &cfg, lb_user::dataplane::monotonic_ns());
         assert_eq!(report.expired_removed, 2000, "{report:?}");
         assert_eq!(report.entries, 8000, "{report:?}");
         assert_eq!(flows.keys().count(), 8000);

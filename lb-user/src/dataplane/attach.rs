@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::HashMap,
+    maps::{HashMap, MapData},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -14,11 +14,12 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::{MAP_XDP_TX, PROG_TC, PROG_XDP};
+use lb_common::{PROG_TC, PROG_XDP};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{
+    Dataplane,
     ifaces::{self, Iface, glob_match},
     pins::PinLayout,
 };
@@ -73,7 +74,10 @@ impl Attacher {
 
     /// Brings attachments in line with the interfaces that exist now. Errors on one
     /// interface are logged and do not stop the others.
-    pub fn reconcile(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+    /// Attaches to every matching interface not yet attached, forgets the ones gone, and
+    /// rewrites `LB_XDP_TX` (so every cached route is invalidated).
+    pub fn reconcile(&mut self, dp: &mut Dataplane) -> Result<()> {
+        let ebpf = &mut dp.ebpf;
         let present = ifaces::list();
         // Interfaces gone: their links died with them; drop the pins.
         for (ifname, _, path) in self.layout.pinned_links() {
@@ -102,16 +106,16 @@ impl Attacher {
             }
         }
         self.attached.retain(|name, _| present.contains_key(name));
-        self.write_redirect_map(ebpf, &present)
+        self.write_redirect_map(&mut dp.maps.xdp_tx, &present)?;
+        // Cached routes carry LB_XDP_TX's verdict: none may stand.
+        dp.maps.bump_route_gen()
     }
 
     fn write_redirect_map(
         &mut self,
-        ebpf: &mut Ebpf,
+        tx: &mut HashMap<MapData, u32, u32>,
         present: &BTreeMap<String, Iface>,
     ) -> Result<()> {
-        let mut tx: HashMap<_, u32, u32> =
-            HashMap::try_from(ebpf.map_mut(MAP_XDP_TX).context("map LB_XDP_TX")?)?;
         let ok: Vec<String> = self
             .attached
             .keys()

@@ -95,7 +95,7 @@ impl Sweeper {
     /// Deletes expired entries and returns the backend and service ids live flows still use.
     pub fn sweep(
         &mut self,
-        flows: &mut HashMap<&mut MapData, FlowKey, Flow>,
+        flows: &mut HashMap<MapData, FlowKey, Flow>,
         stats: &[u64],
         cfg: &Config,
         now: u64,

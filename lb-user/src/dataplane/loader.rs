@@ -1,19 +1,15 @@
-//! Loads the BPF object with its maps pinned by name: maps already pinned (by an earlier
-//! `lb run`) are adopted with their contents, so flows and counters survive restarts.
+//! Loads the BPF object, its maps sized and pinned by the map table of `lb-common`: maps
+//! already pinned (by an earlier `lb run`) are adopted with their contents, so flows and
+//! counters survive restarts.
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapData,
     programs::{SchedClassifier, Xdp},
 };
-use lb_common::{
-    Backend, BackendKey, Config, Counters, Flow, FlowKey, LocalAddr, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAX_LOCAL_ADDRS, MAX_XDP_TX,
-    PORT_GATE_WORDS, PROG_TC, PROG_XDP, STAT_COUNT, Service, ServiceKey,
-};
+use lb_common::{MAPS, MapSize, PROG_TC, PROG_XDP};
 use thiserror::Error;
 
-use super::pins::PinLayout;
+use super::{maps::mismatch, pins::PinLayout};
 
 /// Table sizes, fixed when the maps are first created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,43 +33,15 @@ impl Default for Capacities {
 }
 
 impl Capacities {
-    /// (map, key size, value size, max entries) as this build creates them.
-    fn expected(&self) -> [(&'static str, usize, usize, u32); 12] {
-        use std::mem::size_of;
-        [
-            (
-                MAP_SERVICES,
-                size_of::<ServiceKey>(),
-                size_of::<Service>(),
-                self.services,
-            ),
-            (
-                MAP_BACKENDS,
-                size_of::<BackendKey>(),
-                size_of::<Backend>(),
-                self.backend_slots,
-            ),
-            (
-                MAP_FLOWS,
-                size_of::<FlowKey>(),
-                size_of::<Flow>(),
-                self.flow_entries,
-            ),
-            (MAP_LOCAL_ADDRS, 4, size_of::<LocalAddr>(), MAX_LOCAL_ADDRS),
-            (MAP_XDP_TX, 4, 4, MAX_XDP_TX),
-            (MAP_CONFIG, 4, size_of::<Config>(), 1),
-            (MAP_RR, 4, 4, self.services),
-            (MAP_NAT_CURSOR, 4, 4, self.backend_ids),
-            (MAP_PORTS, 4, 8, PORT_GATE_WORDS),
-            (MAP_SERVICE_STATS, 4, size_of::<Counters>(), self.services),
-            (
-                MAP_BACKEND_STATS,
-                4,
-                size_of::<Counters>(),
-                self.backend_ids,
-            ),
-            (MAP_STATS, 4, 8, STAT_COUNT),
-        ]
+    /// Entries of a map of the table (`lb_common::MAPS`) at these capacities.
+    pub fn entries(&self, size: MapSize) -> u32 {
+        match size {
+            MapSize::Fixed(n) => n,
+            MapSize::Services => self.services,
+            MapSize::BackendSlots => self.backend_slots,
+            MapSize::BackendIds => self.backend_ids,
+            MapSize::FlowEntries => self.flow_entries,
+        }
     }
 }
 
@@ -101,46 +69,40 @@ pub enum LoadError {
 
 /// Refuses to adopt pinned maps whose layout differs from this build's (an older `lb`).
 fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> {
-    for (name, key, value, entries) in caps.expected() {
-        let path = layout.map(name);
+    for def in &MAPS {
+        let path = layout.map(def.name);
         let Ok(map) = MapData::from_pin(&path) else {
             continue;
         };
-        let Ok(info) = map.info() else { continue };
-        let checks = [
-            ("key size", info.key_size() as u64, key as u64),
-            ("value size", info.value_size() as u64, value as u64),
-            ("max_entries", info.max_entries() as u64, entries as u64),
-        ];
-        for (what, found, want) in checks {
-            if found != want {
-                return Err(LoadError::Incompatible {
-                    path: path.display().to_string(),
-                    root: layout.root.display().to_string(),
-                    what,
-                    found,
-                    want,
-                });
-            }
+        if let Some(m) = mismatch(def, &map, Some(caps)) {
+            return Err(LoadError::Incompatible {
+                path: path.display().to_string(),
+                root: layout.root.display().to_string(),
+                what: m.what,
+                found: m.found,
+                want: m.want,
+            });
         }
     }
     Ok(())
 }
 
-/// Loads both programs into the kernel (not yet attached), with every map pinned.
-pub fn load(layout: &PinLayout, caps: &Capacities) -> Result<Ebpf, LoadError> {
-    check_pinned(layout, caps)?;
-    let paths: Vec<_> = caps
-        .expected()
-        .iter()
-        .map(|(n, ..)| (*n, layout.map(n)))
-        .collect();
+/// Loads both programs into the kernel (not yet attached), sized by `caps`, with every map
+/// pinned under `pins` (or unpinned: tests and the benchmark).
+pub fn load(pins: Option<&PinLayout>, caps: &Capacities) -> Result<Ebpf, LoadError> {
     let mut loader = EbpfLoader::new();
+    let paths: Vec<_> = match pins {
+        Some(layout) => {
+            check_pinned(layout, caps)?;
+            MAPS.iter().map(|d| (d.name, layout.map(d.name))).collect()
+        }
+        None => Vec::new(),
+    };
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    for (name, _, _, entries) in caps.expected() {
-        loader.map_max_entries(name, entries);
+    for def in &MAPS {
+        loader.map_max_entries(def.name, caps.entries(def.size));
     }
     let mut ebpf = loader.load(super::OBJECT)?;
     let xdp: &mut Xdp = ebpf

@@ -1,13 +1,20 @@
 //! Loading the BPF object, attaching it to interfaces, and keeping its maps in step with the
 //! desired services. Maps and links live under the pin path, so a restart adopts them.
+//! `Dataplane` owns it all: the programs, a typed handle to every map (`maps`), and the
+//! applied state, changed by plans (`plan`) that `maps::execute` writes.
 pub mod attach;
 pub mod batch;
+pub mod convert;
 pub mod flows;
 pub mod ifaces;
 pub mod loader;
+pub mod maps;
 pub mod pins;
+pub mod plan;
+mod plane;
 pub mod ports;
-pub mod writer;
+
+pub use plane::Dataplane;
 
 /// The BPF object built by `build.rs` from `lb-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));

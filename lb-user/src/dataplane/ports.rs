@@ -3,14 +3,11 @@
 //! a restart rebuilds them from the services and from every flow still in the table.
 use std::{collections::BTreeSet, net::SocketAddrV4};
 
-use anyhow::{Context as _, Result};
-use aya::{Ebpf, maps::Array};
 use lb_common::{
-    FLOW_F_REPLY, Flow, FlowKey, MAP_PORTS, PORT_BACKEND, PORT_GATE_WORDS, PORT_SERVICE,
-    port_gate_slot,
+    FLOW_F_REPLY, Flow, FlowKey, PORT_BACKEND, PORT_GATE_WORDS, PORT_SERVICE, port_gate_slot,
 };
 
-use super::writer::{map, service_key};
+use super::{convert::service_key, plan::Op};
 use crate::services::Listener;
 
 pub struct PortGate {
@@ -61,20 +58,19 @@ impl PortGate {
         }
     }
 
-    /// Writes what changed; with `all`, every word (replacing what an earlier daemon left).
-    pub fn flush(&mut self, ebpf: &mut Ebpf, all: bool) -> Result<()> {
-        let mut m: Array<_, u64> = Array::try_from(map(ebpf, MAP_PORTS)?)?;
+    /// The writes of what changed; with `all`, of every word (replacing what an earlier
+    /// daemon left).
+    pub fn flush(&mut self, all: bool) -> Vec<Op> {
         let words: Vec<u32> = if all {
             (0..PORT_GATE_WORDS).collect()
         } else {
             std::mem::take(&mut self.dirty).into_iter().collect()
         };
-        for w in words {
-            m.set(w, self.words[w as usize], 0)
-                .with_context(|| format!("writing LB_PORTS[{w}]"))?;
-        }
         self.dirty.clear();
-        Ok(())
+        words
+            .into_iter()
+            .map(|w| Op::PutPortWord(w, self.words[w as usize]))
+            .collect()
     }
 }
 

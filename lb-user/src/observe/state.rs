@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane::{
     attach::Attached,
-    writer::{AppliedService, DrainingBackend},
+    plan::{AppliedService, DrainingBackend},
 };
 
 /// Where desired state comes from and how that is going.

@@ -2,13 +2,9 @@
 //! the daemon's state file (names, interfaces, sync health), from any process.
 use std::{collections::BTreeMap, net::SocketAddrV4, path::Path};
 
-use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use lb_common::{
-    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, Counters, Flow, FlowKey,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_SERVICE_STATS, MAP_SERVICES,
-    MAP_STATS, Service, ServiceKey, Stat,
-};
+use anyhow::Result;
+use aya::maps::IterableMap as _;
+use lb_common::{BackendKey, CFG_F_PRESERVE_CLIENT_IP, Service, ServiceKey, Stat};
 use serde::Serialize;
 
 use super::{
@@ -18,52 +14,12 @@ use super::{
 };
 use crate::dataplane::{
     attach::Attached,
+    convert::{backend_addr, balance_of, listener_of},
     flows::{self, FlowView},
+    maps::Maps,
     monotonic_ns,
     pins::PinLayout,
-    writer::listener_of,
 };
-
-pub struct PinnedMaps {
-    pub services: HashMap<MapData, ServiceKey, Service>,
-    pub backends: HashMap<MapData, BackendKey, Backend>,
-    pub flows: HashMap<MapData, FlowKey, Flow>,
-    pub service_stats: PerCpuArray<MapData, Counters>,
-    pub backend_stats: PerCpuArray<MapData, Counters>,
-    pub stats: PerCpuArray<MapData, u64>,
-    pub config: Array<MapData, Config>,
-}
-
-fn open(layout: &PinLayout, name: &str) -> Result<Map> {
-    let path = layout.map(name);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening {} (is `lb run` using --pin-path {}?)",
-            path.display(),
-            layout.root.display()
-        )
-    })?;
-    Map::from_map_data(data)
-        .with_context(|| format!("{} has an unexpected map type", path.display()))
-}
-
-impl PinnedMaps {
-    pub fn open(layout: &PinLayout) -> Result<Self> {
-        Ok(Self {
-            services: HashMap::try_from(open(layout, MAP_SERVICES)?)?,
-            backends: HashMap::try_from(open(layout, MAP_BACKENDS)?)?,
-            flows: HashMap::try_from(open(layout, MAP_FLOWS)?)?,
-            service_stats: PerCpuArray::try_from(open(layout, MAP_SERVICE_STATS)?)?,
-            backend_stats: PerCpuArray::try_from(open(layout, MAP_BACKEND_STATS)?)?,
-            stats: PerCpuArray::try_from(open(layout, MAP_STATS)?)?,
-            config: Array::try_from(open(layout, MAP_CONFIG)?)?,
-        })
-    }
-
-    pub fn config(&self) -> Config {
-        self.config.get(&0, 0).unwrap_or_default()
-    }
-}
 
 #[derive(Debug, Serialize)]
 pub struct BackendView {
@@ -124,18 +80,25 @@ fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// `lb status` from any process: the pinned maps and the daemon's state file.
 pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
-    status_of(layout, DaemonState::read(state_file), None)
+    let maps = Maps::open_pinned(layout)?;
+    Ok(status_of(
+        &maps,
+        layout,
+        DaemonState::read(state_file),
+        None,
+    ))
 }
 
-/// The status from a known daemon state; `flow_entries` saves a walk of the flow table
-/// when the caller just counted it.
+/// The status from open maps and a known daemon state; `flow_entries` saves a walk of the
+/// flow table when the caller just counted it.
 pub fn status_of(
+    maps: &Maps,
     layout: &PinLayout,
     state: Option<DaemonState>,
     flow_entries: Option<u64>,
-) -> Result<StatusView> {
-    let maps = PinnedMaps::open(layout)?;
+) -> StatusView {
     let cfg = maps.config();
     let totals = flows::sum_stats(&maps.stats);
     let mut services = Vec::new();
@@ -162,7 +125,7 @@ pub fn status_of(
             };
             let bc = flows::sum_counters(&maps.backend_stats, b.id);
             backends.push(BackendView {
-                address: SocketAddrV4::new(u32::from_be(b.addr).into(), u16::from_be(b.port)),
+                address: backend_addr(&b),
                 state: "active",
                 id: b.id,
                 packets: bc.packets,
@@ -192,12 +155,7 @@ pub fn status_of(
             address: listener.bind.map_or_else(|| "*".into(), |a| a.to_string()),
             port: listener.port,
             protocol: listener.protocol.to_string(),
-            balance: if svc.flags & lb_common::SVC_F_AFFINITY_SOURCE != 0 {
-                "source"
-            } else {
-                "roundrobin"
-            }
-            .into(),
+            balance: balance_of(svc.flags).name().into(),
             id: svc.id,
             packets: c.packets,
             bytes: c.bytes,
@@ -207,10 +165,12 @@ pub fn status_of(
     }
     let entries =
         flow_entries.unwrap_or_else(|| maps.flows.keys().filter(Result::is_ok).count() as u64);
-    let capacity = MapData::from_pin(layout.map(MAP_FLOWS))
-        .and_then(|m| m.info())
+    let capacity = maps
+        .flows
+        .map()
+        .info()
         .map_or(0, |i| i.max_entries() as u64);
-    Ok(StatusView {
+    StatusView {
         pin_path: layout.root.display().to_string(),
         mode: if cfg.flags & CFG_F_PRESERVE_CLIENT_IP != 0 {
             "dnat (client address kept)"
@@ -238,7 +198,7 @@ pub fn status_of(
             .map(|s| (s.name().to_owned(), totals[*s as usize]))
             .collect(),
         sync: state.map(|s| s.sync),
-    })
+    }
 }
 
 fn ago(t: Option<f64>) -> String {
@@ -372,7 +332,7 @@ pub fn render_status(v: &StatusView) -> String {
 }
 
 pub fn flows(layout: &PinLayout) -> Result<Vec<FlowView>> {
-    let maps = PinnedMaps::open(layout)?;
+    let maps = Maps::open_pinned(layout)?;
     Ok(flows::list(&maps.flows, &maps.config(), monotonic_ns()))
 }
 

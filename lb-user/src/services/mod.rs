@@ -51,6 +51,16 @@ pub enum Balance {
     Source,
 }
 
+impl Balance {
+    /// HAProxy's name for it, as labels and `lb status` spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "roundrobin",
+            Self::Source => "source",
+        }
+    }
+}
+
 /// Where a service listens: `bind` None means every address of the agent (`bind *:PORT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Listener {

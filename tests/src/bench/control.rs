@@ -17,7 +17,7 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use lb_common::{Backend, BackendKey, MAP_BACKENDS, MAP_SERVICES, Service, ServiceKey};
 use lb_user::{
-    dataplane::{OBJECT, ifaces, writer},
+    dataplane::{Dataplane, ifaces, loader::Capacities},
     marathon::{api, translate},
 };
 use serde_json::{Value, json};
@@ -94,13 +94,12 @@ pub fn apply_child(apps: u32) {
     let translate_s = t.elapsed().as_secs_f64();
     let services = tr.desired.services.len();
     let backends: usize = tr.desired.services.iter().map(|s| s.backends.len()).sum();
-    let mut ebpf = aya::EbpfLoader::new()
-        .load(OBJECT)
-        .expect("load the BPF object");
-    writer::write_local_addrs(&mut ebpf, &ifaces::ipv4_addresses()).unwrap();
-    let mut w = writer::Writer::adopt(&mut ebpf, &Default::default()).unwrap();
+    let mut dp = Dataplane::load(Capacities::default(), None).expect("load the data plane");
+    dp.maps
+        .write_local_addrs(&ifaces::ipv4_addresses())
+        .unwrap();
     let t = Instant::now();
-    w.apply(&mut ebpf, &tr.desired).expect("apply");
+    dp.apply(&tr.desired).expect("apply");
     let apply_s = t.elapsed().as_secs_f64();
     // One task replaced in one app: what every later Marathon event costs.
     let mut doc = apps_doc(apps);
@@ -113,7 +112,7 @@ pub fn apply_child(apps: u32) {
         &translate::TranslateOptions::default(),
         &mut |_| None,
     );
-    w.apply(&mut ebpf, &tr.desired).expect("apply change");
+    dp.apply(&tr.desired).expect("apply change");
     let change_s = t.elapsed().as_secs_f64();
     println!(
         "{}",
@@ -149,7 +148,7 @@ fn translate_and_apply(effort: &Effort, report: &mut Report) {
         ],
         "Generated `/v2/apps?embed=apps.tasks` JSON of Calico apps (one TCP port, 5 running tasks each), \
              parsed by `marathon::api::parse_apps`, translated by `translate::translate` and applied by \
-             `dataplane::writer::Writer::apply` to a freshly loaded, unattached object (default capacities). \
+             `Dataplane::apply` (plan and map writes) to a freshly loaded, unattached data plane (default capacities). \
              `one change`: the whole cycle again (parse, translate, apply) after one task of one app moved, \
              as for every later Marathon event. Each size runs in a child process of its own (1,000 apps: 3 \
              times; 10,000 apps: once, full runs only), so the peak RSS (VmHWM, userspace only; map memory \

@@ -14,16 +14,12 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData},
+    maps::Array,
     programs::{SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb_common::{
-    Backend, BackendKey, Config, FLOW_F_REPLY, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_FLOWS, MAP_RR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_XDP_TX, Service, ServiceKey,
-};
+use lb_common::{Backend, BackendKey, Config, FLOW_F_REPLY, Flow, FlowKey, Service, ServiceKey};
 use lb_user::{
-    dataplane::{OBJECT, ifaces, writer},
+    dataplane::{Dataplane, ifaces, loader::Capacities},
     services::{Balance, Desired, Listener, Protocol, ServiceSpec},
 };
 use serde_json::json;
@@ -117,62 +113,41 @@ fn verdict_name(hook: Hook, v: u32) -> String {
     }
 }
 
-/// The loaded object with its flow table taken out, so the benchmark can edit flows between
-/// test runs while the programs keep using the same map.
+/// The data plane as the daemon loads it (unpinned), with the benchmark's reference programs
+/// loaded beside it.
 struct Plane {
-    ebpf: Ebpf,
-    flows: HashMap<MapData, FlowKey, Flow>,
-}
-
-/// Capacities of the scale run, raised above the defaults (which stay as they are for the small run).
-struct Sizes {
-    services: u32,
-    backend_slots: u32,
-    backend_ids: u32,
-    flow_entries: u32,
+    dp: Dataplane,
 }
 
 impl Plane {
-    /// Loads the object; `setup` writes its tables while the flow map is still in it (the
-    /// daemon's writer reads flows), then the flow map is taken out for `forget`.
-    fn load(sizes: Option<&Sizes>, setup: impl FnOnce(&mut Ebpf)) -> Self {
-        let mut loader = EbpfLoader::new();
-        if let Some(s) = sizes {
-            loader
-                .map_max_entries(MAP_SERVICES, s.services)
-                .map_max_entries(MAP_RR, s.services)
-                .map_max_entries(MAP_SERVICE_STATS, s.services)
-                .map_max_entries(MAP_BACKENDS, s.backend_slots)
-                .map_max_entries(MAP_BACKEND_STATS, s.backend_ids)
-                .map_max_entries(lb_common::MAP_NAT_CURSOR, s.backend_ids)
-                .map_max_entries(MAP_FLOWS, s.flow_entries);
-        }
-        let mut ebpf = loader.load(OBJECT).expect("load the BPF object");
-        for name in ["lb_xdp", "bench_noop", "bench_redirect", "bench_drop"] {
-            let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+    /// Loads the object at `caps`; `setup` writes its tables.
+    fn load(caps: Capacities, setup: impl FnOnce(&mut Dataplane)) -> Self {
+        let mut dp = Dataplane::load(caps, None).expect("load the data plane");
+        for name in ["bench_noop", "bench_redirect", "bench_drop"] {
+            let p: &mut Xdp = dp.ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier refuses {name}: {e}"));
         }
-        for name in ["lb_tc", "bench_tc_noop"] {
-            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load()
-                .unwrap_or_else(|e| panic!("verifier refuses {name}: {e}"));
-        }
-        writer::write_config(&mut ebpf, &Config::default()).unwrap();
-        writer::write_local_addrs(&mut ebpf, &ifaces::ipv4_addresses()).unwrap();
+        let p: &mut SchedClassifier = dp
+            .ebpf
+            .program_mut("bench_tc_noop")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.load()
+            .unwrap_or_else(|e| panic!("verifier refuses bench_tc_noop: {e}"));
+        dp.maps.write_config(&Config::default()).unwrap();
+        dp.maps
+            .write_local_addrs(&ifaces::ipv4_addresses())
+            .unwrap();
         // XDP forwards on its own only between trusted interfaces; a test run's ingress is lo.
-        {
-            let mut tx: HashMap<_, u32, u32> =
-                HashMap::try_from(ebpf.map_mut(MAP_XDP_TX).unwrap()).unwrap();
-            let list = ifaces::list();
-            for name in ["lo", "up0", "cali0"] {
-                tx.insert(list[name].index, 1, 0).unwrap();
-            }
+        let list = ifaces::list();
+        for name in ["lo", "up0", "cali0"] {
+            dp.maps.xdp_tx.insert(list[name].index, 1, 0).unwrap();
         }
-        writer::bump_route_gen(&mut ebpf).unwrap();
-        setup(&mut ebpf);
-        let flows = HashMap::try_from(ebpf.take_map(MAP_FLOWS).unwrap()).unwrap();
-        Self { ebpf, flows }
+        dp.maps.bump_route_gen().unwrap();
+        setup(&mut dp);
+        Self { dp }
     }
 
     /// One BPF_PROG_TEST_RUN: (verdict, kernel-reported ns per repeat).
@@ -182,7 +157,7 @@ impl Plane {
             repeat,
             ..TestRunOptions::new()
         };
-        let p = self.ebpf.program(prog).expect("program in the object");
+        let p = self.dp.ebpf.program(prog).expect("program in the object");
         let res = if let Ok(x) = <&Xdp>::try_from(p) {
             x.test_run(opts)
         } else {
@@ -196,9 +171,10 @@ impl Plane {
 
     /// Removes the flow `key` opened and its reply entry, so the next packet opens it anew.
     fn forget(&mut self, key: &FlowKey) {
-        if let Ok(f) = self.flows.get(key, 0) {
-            let _ = self.flows.remove(&FlowKey::peer_of(&f, key.proto));
-            let _ = self.flows.remove(key);
+        let flows = &mut self.dp.maps.flows;
+        if let Ok(f) = flows.get(key, 0) {
+            let _ = flows.remove(&FlowKey::peer_of(&f, key.proto));
+            let _ = flows.remove(key);
         }
     }
 }
@@ -304,6 +280,8 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
     plane.forget(&key(&udp));
     plane.run(hook.lb(), &udp.bytes(), 1);
     let fwd = plane
+        .dp
+        .maps
         .flows
         .get(&key(&opened), 0)
         .expect("the SYN opened a flow");
@@ -386,32 +364,30 @@ fn small_plane() -> Plane {
         port_index: None,
         backends: vec![sa("192.168.1.11:80")],
     };
-    Plane::load(None, |ebpf| {
-        let mut w = writer::Writer::adopt(ebpf, &Default::default()).unwrap();
+    Plane::load(Capacities::default(), |dp| {
         let services = vec![svc(10000, Protocol::Tcp), svc(10001, Protocol::Udp)];
-        w.apply(ebpf, &Desired { services }).unwrap();
+        dp.apply(&Desired { services }).unwrap();
     })
 }
 
 /// 10,000 TCP services of 100 backends each and one UDP service, written straight into the maps
 /// (as the writer lays them out), and one million established flows (two entries each).
 fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
-    let sizes = Sizes {
+    let caps = Capacities {
         services: 16_384,
         backend_slots: 1_048_576 + 4_096,
         backend_ids: 1_048_576 + 4_096,
         flow_entries: 2 * SCALE_FLOWS + 262_144,
     };
     let t = Instant::now();
-    let mut p = Plane::load(Some(&sizes), |_| {});
+    let mut p = Plane::load(caps, |_| {});
     report_setup.push((
         "load with raised capacities".into(),
         t.elapsed().as_secs_f64(),
     ));
     let t = Instant::now();
     {
-        let mut services: HashMap<_, ServiceKey, Service> =
-            HashMap::try_from(p.ebpf.map_mut(MAP_SERVICES).unwrap()).unwrap();
+        let services = &mut p.dp.maps.services;
         for s in 0..=SCALE_SERVICES {
             let (port, proto) = if s == SCALE_SERVICES {
                 (10_000u16, 17u8)
@@ -444,8 +420,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
     }
     {
         let nat = u32::from(Ipv4Addr::new(10, 0, 0, 1)).to_be();
-        let mut backends: HashMap<_, BackendKey, Backend> =
-            HashMap::try_from(p.ebpf.map_mut(MAP_BACKENDS).unwrap()).unwrap();
+        let backends = &mut p.dp.maps.backends;
         let mut id = 0;
         for s in 0..=SCALE_SERVICES {
             let count = if s == SCALE_SERVICES {
@@ -484,8 +459,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
     }
     {
         // The port gate, as the daemon's writer would open it for these services.
-        let mut gate: Array<_, u64> =
-            Array::try_from(p.ebpf.map_mut(lb_common::MAP_PORTS).unwrap()).unwrap();
+        let gate = &mut p.dp.maps.ports;
         let mut words = vec![0u64; lb_common::PORT_GATE_WORDS as usize];
         let mut add = |kind, proto, port| {
             let (w, bit) = lb_common::port_gate_slot(kind, proto, port);
@@ -551,10 +525,10 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
             ..fwd
         };
         let rkey = FlowKey::peer_of(&fwd, 6);
-        p.flows.insert(fkey, fwd, 0).unwrap();
-        p.flows.insert(rkey, reply, 0).unwrap();
+        p.dp.maps.flows.insert(fkey, fwd, 0).unwrap();
+        p.dp.maps.flows.insert(rkey, reply, 0).unwrap();
     }
-    let entries = p.flows.keys().count();
+    let entries = p.dp.maps.flows.keys().count();
     report_setup.push((
         format!("insert {SCALE_FLOWS} flows ({entries} entries held after)"),
         t.elapsed().as_secs_f64(),
@@ -645,10 +619,11 @@ fn live_frames(plane: &mut Plane, effort: &Effort) -> Table {
     let list = ifaces::list();
     {
         let mut m: Array<_, u32> =
-            Array::try_from(plane.ebpf.map_mut("BENCH_IFINDEX").unwrap()).unwrap();
+            Array::try_from(plane.dp.ebpf.map_mut("BENCH_IFINDEX").unwrap()).unwrap();
         m.set(0, list["bb0"].index, 0).unwrap();
     }
     let drop: &mut Xdp = plane
+        .dp
         .ebpf
         .program_mut("bench_drop")
         .unwrap()
@@ -681,7 +656,7 @@ fn live_frames(plane: &mut Plane, effort: &Effort) -> Table {
         let mut wall = Vec::new();
         let before = bb1_xdp_drops();
         for _ in 0..effort.runs {
-            let p: &Xdp = plane.ebpf.program(prog).unwrap().try_into().unwrap();
+            let p: &Xdp = plane.dp.ebpf.program(prog).unwrap().try_into().unwrap();
             let start = Instant::now();
             let res = p
                 .test_run(TestRunOptions {
