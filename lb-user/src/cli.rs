@@ -1,9 +1,19 @@
 //! The command line: `lb run | status | flows | detach`, every flag documented in `--help`.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::dataplane::attach::Hook;
+use crate::{
+    dataplane::attach::Hook,
+    marathon::{
+        client::{Auth, ClientConfig},
+        controller::ControllerConfig,
+        events::EventStreamConfig,
+        feed::FeedConfig,
+        translate::{IpSource, TranslateOptions},
+    },
+};
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 
@@ -46,6 +56,28 @@ pub struct ViewArgs {
     pub json: bool,
 }
 
+/// `--hook`, as the command line spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HookArg {
+    /// XDP for the fast path, with the TC program beside it for what XDP cannot redirect.
+    Xdp,
+    /// TC (clsact ingress) only: works on every interface.
+    Tc,
+    /// XDP (with TC) on physical NICs where the driver takes it; TC alone on virtual
+    /// interfaces, whose XDP sees partial checksums and gains nothing.
+    Auto,
+}
+
+impl From<HookArg> for Hook {
+    fn from(h: HookArg) -> Self {
+        match h {
+            HookArg::Xdp => Hook::Xdp,
+            HookArg::Tc => Hook::Tc,
+            HookArg::Auto => Hook::Auto,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -68,7 +100,7 @@ pub struct RunArgs {
     /// Hook: `xdp` (XDP fast path with TC beside it, on every interface), `tc` (TC only), or
     /// `auto` (XDP and TC on physical NICs, TC alone on virtual interfaces such as cali* veths).
     #[arg(long, value_enum, default_value = "auto")]
-    pub hook: Hook,
+    pub hook: HookArg,
 
     /// Interfaces between which XDP forwards on its own (repeatable glob); elsewhere XDP hands
     /// packets to the TC program. Default: the physical NICs among those attached. A veth
@@ -185,6 +217,81 @@ pub struct MarathonArgs {
     pub event_timeout: u64,
 }
 
+impl MarathonArgs {
+    /// The Marathon feed's configuration, every flag checked (credentials never in errors).
+    pub fn feed_config(&self) -> Result<FeedConfig> {
+        Ok(FeedConfig {
+            controller: controller_config(self)?,
+            translate: translate_options(self)?,
+        })
+    }
+}
+
+fn controller_config(args: &MarathonArgs) -> Result<ControllerConfig> {
+    let mut urls = Vec::new();
+    for u in &args.urls {
+        let url = reqwest::Url::parse(u)
+            .map_err(|e| anyhow::anyhow!("--marathon {}: {e}", redact_str(u)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!(
+                "--marathon {}: only http and https URLs",
+                crate::marathon::client::redact_url(&url)
+            );
+        }
+        urls.push(url);
+    }
+    let auth = if let Some(a) = &args.marathon_auth {
+        Auth::basic(a).context("--marathon-auth")?
+    } else if let Some(f) = &args.marathon_auth_file {
+        Auth::basic_from_file(f).context("--marathon-auth-file")?
+    } else if let Some(t) = &args.marathon_token {
+        Auth::token(t.clone())
+    } else if let Some(f) = &args.marathon_token_file {
+        Auth::token_from_file(f).context("--marathon-token-file")?
+    } else {
+        Auth::None
+    };
+    Ok(ControllerConfig {
+        client: ClientConfig {
+            urls,
+            auth,
+            ca_cert: args.marathon_ca_cert.clone(),
+            ..ClientConfig::default()
+        },
+        events: EventStreamConfig {
+            idle_timeout: Duration::from_secs(args.event_timeout.max(1)),
+            ..EventStreamConfig::default()
+        },
+        resync_interval: Duration::from_secs(args.resync_interval.max(1)),
+        ..ControllerConfig::default()
+    })
+}
+
+/// Hides `user:pass@` in a URL that did not even parse.
+fn redact_str(s: &str) -> String {
+    match (s.find("://"), s.rfind('@')) {
+        (Some(i), Some(j)) if j > i => format!("{}://<redacted>@{}", &s[..i], &s[j + 1..]),
+        _ => s.to_owned(),
+    }
+}
+
+fn translate_options(args: &MarathonArgs) -> Result<TranslateOptions> {
+    let ip_sources = args
+        .ip_sources
+        .iter()
+        .map(|s| {
+            s.parse::<IpSource>()
+                .map_err(|e| anyhow::anyhow!("--ip-source {s:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TranslateOptions {
+        groups: args.groups.clone(),
+        health_check: args.health_check,
+        strict_mode: args.strict_mode,
+        ip_sources,
+    })
+}
+
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s
         .split_once('-')
@@ -254,5 +361,50 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn unparseable_urls_lose_their_credentials_in_errors() {
+        assert_eq!(
+            redact_str("http://u:secret@host:8080/x"),
+            "http://<redacted>@host:8080/x"
+        );
+        assert_eq!(redact_str("http://host:8080"), "http://host:8080");
+        let args = MarathonArgs {
+            urls: vec!["http://u:secret@bad host".into()],
+            marathon_auth: None,
+            marathon_auth_file: None,
+            marathon_token: None,
+            marathon_token_file: None,
+            marathon_ca_cert: None,
+            groups: vec!["external".into()],
+            health_check: false,
+            strict_mode: false,
+            ip_sources: vec!["netinfo".into()],
+            resync_interval: 300,
+            event_timeout: 60,
+        };
+        let e = controller_config(&args).unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn bad_ip_source_is_named() {
+        let args = MarathonArgs {
+            urls: vec![],
+            marathon_auth: None,
+            marathon_auth_file: None,
+            marathon_token: None,
+            marathon_token_file: None,
+            marathon_ca_cert: None,
+            groups: vec![],
+            health_check: false,
+            strict_mode: false,
+            ip_sources: vec!["dns".into()],
+            resync_interval: 300,
+            event_timeout: 60,
+        };
+        let e = translate_options(&args).unwrap_err().to_string();
+        assert!(e.contains("dns"), "{e}");
     }
 }

@@ -1,14 +1,24 @@
 //! `lb run`: load (or adopt) the data plane, attach it, then keep the maps in step with the
 //! desired services and the agent's interfaces until SIGTERM/SIGINT, leaving it all running.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+//!
+//! Tasks: the Marathon feed (reads and translates Marathon, sends `Update`s), the netlink
+//! watchers (links and addresses; routes and neighbours), the metrics HTTP server, and this
+//! one, which owns the data plane and reacts to each of them in `Daemon::serve`: applies
+//! updates, re-attaches, invalidates cached routes, and every `SWEEP_EVERY` sweeps the flow
+//! table and publishes what the data plane does.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::Ebpf;
 use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config};
-use tokio::sync::{mpsc, watch};
 use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
+    signal::unix::{Signal, SignalKind, signal},
+    sync::{mpsc, watch},
+    time::{Interval, MissedTickBehavior, interval, sleep},
 };
 use tracing::{debug, error, info, warn};
 
@@ -25,8 +35,8 @@ use crate::{
         pins::PinLayout,
     },
     marathon::{
-        controller::{self, Snapshot, SyncState, Trigger},
-        follow::{self, Follower},
+        controller::SyncState,
+        feed::{self, FeedConfig, Update},
     },
     observe::{
         metrics::{self, Health, MarathonSample, Metrics},
@@ -39,18 +49,76 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Daemon {
-    pub dp: Dataplane,
-    pub attacher: Attacher,
-    pub cfg: Config,
-    pub desired: Desired,
-    pub state: DaemonState,
-    pub state_file: PathBuf,
-    pub sweeper: Sweeper,
-    pub marathon: Option<SyncState>,
-    pub metrics: Arc<Metrics>,
-    pub health: watch::Sender<Health>,
+    dp: Dataplane,
+    attacher: Attacher,
+    cfg: Config,
+    desired: Desired,
+    state: DaemonState,
+    state_file: PathBuf,
+    sweeper: Sweeper,
+    marathon: Option<SyncState>,
+    metrics: Arc<Metrics>,
+    health: watch::Sender<Health>,
     /// How old the last successful sync may be for /healthz to stay 200.
-    pub sync_max_age: Duration,
+    sync_max_age: Duration,
+    last_saved: Option<Instant>,
+}
+
+/// Where the services come from; checked before anything touches the kernel.
+enum Source {
+    /// A static file, applied at start and on SIGHUP.
+    File(Desired),
+    Marathon(Box<FeedConfig>),
+}
+
+impl Source {
+    fn from_args(args: &RunArgs) -> Result<Self> {
+        match (&args.config, args.marathon.urls.is_empty()) {
+            (None, true) => {
+                bail!("nothing to serve: give --config FILE (static services) or --marathon URL")
+            }
+            (Some(_), false) => {
+                bail!("--config and --marathon are exclusive: services come from one source")
+            }
+            (Some(path), true) => Ok(Self::File(load_config_file(path)?)),
+            (None, false) => Ok(Self::Marathon(Box::new(args.marathon.feed_config()?))),
+        }
+    }
+}
+
+/// What the daemon reacts to, each from its own task or the kernel.
+struct Inputs {
+    updates: mpsc::Receiver<Update>,
+    sync: watch::Receiver<SyncState>,
+    links: mpsc::Receiver<()>,
+    routes: mpsc::Receiver<()>,
+    ticker: Interval,
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Inputs {
+    /// Starts the Marathon feed (if that is the source) and the watchers.
+    fn start(source: &Source) -> Result<Self> {
+        let (update_tx, updates) = mpsc::channel(4);
+        let (sync_tx, sync) = watch::channel(SyncState::default());
+        if let Source::Marathon(cfg) = source {
+            tokio::spawn(feed::run((**cfg).clone(), update_tx, sync_tx));
+        }
+        let mut ticker = interval(SWEEP_EVERY);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self {
+            updates,
+            sync,
+            links: ifaces::watch().context("watching netlink for interface changes")?,
+            routes: ifaces::watch_routes().context("watching netlink for route changes")?,
+            ticker,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
 }
 
 pub fn data_plane_config(args: &RunArgs) -> Config {
@@ -71,22 +139,50 @@ pub fn data_plane_config(args: &RunArgs) -> Config {
     }
 }
 
+fn capacities(args: &RunArgs) -> Capacities {
+    Capacities {
+        services: args.max_services,
+        backend_slots: args
+            .max_services
+            .saturating_mul(16)
+            .max(lb_common::MAX_BACKEND_SLOTS),
+        backend_ids: args.max_backends,
+        flow_entries: args.max_flows.saturating_mul(2),
+    }
+}
+
+fn initial_state(args: &RunArgs, source: &Source) -> DaemonState {
+    DaemonState {
+        pid: std::process::id(),
+        running: true,
+        started_at: unix_now(),
+        hook: format!("{:?}", args.hook).to_lowercase(),
+        mode: if args.preserve_client_ip {
+            "dnat"
+        } else {
+            "full-nat"
+        }
+        .into(),
+        flow_capacity: args.max_flows as u64,
+        sync: SyncView {
+            source: match source {
+                Source::File(_) => "config",
+                Source::Marathon(_) => "marathon",
+            }
+            .into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 impl Daemon {
     /// Loads or adopts the data plane and attaches it; nothing of the services yet.
-    pub fn start(args: &RunArgs) -> Result<Self> {
+    fn start(args: &RunArgs, source: &Source) -> Result<Self> {
         let layout = PinLayout::new(&args.pin.pin_path);
         layout.ensure()?;
         let adopting = layout.exists();
-        let caps = Capacities {
-            services: args.max_services,
-            backend_slots: args
-                .max_services
-                .saturating_mul(16)
-                .max(lb_common::MAX_BACKEND_SLOTS),
-            backend_ids: args.max_backends,
-            flow_entries: args.max_flows.saturating_mul(2),
-        };
-        let mut dp = Dataplane::load(caps, Some(&layout))?;
+        let mut dp = Dataplane::load(capacities(args), Some(&layout))?;
         forward_bpf_logs(&mut dp.ebpf);
         let cfg = data_plane_config(args);
         dp.maps.write_config(&cfg)?;
@@ -96,7 +192,7 @@ impl Daemon {
         }
         let mut attacher = Attacher {
             layout,
-            hook: args.hook,
+            hook: args.hook.into(),
             patterns: args.ifaces.clone(),
             redirect_patterns: args.xdp_redirect.clone(),
             attached: Default::default(),
@@ -105,31 +201,23 @@ impl Daemon {
         if attacher.attached.is_empty() {
             warn!(patterns = ?args.ifaces, "no interface matches yet; attaching as they appear");
         }
-        let state_file = args
-            .state_file
-            .clone()
-            .unwrap_or_else(|| default_state_file(&args.pin.pin_path));
-        let state = DaemonState {
-            pid: std::process::id(),
-            running: true,
-            started_at: unix_now(),
-            hook: format!("{:?}", args.hook).to_lowercase(),
-            mode: if args.preserve_client_ip {
-                "dnat"
-            } else {
-                "full-nat"
+        let sync_max_age = match source {
+            // Marathon is re-read at least every resync interval: two missed means trouble.
+            Source::Marathon(_) => {
+                Duration::from_secs(args.marathon.resync_interval.max(1) * 2 + 30)
             }
-            .into(),
-            flow_capacity: args.max_flows as u64,
-            ..Default::default()
+            Source::File(_) => Duration::MAX,
         };
         Ok(Self {
             dp,
             attacher,
             cfg,
             desired: Desired::default(),
-            state,
-            state_file,
+            state: initial_state(args, source),
+            state_file: args
+                .state_file
+                .clone()
+                .unwrap_or_else(|| default_state_file(&args.pin.pin_path)),
             sweeper: Sweeper::default(),
             marathon: None,
             metrics: Arc::new(Metrics::new()),
@@ -137,15 +225,16 @@ impl Daemon {
                 attached: false,
                 last_sync_ok_unix: None,
                 last_error: None,
-                sync_max_age: Duration::MAX,
+                sync_max_age,
             })
             .0,
-            sync_max_age: Duration::MAX,
+            sync_max_age,
+            last_saved: None,
         })
     }
 
     /// Applies `desired`; true when any service changed.
-    pub fn apply(&mut self, desired: Desired) -> Result<bool> {
+    fn apply(&mut self, desired: Desired) -> Result<bool> {
         let report = self.dp.apply(&desired)?;
         let changed = report.added + report.changed + report.removed > 0;
         if changed {
@@ -161,8 +250,103 @@ impl Daemon {
         Ok(changed)
     }
 
+    /// A whole state from the static file: applied, recorded, saved.
+    fn apply_file(&mut self, desired: Desired) -> Result<()> {
+        self.apply(desired)?;
+        self.state.sync.last_full_sync = Some(unix_now());
+        self.save_state();
+        Ok(())
+    }
+
+    /// Until the first update arrives, adopted maps keep serving.
+    async fn serve(mut self, mut inputs: Inputs, config_file: Option<PathBuf>) {
+        self.publish(None);
+        info!("running; SIGTERM or SIGINT stops the daemon and leaves the data plane forwarding");
+        loop {
+            tokio::select! {
+                Some(()) = inputs.links.recv() => {
+                    // Calico adds several links and addresses at once: let the burst settle.
+                    sleep(Duration::from_millis(50)).await;
+                    while inputs.links.try_recv().is_ok() {}
+                    self.or_record(|d| d.links_changed());
+                }
+                Some(()) = inputs.routes.recv() => {
+                    // At once, and before anything else: until then flows may use a stale route.
+                    while inputs.routes.try_recv().is_ok() {}
+                    self.or_record(|d| d.dp.maps.bump_route_gen());
+                }
+                _ = inputs.ticker.tick() => self.or_record(Self::sweep),
+                _ = inputs.hup.recv() => self.reload(config_file.as_deref()),
+                Some(update) = inputs.updates.recv() => self.on_update(update),
+                Ok(()) = inputs.sync.changed() => {
+                    let s = inputs.sync.borrow_and_update().clone();
+                    self.on_sync(s);
+                }
+                _ = inputs.term.recv() => break,
+                _ = inputs.int.recv() => break,
+            }
+        }
+        self.state.running = false;
+        self.save_state();
+        info!("stopped; the data plane keeps forwarding (lb detach removes it)");
+    }
+
+    fn or_record(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) {
+        if let Err(e) = f(self) {
+            self.record_error(&e);
+        }
+    }
+
+    /// SIGHUP: the static file again. A file that does not load changes nothing.
+    fn reload(&mut self, path: Option<&Path>) {
+        let Some(path) = path else { return };
+        match load_config_file(path) {
+            Ok(desired) => {
+                info!(file = %path.display(), "reloading services");
+                self.or_record(|d| d.apply_file(desired));
+            }
+            Err(e) => {
+                self.record_error(&e.context("reload refused; keeping the services in force"))
+            }
+        }
+    }
+
+    fn on_update(&mut self, u: Update) {
+        match self.apply(u.desired) {
+            Ok(changed) => {
+                self.state.sync.last_full_sync = Some(unix(u.fetched_at));
+                self.state.sync.skipped = u.skipped;
+                if let Some(received) = u.event_received {
+                    let took = received.elapsed();
+                    self.metrics.observe_event_to_map(took);
+                    debug!(ms = took.as_secs_f64() * 1e3, "event reached the maps");
+                }
+                // The state file (names, draining backends for `lb status`) on every change,
+                // otherwise at most once a second; metrics at the next sweep.
+                if changed
+                    || self
+                        .last_saved
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+                {
+                    self.save_state();
+                    self.last_saved = Some(Instant::now());
+                }
+            }
+            Err(e) => self.record_error(&e),
+        }
+    }
+
+    fn on_sync(&mut self, s: SyncState) {
+        self.state.sync.last_event = s.last_event.map(unix);
+        if s.last_error_at.map(unix) > self.state.sync.last_error_at {
+            self.state.sync.last_error = s.last_error.clone();
+            self.state.sync.last_error_at = s.last_error_at.map(unix);
+        }
+        self.marathon = Some(s);
+    }
+
     /// Interfaces or addresses changed: re-read them, attach new interfaces, refresh NAT sources.
-    pub fn links_changed(&mut self) -> Result<()> {
+    fn links_changed(&mut self) -> Result<()> {
         self.dp.maps.write_local_addrs(&ifaces::ipv4_addresses())?;
         self.attacher.reconcile(&mut self.dp)?;
         self.dp.routes_changed();
@@ -172,7 +356,7 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn sweep(&mut self) -> Result<()> {
+    fn sweep(&mut self) -> Result<()> {
         let stats = flows::sum_stats(&self.dp.maps.stats);
         let (report, backends_in_use, services_in_use) =
             self.sweeper
@@ -181,26 +365,19 @@ impl Daemon {
         self.state.flow_entries = report.entries;
         self.state.flow_evictions = self.sweeper.evictions;
         self.save_state();
-        self.publish(Some(report.entries))
+        self.publish(Some(report.entries));
+        Ok(())
     }
 
-    /// Refreshes what Prometheus and /healthz see.
-    pub fn publish(&mut self, flow_entries: Option<u64>) -> Result<()> {
+    /// Refreshes what Prometheus and /healthz see, from the maps the daemon holds.
+    fn publish(&mut self, flow_entries: Option<u64>) {
         let view = status::status_of(
             &self.dp.maps,
             &self.attacher.layout,
             Some(self.state.clone()),
             flow_entries,
         );
-        let marathon = self.marathon.as_ref().map(|m| MarathonSample {
-            requests_total: m.requests_total,
-            request_errors_total: m.request_errors_total,
-            stream_reconnects_total: m.stream_reconnects_total,
-            events_total: m.events_total,
-            last_event_unix: m.last_event.map(unix),
-            last_sync_unix: m.last_full_sync.map(unix),
-            connected: m.connected,
-        });
+        let marathon = self.marathon.as_ref().map(marathon_sample);
         self.metrics.publish(status::metrics_snapshot(
             &view,
             marathon,
@@ -212,10 +389,9 @@ impl Daemon {
             last_error: self.state.sync.last_error.clone(),
             sync_max_age: self.sync_max_age,
         });
-        Ok(())
     }
 
-    pub fn save_state(&mut self) {
+    fn save_state(&mut self) {
         self.state.updated_at = unix_now();
         self.state.interfaces = self.attacher.attached.clone();
         self.state.services = self.dp.planner.services.values().cloned().collect();
@@ -229,6 +405,18 @@ impl Daemon {
         error!("{e:#}");
         self.state.sync.last_error = Some(format!("{e:#}"));
         self.state.sync.last_error_at = Some(unix_now());
+    }
+}
+
+fn marathon_sample(m: &SyncState) -> MarathonSample {
+    MarathonSample {
+        requests_total: m.requests_total,
+        request_errors_total: m.request_errors_total,
+        stream_reconnects_total: m.stream_reconnects_total,
+        events_total: m.events_total,
+        last_event_unix: m.last_event.map(unix),
+        last_sync_unix: m.last_full_sync.map(unix),
+        connected: m.connected,
     }
 }
 
@@ -254,171 +442,28 @@ fn forward_bpf_logs(ebpf: &mut Ebpf) {
     });
 }
 
-fn load_config_file(path: &std::path::Path) -> Result<Desired> {
+fn load_config_file(path: &Path) -> Result<Desired> {
     Ok(config::load(path)?)
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let following = !args.marathon.urls.is_empty();
-    match (&args.config, following) {
-        (None, false) => {
-            bail!("nothing to serve: give --config FILE (static services) or --marathon URL")
-        }
-        (Some(_), true) => {
-            bail!("--config and --marathon are exclusive: services come from one source")
-        }
-        _ => {}
-    }
-    // Validate everything the operator typed before touching the kernel: bad input applies nothing.
-    let initial = match &args.config {
-        Some(path) => Some(load_config_file(path)?),
-        None => None,
-    };
-    let marathon = if following {
-        Some((
-            follow::controller_config(&args.marathon)?,
-            follow::translate_options(&args.marathon)?,
-        ))
-    } else {
-        None
-    };
+    // Everything the operator typed is checked before the kernel is touched: bad input
+    // applies nothing.
+    let source = Source::from_args(&args)?;
     let listener = tokio::net::TcpListener::bind(args.metrics)
         .await
         .with_context(|| format!("binding --metrics {}", args.metrics))?;
-    let mut d = Daemon::start(&args)?;
-    if following {
-        // Marathon is re-read at least every resync interval: two missed means trouble.
-        d.sync_max_age = Duration::from_secs(args.marathon.resync_interval.max(1) * 2 + 30);
-    }
+    let mut d = Daemon::start(&args, &source)?;
     info!(addr = %listener.local_addr()?, "metrics and /healthz");
     tokio::spawn(metrics::serve(
         listener,
         d.metrics.clone(),
         d.health.subscribe(),
     ));
-    d.state.sync = SyncView {
-        source: if following { "marathon" } else { "config" }.into(),
-        ..Default::default()
-    };
-    if let Some(desired) = initial {
-        d.apply(desired)?;
-        d.state.sync.last_full_sync = Some(unix_now());
-        d.save_state();
+    let inputs = Inputs::start(&source)?;
+    if let Source::File(desired) = source {
+        d.apply_file(desired)?;
     }
-    // Marathon: the controller task reads and follows it and sends whole snapshots; this loop
-    // translates and applies them. Until the first one arrives, adopted maps keep serving.
-    let (snap_tx, mut snapshots) = mpsc::channel::<Snapshot>(4);
-    let (sync_tx, mut sync_rx) = watch::channel(SyncState::default());
-    let mut follower = None;
-    if let Some((ccfg, topts)) = marathon {
-        follower = Some(Follower::new(topts));
-        tokio::spawn(async move {
-            if let Err(e) = controller::run(ccfg, snap_tx, sync_tx).await {
-                error!("Marathon controller stopped: {e:#}");
-            }
-        });
-    } else {
-        drop(snap_tx);
-        drop(sync_tx);
-    }
-    let mut links = ifaces::watch().context("watching netlink for interface changes")?;
-    let mut routes = ifaces::watch_routes().context("watching netlink for route changes")?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut ticker = interval(SWEEP_EVERY);
-    let mut last_saved: Option<std::time::Instant> = None;
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    d.publish(None)?;
-    info!("running; SIGTERM or SIGINT stops the daemon and leaves the data plane forwarding");
-    loop {
-        tokio::select! {
-            Some(()) = links.recv() => {
-                // Calico adds several links and addresses at once: let the burst settle.
-                sleep(Duration::from_millis(50)).await;
-                while links.try_recv().is_ok() {}
-                if let Err(e) = d.links_changed() {
-                    d.record_error(&e);
-                }
-            }
-            Some(()) = routes.recv() => {
-                // At once, and before anything else: until then flows may use a stale route.
-                while routes.try_recv().is_ok() {}
-                if let Err(e) = d.dp.maps.bump_route_gen() {
-                    d.record_error(&e);
-                }
-            }
-            _ = ticker.tick() => {
-                if let Err(e) = d.sweep() {
-                    d.record_error(&e);
-                }
-            }
-            _ = hup.recv() => {
-                if let Some(path) = &args.config {
-                    match load_config_file(path) {
-                        Ok(desired) => {
-                            info!(file = %path.display(), "reloading services");
-                            if let Err(e) = d.apply(desired) {
-                                d.record_error(&e);
-                            } else {
-                                d.state.sync.last_full_sync = Some(unix_now());
-                                d.save_state();
-                            }
-                        }
-                        Err(e) => d.record_error(&e.context("reload refused; keeping the services in force")),
-                    }
-                }
-            }
-            Some(first) = snapshots.recv() => {
-                let Some(f) = follower.as_mut() else { continue };
-                // Only the newest state matters: skip snapshots that queued up behind a slow
-                // apply, but measure latency from the oldest event they carry.
-                let mut snap = first;
-                let mut event = match snap.trigger { Trigger::Event { received } => Some(received), _ => None };
-                while let Ok(newer) = snapshots.try_recv() {
-                    if let Trigger::Event { received } = newer.trigger {
-                        event = Some(event.map_or(received, |e| e.min(received)));
-                    }
-                    snap = newer;
-                }
-                match f.desired(&snap.apps_json) {
-                    Ok(desired) => match d.apply(desired) {
-                        Ok(changed) => {
-                            d.state.sync.last_full_sync = Some(unix(snap.fetched_at));
-                            d.state.sync.skipped = f.skipped.clone();
-                            if let Some(received) = event {
-                                let took = received.elapsed();
-                                d.metrics.observe_event_to_map(took);
-                                debug!(ms = took.as_secs_f64() * 1e3, "event reached the maps");
-                            }
-                            // The state file (names, draining backends for `lb status`) on every
-                            // change, otherwise at most once a second; metrics at the next sweep.
-                            if changed || last_saved.is_none_or(|t: std::time::Instant| t.elapsed() > Duration::from_secs(1)) {
-                                d.save_state();
-                                last_saved = Some(std::time::Instant::now());
-                            }
-                        }
-                        Err(e) => d.record_error(&e),
-                    },
-                    // Garbage from Marathon: keep serving the last good state.
-                    Err(e) => d.record_error(&e.context("keeping the services in force")),
-                }
-            }
-            Ok(()) = sync_rx.changed() => {
-                let s = sync_rx.borrow_and_update().clone();
-                d.state.sync.last_event = s.last_event.map(unix);
-                if s.last_error_at.map(unix) > d.state.sync.last_error_at {
-                    d.state.sync.last_error = s.last_error.clone();
-                    d.state.sync.last_error_at = s.last_error_at.map(unix);
-                }
-                d.marathon = Some(s);
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    d.state.running = false;
-    d.save_state();
-    info!("stopped; the data plane keeps forwarding (lb detach removes it)");
+    d.serve(inputs, args.config).await;
     Ok(())
 }

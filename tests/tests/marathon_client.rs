@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lb_tests::marathon_standin::{Mode, RequireAuth, Standin};
 use lb_user::marathon::client::{Auth, ClientConfig};
 use lb_user::marathon::controller::{self, ControllerConfig, Snapshot, SyncState, Trigger};
-use lb_user::marathon::events::{Backoff, EventStreamConfig};
+use lb_user::marathon::{backoff::Backoff, events::EventStreamConfig};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 

@@ -24,7 +24,7 @@ use super::{
     pins::PinLayout,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     /// XDP for the fast path, with the TC program beside it for what XDP cannot redirect.

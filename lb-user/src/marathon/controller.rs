@@ -9,8 +9,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
+use super::backoff::{Backoff, BackoffState};
 use super::client::{ClientConfig, MarathonClient};
-use super::events::{self, Backoff, BackoffState, EventStreamConfig, StreamSignal};
+use super::events::{self, EventStreamConfig, StreamSignal};
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -58,7 +59,7 @@ pub enum Trigger {
 impl Trigger {
     /// Two reasons to read folded into one read: an event wins (its `received` is what the consumer
     /// measures latency from), and of two events the older one, so latency is never understated.
-    fn merge(self, other: Trigger) -> Trigger {
+    pub fn merge(self, other: Trigger) -> Trigger {
         match (self, other) {
             (Trigger::Event { received: a }, Trigger::Event { received: b }) => {
                 Trigger::Event { received: a.min(b) }
@@ -183,7 +184,7 @@ pub async fn run(
     let client =
         Arc::new(MarathonClient::new(&cfg.client).context("setting up the Marathon client")?);
     let (signal_tx, mut signals) = mpsc::channel(1024);
-    let _stream_task = AbortOnDrop(tokio::spawn(events::follow(
+    let _stream_task = AbortOnDrop(tokio::spawn(events::listen(
         Arc::clone(&client),
         cfg.events.clone(),
         signal_tx,

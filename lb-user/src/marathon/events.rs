@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use rand::Rng;
 use tokio::sync::mpsc;
 
-use super::client::MarathonClient;
+use super::{
+    backoff::{Backoff, BackoffState},
+    client::MarathonClient,
+};
 
 /// The event types that can change which tasks are healthy backends; the same set marathon-lb
 /// subscribes to. Marathon versions that ignore the filter are filtered again on our side.
@@ -151,53 +153,6 @@ impl SseParser {
     }
 }
 
-/// Capped exponential backoff between reconnects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Where in the backoff sequence we are.
-#[derive(Debug, Clone)]
-pub struct BackoffState {
-    cfg: Backoff,
-    attempt: u32,
-}
-
-impl BackoffState {
-    pub fn new(cfg: Backoff) -> Self {
-        Self { cfg, attempt: 0 }
-    }
-
-    /// The next delay: `initial * 2^attempt` capped at `max`, then drawn uniformly from its upper
-    /// half, so that many balancers restarted together do not reconnect in lock-step while each
-    /// still waits at least half the nominal delay.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        let nominal = self.cfg.initial.saturating_mul(factor).min(self.cfg.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let nanos = u64::try_from(nominal.as_nanos()).unwrap_or(u64::MAX);
-        if nanos < 2 {
-            return nominal;
-        }
-        Duration::from_nanos(rng.random_range(nanos / 2..=nanos))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct EventStreamConfig {
     /// Event types to subscribe to (and to accept: others are dropped).
@@ -244,9 +199,9 @@ fn is_trigger(event: &SseEvent, types: &[String]) -> bool {
     }
 }
 
-/// Follows the event stream until `tx` is closed: opens it (with the client's failover), reports
+/// Listens to the event stream until `tx` is closed: opens it (with the client's failover), reports
 /// each relevant event, and reconnects with backoff when it fails or falls silent.
-pub async fn follow(
+pub async fn listen(
     client: Arc<MarathonClient>,
     cfg: EventStreamConfig,
     tx: mpsc::Sender<StreamSignal>,
@@ -340,7 +295,6 @@ async fn read_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     fn parse_chunks(chunks: &[&[u8]]) -> Vec<SseItem> {
         let mut parser = SseParser::new();
@@ -504,44 +458,5 @@ event: status_update_event\ndata: {\"taskStatus\":\"TASK_RUNNING\",\"appId\":\"/
             "v2/events?event_type=a&event_type=b"
         );
         assert_eq!(events_path::<&str>(&[]), "v2/events");
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_stays_in_jitter_bounds() {
-        let cfg = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for _ in 0..50 {
-            let mut state = BackoffState::new(cfg);
-            for attempt in 0..40u32 {
-                let nominal = Duration::from_millis(100)
-                    .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
-                    .min(cfg.max);
-                let d = state.next_delay(&mut rng);
-                assert!(
-                    d >= nominal / 2 && d <= nominal,
-                    "attempt {attempt}: {d:?} outside [{:?}, {nominal:?}]",
-                    nominal / 2
-                );
-                assert!(d <= cfg.max, "never above the cap");
-            }
-            state.reset();
-            assert!(
-                state.next_delay(&mut rng) <= cfg.initial,
-                "reset starts over"
-            );
-        }
-    }
-
-    #[test]
-    fn backoff_with_zero_durations() {
-        let mut state = BackoffState::new(Backoff {
-            initial: Duration::ZERO,
-            max: Duration::ZERO,
-        });
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(state.next_delay(&mut rng), Duration::ZERO);
     }
 }

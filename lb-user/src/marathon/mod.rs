@@ -1,9 +1,11 @@
 //! Following Marathon: its API types (`api`), marathon-lb's rules turning apps into services
-//! (`translate`, pure), the HTTP client with failover (`client`), the event stream (`events`)
-//! and the task tying them together (`controller`).
+//! (`translate`, pure), the HTTP client with failover (`client`), the event stream (`events`),
+//! the task that decides when to read (`controller`), and the feed that translates each read
+//! into the `Update` the daemon applies (`feed`). Nothing here knows the command line.
 pub mod api;
+pub mod backoff;
 pub mod client;
 pub mod controller;
 pub mod events;
-pub mod follow;
+pub mod feed;
 pub mod translate;
