@@ -39,9 +39,10 @@ use crate::{
         feed::{self, FeedConfig, Update},
     },
     observe::{
-        metrics::{self, Health, MarathonSample, Metrics},
+        http::{self, Health},
+        metrics::{Metrics, Snapshot},
         state::{DaemonState, SyncView, unix, unix_now},
-        status,
+        view,
     },
     services::Desired,
 };
@@ -371,16 +372,15 @@ impl Daemon {
 
     /// Refreshes what Prometheus and /healthz see, from the maps the daemon holds.
     fn publish(&mut self, flow_entries: Option<u64>) {
-        let view = status::status_of(
+        let view = view::status_of(
             &self.dp.maps,
             &self.attacher.layout,
             Some(self.state.clone()),
             flow_entries,
         );
-        let marathon = self.marathon.as_ref().map(marathon_sample);
-        self.metrics.publish(status::metrics_snapshot(
-            &view,
-            marathon,
+        self.metrics.publish(Snapshot::of(
+            view,
+            self.marathon.clone(),
             self.attacher.attached.len(),
         ));
         self.health.send_replace(Health {
@@ -405,18 +405,6 @@ impl Daemon {
         error!("{e:#}");
         self.state.sync.last_error = Some(format!("{e:#}"));
         self.state.sync.last_error_at = Some(unix_now());
-    }
-}
-
-fn marathon_sample(m: &SyncState) -> MarathonSample {
-    MarathonSample {
-        requests_total: m.requests_total,
-        request_errors_total: m.request_errors_total,
-        stream_reconnects_total: m.stream_reconnects_total,
-        events_total: m.events_total,
-        last_event_unix: m.last_event.map(unix),
-        last_sync_unix: m.last_full_sync.map(unix),
-        connected: m.connected,
     }
 }
 
@@ -455,7 +443,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("binding --metrics {}", args.metrics))?;
     let mut d = Daemon::start(&args, &source)?;
     info!(addr = %listener.local_addr()?, "metrics and /healthz");
-    tokio::spawn(metrics::serve(
+    tokio::spawn(http::serve(
         listener,
         d.metrics.clone(),
         d.health.subscribe(),

@@ -1,6 +1,10 @@
-//! Seeing what the balancer does: the daemon's state file (`state`), and `lb status` /
-//! `lb flows` built from it and from the pinned maps (`status`).
+//! Seeing what the balancer does: one observation of the data plane (`view`), rendered by
+//! `lb status` / `lb flows` (`status`, `table`) and by `/metrics` (`metrics`, `exposition`,
+//! served with `/healthz` by `http`); the daemon's state file (`state`).
+pub mod exposition;
+pub mod http;
 pub mod metrics;
 pub mod state;
 pub mod status;
 pub mod table;
+pub mod view;
