@@ -109,11 +109,12 @@ impl Inputs {
         }
         let mut ticker = interval(SWEEP_EVERY);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let net = ifaces::watch().context("subscribing to netlink notifications")?;
         Ok(Self {
             updates,
             sync,
-            links: ifaces::watch().context("watching netlink for interface changes")?,
-            routes: ifaces::watch_routes().context("watching netlink for route changes")?,
+            links: net.links,
+            routes: net.routes,
             ticker,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,

@@ -6,9 +6,15 @@ use std::{
     fs, io,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     path::Path,
+    time::Duration,
 };
 
+use futures_util::StreamExt as _;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::MulticastGroup;
 use tokio::sync::mpsc;
+use tracing::warn;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Iface {
@@ -106,71 +112,104 @@ pub fn set_sysctl(iface: &str, key: &str, value: &str) -> io::Result<()> {
     fs::write(format!("/proc/sys/net/ipv4/conf/{iface}/{key}"), value)
 }
 
-/// Sends `()` whenever a link or IPv4 address appears, changes or goes away. Events only
-/// trigger a re-read of the interface list, so a lost or merged message loses nothing.
-pub fn watch() -> io::Result<mpsc::Receiver<()>> {
-    watch_groups(libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR)
+/// What a change in the kernel's network state asks of the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetChange {
+    /// A route or neighbour changed: every cached route is stale.
+    Routes,
+    /// A link or IPv4 address changed (or notifications were lost, so anything may have):
+    /// interfaces and addresses are re-read, and cached routes are stale too.
+    Links,
 }
 
-/// Sends `()` whenever anything a cached route depends on changes: IPv4 routes, neighbours,
-/// links and addresses. The data plane caches FIB answers per flow; each event invalidates
-/// them all (`writer::bump_route_gen`), so a flow never forwards on a stale next hop.
-pub fn watch_routes() -> io::Result<mpsc::Receiver<()>> {
-    watch_groups(
-        libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_NEIGH,
-    )
+/// The kernel's word that something changed, as two signals: `routes` at once for every
+/// change (cached routes must never outlive their route), `links` for links and addresses.
+/// Each carries no detail: it triggers a re-read, so merged signals lose nothing.
+pub struct NetWatch {
+    pub links: mpsc::Receiver<()>,
+    pub routes: mpsc::Receiver<()>,
 }
 
-// Hand-written netlink on purpose for now: only the fact that something changed matters
-// (no message is parsed), which `libc` does in a few lines; the route watcher of a later
-// change may move to rtnetlink when messages need reading.
-fn watch_groups(groups: i32) -> io::Result<mpsc::Receiver<()>> {
-    // SAFETY: plain socket calls on a descriptor we own; the sockaddr is fully initialised.
-    let fd = unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-        sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = groups as u32;
-        let rc = libc::bind(
-            fd,
-            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        );
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            libc::close(fd);
-            return Err(e);
-        }
-        fd
-    };
-    let (tx, rx) = mpsc::channel(1);
-    std::thread::Builder::new()
-        .name("netlink".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                // SAFETY: reading into a buffer we own.
-                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+/// The change one rtnetlink notification announces, if any.
+pub fn classify(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<NetChange> {
+    use RouteNetlinkMessage as M;
+    match payload {
+        NetlinkPayload::InnerMessage(
+            M::NewLink(_) | M::DelLink(_) | M::SetLink(_) | M::NewAddress(_) | M::DelAddress(_),
+        ) => Some(NetChange::Links),
+        NetlinkPayload::InnerMessage(
+            M::NewRoute(_) | M::DelRoute(_) | M::NewNeighbour(_) | M::DelNeighbour(_),
+        ) => Some(NetChange::Routes),
+        // The socket's buffer overflowed: notifications were dropped.
+        NetlinkPayload::Overrun(_) => Some(NetChange::Links),
+        _ => None,
+    }
+}
+
+/// Subscribes to rtnetlink's link, IPv4 address, IPv4 route and neighbour notifications
+/// (as `ip monitor` does). Must run inside the tokio runtime. Should the subscription end
+/// (a message that does not decode ends rtnetlink's stream), it is renewed after a second,
+/// with a `Links` signal so that nothing missed meanwhile stays unseen.
+pub fn watch() -> io::Result<NetWatch> {
+    let messages = subscribe()?;
+    let (links_tx, links) = mpsc::channel(1);
+    let (routes_tx, routes) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut messages = messages;
+        loop {
+            while let Some((msg, _)) = messages.next().await {
+                let Some(change) = classify(&msg.payload) else {
                     continue;
-                }
-                // ENOBUFS (overrun) also means "something changed": re-read all the same.
-                match tx.try_send(()) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
-                    Err(mpsc::error::TrySendError::Closed(())) => break,
+                };
+                if !signal(&routes_tx, &links_tx, change) {
+                    return;
                 }
             }
-            // SAFETY: closing our own descriptor.
-            unsafe { libc::close(fd) };
-        })?;
-    Ok(rx)
+            warn!("netlink notifications ended; subscribing again");
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match subscribe() {
+                    Ok(m) => {
+                        messages = m;
+                        break;
+                    }
+                    Err(e) => warn!("netlink subscription: {e}"),
+                }
+            }
+            if !signal(&routes_tx, &links_tx, NetChange::Links) {
+                return;
+            }
+        }
+    });
+    Ok(NetWatch { links, routes })
+}
+
+type Messages = futures_channel::mpsc::UnboundedReceiver<(
+    NetlinkMessage<RouteNetlinkMessage>,
+    netlink_sys::SocketAddr,
+)>;
+
+fn subscribe() -> io::Result<Messages> {
+    let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Neigh,
+    ])?;
+    tokio::spawn(conn);
+    Ok(messages)
+}
+
+/// Raises the signals `change` calls for; false once the daemon stopped listening.
+fn signal(routes: &mpsc::Sender<()>, links: &mpsc::Sender<()>, change: NetChange) -> bool {
+    let raise = |tx: &mpsc::Sender<()>| match tx.try_send(()) {
+        // Full: a signal is already pending, and one re-read covers both.
+        Ok(()) | Err(mpsc::error::TrySendError::Full(())) => true,
+        Err(mpsc::error::TrySendError::Closed(())) => false,
+    };
+    let routes_open = raise(routes);
+    let links_open = change != NetChange::Links || raise(links);
+    routes_open && links_open
 }
 
 #[cfg(test)]
@@ -188,6 +227,54 @@ mod tests {
         assert!(glob_match("veth-*-a", "veth-task1-a"));
         assert!(glob_match("eth0", "eth0"));
         assert!(!glob_match("eth0", "eth01"));
+    }
+
+    #[test]
+    fn notifications_are_sorted_by_what_they_invalidate() {
+        use RouteNetlinkMessage as M;
+        use netlink_packet_route::{
+            address::AddressMessage, link::LinkMessage, neighbour::NeighbourMessage,
+            route::RouteMessage,
+        };
+        let inner = |m| NetlinkPayload::InnerMessage(m);
+        assert_eq!(
+            classify(&inner(M::NewLink(LinkMessage::default()))),
+            Some(NetChange::Links)
+        );
+        assert_eq!(
+            classify(&inner(M::DelAddress(AddressMessage::default()))),
+            Some(NetChange::Links)
+        );
+        assert_eq!(
+            classify(&inner(M::NewRoute(RouteMessage::default()))),
+            Some(NetChange::Routes)
+        );
+        assert_eq!(
+            classify(&inner(M::DelNeighbour(NeighbourMessage::default()))),
+            Some(NetChange::Routes)
+        );
+        assert_eq!(
+            classify(&NetlinkPayload::Overrun(Vec::new())),
+            Some(NetChange::Links)
+        );
+        assert_eq!(classify(&inner(M::GetLink(LinkMessage::default()))), None);
+    }
+
+    #[tokio::test]
+    async fn a_link_change_raises_both_signals_and_a_route_change_one() {
+        let (links_tx, mut links) = mpsc::channel(1);
+        let (routes_tx, mut routes) = mpsc::channel(1);
+        assert!(signal(&routes_tx, &links_tx, NetChange::Routes));
+        assert!(links.try_recv().is_err());
+        assert!(routes.try_recv().is_ok());
+        assert!(signal(&routes_tx, &links_tx, NetChange::Links));
+        assert!(
+            signal(&routes_tx, &links_tx, NetChange::Links),
+            "a pending signal covers both"
+        );
+        assert!(links.try_recv().is_ok() && routes.try_recv().is_ok());
+        drop(links);
+        assert!(!signal(&routes_tx, &links_tx, NetChange::Links));
     }
 
     #[test]
