@@ -394,6 +394,21 @@ fn status_flows_and_bpftool_show_what_the_data_plane_does() {
         TcpStream::connect_timeout(&vip(10000).into(), T).expect("connect")
     });
     let pin = topo.pin_path().display().to_string();
+    // What lb created is its owner's alone: the pin directory, every map, the state file.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&topo.pin_path()), 0o700, "pin directory");
+    for name in lb_common::ALL_MAPS {
+        assert_eq!(mode(&topo.pin_path().join(name)), 0o600, "{name}");
+    }
+    let state_file = lb_user::cli::default_state_file(&topo.pin_path());
+    assert_eq!(mode(&state_file), 0o600, "{}", state_file.display());
 
     let table = lb::lb(&topo, &["status", "--pin-path", &pin]);
     let lines: Vec<&str> = table.lines().collect();

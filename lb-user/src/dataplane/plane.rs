@@ -35,6 +35,9 @@ impl Dataplane {
     /// earlier daemon left there) or unpinned, and rebuilds the applied state from the maps.
     pub fn load(caps: Capacities, pins: Option<&PinLayout>) -> Result<Self> {
         let mut ebpf = loader::load(pins, &caps).context("loading the data plane")?;
+        if let Some(layout) = pins {
+            layout.make_maps_private()?;
+        }
         let mut maps = Maps::take(&mut ebpf, &caps)?;
         let (planner, ops) = Planner::adopt(&maps, &caps, Instant::now());
         maps::execute(&mut maps, &ops)?;

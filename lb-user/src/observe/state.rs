@@ -2,7 +2,9 @@
 //! `lb status` can show names, interfaces and sync health from any process, daemon or not.
 use std::{
     collections::BTreeMap,
-    fs, io,
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -55,19 +57,57 @@ pub fn unix(t: SystemTime) -> f64 {
 }
 
 impl DaemonState {
+    /// Writes the state atomically, readable by its owner only (it names every backend).
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
+        // A directory this creates (the default /run/lb) is root-only; one that exists (the
+        // operator's choice) keeps its mode.
+        if let Some(dir) = path.parent()
+            && !dir.exists()
+        {
             fs::create_dir_all(dir)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
         let tmp = path.with_extension("json.tmp");
-        fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(io::Error::other)?,
-        )?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
+        // A file left by an earlier build with wider permissions is narrowed too.
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        drop(f);
         fs::rename(&tmp, path)
     }
 
     pub fn read(path: &Path) -> Option<Self> {
         serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_written_whole_and_owner_only() {
+        let dir = std::env::temp_dir().join(format!("lb-state-{}", std::process::id()));
+        let path = dir.join("s.json");
+        let state = DaemonState {
+            pid: 7,
+            ..DaemonState::default()
+        };
+        state.write(&path).unwrap();
+        assert_eq!(DaemonState::read(&path), Some(state));
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
