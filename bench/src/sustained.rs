@@ -50,7 +50,7 @@ fn load_bin() -> PathBuf {
     let p = exe.with_file_name("lbt-load");
     assert!(
         p.exists(),
-        "{} not built: `cargo build --release -p lb-tests --bins` (or set LBT_LOAD)",
+        "{} not built: `cargo build --release -p lb-bench --bins` (or set LBT_LOAD)",
         p.display()
     );
     p

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: builds `lb` and the benchmark binary, installs the peers it
+//! `cargo xtask bench [--quick]`: builds `lb` and the benchmark binaries, installs the peers it
 //! measures against (HAProxy, nftables, nginx, wrk, iperf3) and runs `lb-bench` as root.
 use std::process::Command;
 
