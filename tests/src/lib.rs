@@ -1,6 +1,5 @@
 //! Test support: the Calico-style agent topology in network namespaces (`netns`), traffic
 //! from inside a namespace (`client`), packet builders (`packets`) and a Marathon stand-in.
-pub mod bench;
 pub mod client;
 pub mod lb;
 pub mod marathon_standin;

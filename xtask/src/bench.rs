@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: builds `lb` and the benchmark binary, installs the peers it
+//! `cargo xtask bench [--quick]`: builds `lb` and the benchmark binaries, installs the peers it
 //! measures against (HAProxy, nftables, nginx, wrk, iperf3) and runs `lb-bench` as root.
 use std::process::Command;
 
@@ -23,7 +23,21 @@ pub fn run(quick: bool) -> Result<()> {
     setup::ensure_packages(PACKAGES)?;
     let lb = build_release()?;
     eprintln!("==> building the benchmark binaries");
-    crate::run(cargo().args(["build", "--release", "--package", "lb-tests", "--bins"]))?;
+    // `lb-bench` and its load generator `lbt-load` (lb-bench), the task server (lb-tests).
+    crate::run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "lb-bench",
+        "--package",
+        "lb-tests",
+        "--bin",
+        "lb-bench",
+        "--bin",
+        "lbt-load",
+        "--bin",
+        "lbt-server",
+    ]))?;
     let bin = root().join("target/release");
     let mut cmd = Command::new(bin.join("lb-bench"));
     if quick {

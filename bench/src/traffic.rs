@@ -5,15 +5,15 @@ use std::{
     time::Duration,
 };
 
+use lb_tests::{
+    lb,
+    netns::{AGENT, TASKS, Topology, in_netns, wait_tcp},
+};
 use serde_json::{Value, json};
 
 use super::{
     Effort,
     report::{Report, Spread, Table, Target},
-};
-use crate::{
-    lb,
-    netns::{AGENT, TASKS, Topology, in_netns, wait_tcp},
 };
 
 const PREFIX: &str = "lbb";

@@ -18,6 +18,10 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use lb_common::{Backend, BackendKey, Config, FLOW_F_REPLY, Flow, FlowKey, Service, ServiceKey};
+use lb_tests::{
+    netns::{FibNs, in_netns},
+    packets::{Pkt, TCP_ACK, TCP_PSH, TCP_SYN},
+};
 use lb_user::{
     dataplane::{Dataplane, ifaces, loader::Capacities},
     services::{Balance, Desired, Listener, Protocol, ServiceSpec},
@@ -27,10 +31,6 @@ use serde_json::json;
 use super::{
     Effort,
     report::{Report, Spread, Table},
-};
-use crate::{
-    netns::{FibNs, in_netns},
-    packets::{Pkt, TCP_ACK, TCP_PSH, TCP_SYN},
 };
 
 const NS: &str = "lbb-pkt";

@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use lb_tests::bench::{Effort, control, packet, report, sustained, traffic};
+use lb_bench::{Effort, control, packet, report, sustained, traffic};
 
 /// A part of the benchmark: it adds its tables and targets to the report.
 type Section = fn(&Effort, &mut report::Report);

@@ -16,6 +16,10 @@ use std::{
 
 use aya::maps::{HashMap, MapData};
 use lb_common::{Backend, BackendKey, MAP_BACKENDS, MAP_SERVICES, Service, ServiceKey};
+use lb_tests::{
+    lb::{self, NsStandin},
+    netns::{Topology, sh},
+};
 use lb_user::{
     dataplane::{Dataplane, ifaces, loader::Capacities},
     marathon::{api, translate},
@@ -25,10 +29,6 @@ use serde_json::{Value, json};
 use super::{
     Effort,
     report::{Report, Spread, Table, quantile_sorted},
-};
-use crate::{
-    lb::{self, NsStandin},
-    netns::{Topology, sh},
 };
 
 const NS: &str = "lbb-ctl";

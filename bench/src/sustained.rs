@@ -2,6 +2,7 @@
 //! each contender on a fresh topology, so steady state shows (NAT ports, conntrack, TIME_WAIT).
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, thread, time::Duration};
 
+use lb_tests::{lb, netns::Topology};
 use serde_json::{Value, json};
 
 use super::{
@@ -10,7 +11,6 @@ use super::{
     svg::{self, Series},
     traffic::{self, Contender},
 };
-use crate::{lb, netns::Topology};
 
 /// Namespace prefix of its own: never collides with the traffic section's or the tests'.
 const PREFIX: &str = "lbs";
@@ -50,7 +50,7 @@ fn load_bin() -> PathBuf {
     let p = exe.with_file_name("lbt-load");
     assert!(
         p.exists(),
-        "{} not built: `cargo build --release -p lb-tests --bins` (or set LBT_LOAD)",
+        "{} not built: `cargo build --release -p lb-bench --bins` (or set LBT_LOAD)",
         p.display()
     );
     p
