@@ -4,6 +4,7 @@
 //! into the `Update` the daemon applies (`feed`). Nothing here knows the command line.
 pub mod api;
 pub mod backoff;
+pub mod catalog;
 pub mod client;
 pub mod controller;
 pub mod events;

@@ -28,7 +28,7 @@ mod tests;
 mod units;
 
 pub(crate) use backends::Resolver;
-pub(crate) use units::units;
+pub(crate) use units::{UnitKey, unit_key, units};
 
 /// What the operator chose (marathon-lb's `--group`, `--health-check`, `--strict-mode`, and
 /// Mesos-DNS's `IPSources`).
