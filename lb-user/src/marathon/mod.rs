@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod catalog;
 pub mod client;
 pub mod controller;
+pub mod event_apps;
 pub mod events;
 pub mod feed;
 pub mod translate;

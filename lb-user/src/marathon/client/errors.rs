@@ -8,6 +8,8 @@ use reqwest::StatusCode;
 pub enum ClientError {
     #[error("no Marathon URL configured")]
     NoUrls,
+    #[error("{0:?} is not a Marathon app id")]
+    BadAppId(String),
     #[error("Marathon URL {url} is not usable: {reason}")]
     BadUrl { url: String, reason: &'static str },
     #[error(

@@ -25,6 +25,22 @@ pub use errors::{AttemptError, AttemptErrorKind, ClientError};
 /// same document so one request yields a consistent picture.
 pub const APPS_PATH: &str = "v2/apps?embed=apps.tasks";
 
+/// The path and query of one app's read, with its tasks; `None` for an id that is not one of
+/// Marathon's (lowercase letters, digits, `-`, `.`, `/`-separated), which then never reaches a URL.
+pub fn app_path(id: &str) -> Option<String> {
+    let rest = id.strip_prefix('/')?;
+    let valid = !rest.is_empty()
+        && rest.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        });
+    valid.then(|| format!("v2/apps/{rest}?embed=app.tasks"))
+}
+
 /// Everything the client needs; see `Default` for the timeouts chosen.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -210,6 +226,24 @@ impl MarathonClient {
         match self.get(APPS_PATH, RequestKind::Json).await? {
             (Answer::Body(body), _) => Ok(body),
             (Answer::Stream(_), _) => unreachable!("a JSON request yields a body"),
+        }
+    }
+
+    /// Reads `/v2/apps/{id}?embed=app.tasks` (`{"app": {...}}`) and returns the body untouched,
+    /// or `None` when Marathon answers 404: it has no such app (any more).
+    pub async fn fetch_app(&self, id: &str) -> Result<Option<Bytes>, ClientError> {
+        let path = app_path(id).ok_or_else(|| ClientError::BadAppId(id.to_owned()))?;
+        match self.get(&path, RequestKind::Json).await {
+            Ok((Answer::Body(body), _)) => Ok(Some(body)),
+            Ok((Answer::Stream(_), _)) => unreachable!("a JSON request yields a body"),
+            Err(e)
+                if e.attempts()
+                    .iter()
+                    .any(|a| a.kind == AttemptErrorKind::Status(StatusCode::NOT_FOUND)) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 

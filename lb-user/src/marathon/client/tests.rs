@@ -267,3 +267,16 @@ fn ca_file_is_loaded_or_rejected_with_its_path() {
     );
     std::fs::remove_dir_all(&dir).expect("remove temp dir");
 }
+
+#[test]
+fn app_paths_take_marathon_ids_only() {
+    assert_eq!(
+        app_path("/prod/web-1.v2").as_deref(),
+        Some("v2/apps/prod/web-1.v2?embed=app.tasks")
+    );
+    for bad in [
+        "", "/", "web", "/Web", "/a//b", "/a/../b", "/a?b", "/a b", "/a/", "/%2e",
+    ] {
+        assert_eq!(app_path(bad), None, "{bad:?}");
+    }
+}
