@@ -236,20 +236,32 @@ fn current_backends(
         .collect()
 }
 
-fn event_latency(effort: &Effort, report: &mut Report) {
-    // The size the Marathon issue sets its latency target for.
-    const APPS: u32 = 1_000;
+/// The daemon's peak resident memory (VmHWM) in MiB, from /proc.
+fn peak_rss_mib(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// One row of the event-to-map table: `apps` Calico apps followed by `lb run --marathon`, a
+/// stream of single-task changes (each announced as Marathon does, by a `status_update_event`
+/// naming its app), then a few full reads (an event naming no app), and the daemon's peak RSS.
+fn event_latency(effort: &Effort, apps: u32, report: &mut Report) -> Option<(Vec<String>, Value)> {
     const RATE: u32 = 100;
+    const FULL_READS: u32 = 3;
     let changes = RATE * if effort.quick { 3 } else { 10 };
     let mut topo = Topology::new("lbbc");
     let standin = NsStandin::start(&topo.ns("agent"));
-    let mut ips: Vec<Vec<Ipv4Addr>> = (0..APPS)
+    let mut ips: Vec<Vec<Ipv4Addr>> = (0..apps)
         .map(|a| (0..TASKS_PER_APP).map(|t| task_ip(a, t)).collect())
         .collect();
     let doc = |ips: &[Vec<Ipv4Addr>]| json!({"apps": ips.iter().enumerate().map(|(i, v)| app_json(i as u32, v)).collect::<Vec<_>>()});
     standin.standin.set_apps(doc(&ips));
     let url = standin.standin.url();
-    lb::start(
+    lb::start_within(
         &mut topo,
         "lb",
         &[
@@ -262,7 +274,8 @@ fn event_latency(effort: &Effort, report: &mut Report) {
             "--marathon",
             &url,
         ],
-        APPS as usize,
+        apps as usize,
+        Duration::from_secs(120),
     );
     let pins = topo.pin_path();
     let services: HashMap<MapData, ServiceKey, Service> =
@@ -315,13 +328,15 @@ fn event_latency(effort: &Effort, report: &mut Report) {
     let start = Instant::now();
     for k in 0..changes {
         // Each change moves one task of one app to a new address (a task replaced).
-        let app = (k % APPS) as usize;
-        let task = ((k / APPS) % TASKS_PER_APP) as usize;
+        let app = k % apps;
+        let task = ((k / apps) % TASKS_PER_APP) as usize;
         let new = Ipv4Addr::new(10, 250, (k / 250) as u8, (k % 250 + 1) as u8);
-        ips[app][task] = new;
-        let body = doc(&ips);
+        ips[app as usize][task] = new;
+        let body = app_json(app, &ips[app as usize]);
         let at = Instant::now();
-        standin.standin.set_apps(body);
+        standin
+            .standin
+            .set_app(&format!("/bench/app-{app:05}"), Some(body));
         let _ = want_tx.send((u32::from(new).to_be(), at));
         let next = start + interval * (k + 1);
         if let Some(d) = next.checked_duration_since(Instant::now()) {
@@ -329,60 +344,92 @@ fn event_latency(effort: &Effort, report: &mut Report) {
         }
     }
     let sent_for = start.elapsed().as_secs_f64();
+    // Wait for the stream to drain, then full reads: one task moved, announced by an event that
+    // names no app (as a deployment's), so the daemon reads and applies the whole state.
+    thread::sleep(Duration::from_secs(2));
+    let events: Vec<f64> = seen_rx.try_iter().collect();
+    for r in 0..FULL_READS {
+        let k = changes + r;
+        let new = Ipv4Addr::new(10, 250, (k / 250) as u8, (k % 250 + 1) as u8);
+        ips[0][0] = new;
+        let body = doc(&ips);
+        let at = Instant::now();
+        standin.standin.set_apps(body);
+        let _ = want_tx.send((u32::from(new).to_be(), at));
+        thread::sleep(Duration::from_secs(3));
+    }
     stop.store(true, Ordering::Relaxed);
     let poll_ms = watcher.join().expect("watcher");
-    let mut lat: Vec<f64> = seen_rx.try_iter().collect();
+    let mut full: Vec<f64> = seen_rx.try_iter().collect();
+    full.sort_by(f64::total_cmp);
+    let rss = topo.pid("lb").map_or(0.0, peak_rss_mib);
+    let mut lat = events;
     let lost = lat.iter().filter(|v| v.is_infinite()).count();
     lat.retain(|v| v.is_finite());
     lat.sort_by(f64::total_cmp);
+    let _ = topo.stop("lb");
+    drop(standin);
+    drop(topo);
+    if lat.is_empty() {
+        report.failures.push(format!(
+            "control plane, {apps} apps: no change reached the maps"
+        ));
+        return None;
+    }
+    let full_ms = full.get(full.len() / 2).copied().unwrap_or(f64::INFINITY);
+    Some((
+        vec![
+            format!("{apps} × {TASKS_PER_APP}"),
+            format!("{changes} in {sent_for:.1} s"),
+            format!("{:.1}", quantile_sorted(&lat, 0.5)),
+            format!("{:.1}", quantile_sorted(&lat, 0.99)),
+            format!("{:.1}", lat[lat.len() - 1]),
+            lost.to_string(),
+            format!("{full_ms:.0}"),
+            format!("{rss:.0}"),
+            format!("{poll_ms:.2}"),
+        ],
+        json!({"apps": apps, "tasks_per_app": TASKS_PER_APP, "changes": changes, "rate_per_s": RATE,
+               "p50_ms": quantile_sorted(&lat, 0.5), "p99_ms": quantile_sorted(&lat, 0.99),
+               "max_ms": lat[lat.len() - 1], "not_seen": lost, "full_read_ms": full,
+               "lb_peak_rss_mib": rss, "poll_ms": poll_ms}),
+    ))
+}
+
+fn event_latencies(effort: &Effort, report: &mut Report) {
     let mut t = Table::new(
         "Control plane: Marathon event to map, under a stream of task changes",
         &[
+            "apps × tasks",
             "changes",
-            "rate /s",
             "p50 ms",
             "p99 ms",
             "max ms",
             "not seen in 10 s",
+            "full read ms",
+            "lb peak RSS MiB",
             "map poll ms",
         ],
-        &format!(
-            "`lb run --marathon` (the release binary, TC hook) in the agent namespace follows the Marathon \
-             stand-in ({APPS} Calico apps × {TASKS_PER_APP} tasks). {changes} changes at {RATE}/s (sent in \
-             {sent_for:.1} s), each moving one task to a new address: the stand-in's `/v2/apps` is replaced \
-             and an event announced (`set_apps`). Latency = from `set_apps` to the new address being a \
-             backend of its service's current generation in the pinned `LB_SERVICES`/`LB_BACKENDS` maps, \
-             which a watcher polls continuously (one poll takes `map poll ms`, the resolution of the figure). \
-             The daemon coalesces events (50 ms) and re-reads the whole state, so bursts share one apply."
-        ),
+        "`lb run --marathon` (the release binary, TC hook) in the agent namespace follows the Marathon \
+         stand-in (Calico apps × 5 tasks). Changes at 100/s, each moving one task of one app to a new \
+         address: the stand-in replaces that app and announces it as Marathon does, with a \
+         `status_update_event` naming the app (`set_app`), so the daemon reads that app alone. \
+         Latency = from `set_app` to the new address being a backend of its service's current \
+         generation in the pinned `LB_SERVICES`/`LB_BACKENDS` maps, which a watcher polls \
+         continuously (one poll takes `map poll ms`, the resolution of the figure). The daemon \
+         coalesces events (50 ms). `full read ms`: median of 3 whole-state changes announced by an \
+         event naming no app (read, parsed, translated and applied in full). `lb peak RSS`: the \
+         daemon's VmHWM at the end.",
     );
-    if lat.is_empty() {
-        report
-            .failures
-            .push("control plane: no change reached the maps".into());
-    } else {
-        t.row(
-            vec![
-                changes.to_string(),
-                RATE.to_string(),
-                format!("{:.1}", quantile_sorted(&lat, 0.5)),
-                format!("{:.1}", quantile_sorted(&lat, 0.99)),
-                format!("{:.1}", lat[lat.len() - 1]),
-                lost.to_string(),
-                format!("{poll_ms:.2}"),
-            ],
-            json!({"changes": changes, "rate_per_s": RATE, "p50_ms": quantile_sorted(&lat, 0.5),
-                   "p99_ms": quantile_sorted(&lat, 0.99), "max_ms": lat[lat.len() - 1],
-                   "not_seen": lost, "poll_ms": poll_ms}),
-        );
-        report.tables.push(t);
+    for apps in [1_000, 10_000] {
+        if let Some((cells, json)) = event_latency(effort, apps, report) {
+            t.row(cells, json);
+        }
     }
-    let _ = topo.stop("lb");
-    drop(standin);
-    drop(topo);
+    report.tables.push(t);
 }
 
 pub fn run(effort: &Effort, report: &mut Report) {
     translate_and_apply(effort, report);
-    event_latency(effort, report);
+    event_latencies(effort, report);
 }

@@ -1109,8 +1109,7 @@ fn shared_app_definitions_parse_and_translate_as_marathon_lb_would() {
         let path = shared_fixture(name);
         let body =
             std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
-        parse_app(value).unwrap_or_else(|e| panic!("{name}: {e}"))
+        parse_app(&body).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     // Definitions, not API output: no tasks. The 1-nginx pair is a deployment group "nginx"
     // whose id lacks the leading slash; the service is there, waiting for tasks.

@@ -19,6 +19,17 @@ use crate::{
 /// Starts `lb run` in the agent namespace with `args` (after `--pin-path`), logging to a file,
 /// and waits until its state shows `services` services applied.
 pub fn start(topo: &mut Topology, label: &str, args: &[&str], services: usize) -> PathBuf {
+    start_within(topo, label, args, services, Duration::from_secs(20))
+}
+
+/// `start`, allowing `within` for the services to be applied (large states take longer).
+pub fn start_within(
+    topo: &mut Topology,
+    label: &str,
+    args: &[&str],
+    services: usize,
+    within: Duration,
+) -> PathBuf {
     let log = PathBuf::from(format!("/tmp/{}-{label}.log", topo.prefix));
     let out = fs::File::create(&log).expect("create lb log");
     let mut cmd = topo.cmd("agent", &lb_bin());
@@ -32,7 +43,7 @@ pub fn start(topo: &mut Topology, label: &str, args: &[&str], services: usize) -
     }
     cmd.stdout(Stdio::null()).stderr(out);
     topo.spawn(label, cmd);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + within;
     loop {
         if let Some(st) = status(topo)
             && st["services"].as_array().map_or(0, Vec::len) >= services
@@ -48,7 +59,7 @@ pub fn start(topo: &mut Topology, label: &str, args: &[&str], services: usize) -
         }
         assert!(
             Instant::now() < deadline,
-            "lb did not come up with {services} services within 20 s; log:\n{}",
+            "lb did not come up with {services} services within {within:?}; log:\n{}",
             fs::read_to_string(&log).unwrap_or_default()
         );
         thread::sleep(Duration::from_millis(100));

@@ -1,15 +1,17 @@
-//! A Marathon stand-in for tests and the demo: serves `/v2/apps` and a live `/v2/events` SSE stream,
-//! and can be told to fail, stall, redirect, answer garbage or demand credentials.
+//! A Marathon stand-in for tests and the demo: serves `/v2/apps`, `/v2/apps/{id}` and a live
+//! `/v2/events` SSE stream, and can be told to fail, stall, redirect, answer garbage or demand
+//! credentials.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,15 +22,15 @@ use tokio::sync::{broadcast, mpsc, watch};
 pub enum Mode {
     #[default]
     Normal,
-    /// `/v2/apps` and new `/v2/events` requests answer this status (500, 502, 503...).
+    /// `/v2/apps`, `/v2/apps/{id}` and new `/v2/events` requests answer this status (500, 502, 503...).
     Fail(u16),
-    /// `/v2/apps` accepts the request and never answers.
+    /// `/v2/apps` and `/v2/apps/{id}` accept the request and never answer.
     StallApps,
     /// Event streams (open and new) send nothing at all: no events, no heartbeats.
     StallEvents,
     /// Every request is answered `302` to the same path and query under this base URL.
     Redirect(String),
-    /// `/v2/apps` answers `200` with a body that is not JSON.
+    /// `/v2/apps` and `/v2/apps/{id}` answer `200` with a body that is not JSON.
     Garbage,
 }
 
@@ -85,6 +87,7 @@ fn base64(input: &[u8]) -> String {
 #[derive(Default)]
 struct Counters {
     apps_requests: AtomicU64,
+    app_requests: AtomicU64,
     apps_served: AtomicU64,
     event_connections: AtomicU64,
     events_emitted: AtomicU64,
@@ -92,8 +95,70 @@ struct Counters {
     unauthorized: AtomicU64,
 }
 
+/// The apps Marathon has: the document `/v2/apps` serves, and each app by id for `/v2/apps/{id}`.
+#[derive(Default)]
+struct Apps {
+    /// The document as served; rebuilt from `by_id` after `set_app`.
+    doc: Bytes,
+    order: Vec<String>,
+    by_id: HashMap<String, Bytes>,
+    stale: bool,
+}
+
+impl Apps {
+    fn set_doc(&mut self, json: &serde_json::Value) {
+        self.doc = Bytes::from(json.to_string());
+        self.order.clear();
+        self.by_id.clear();
+        self.stale = false;
+        for app in json["apps"].as_array().into_iter().flatten() {
+            if let Some(id) = app["id"].as_str() {
+                self.order.push(id.to_owned());
+                self.by_id
+                    .insert(id.to_owned(), Bytes::from(app.to_string()));
+            }
+        }
+    }
+
+    fn set_app(&mut self, id: &str, app: Option<&serde_json::Value>) {
+        match app {
+            Some(app) => {
+                if self
+                    .by_id
+                    .insert(id.to_owned(), Bytes::from(app.to_string()))
+                    .is_none()
+                {
+                    self.order.push(id.to_owned());
+                }
+            }
+            None => {
+                self.by_id.remove(id);
+                self.order.retain(|o| o != id);
+            }
+        }
+        self.stale = true;
+    }
+
+    fn doc(&mut self) -> Bytes {
+        if self.stale {
+            let mut doc = Vec::with_capacity(self.doc.len() + 1024);
+            doc.extend_from_slice(b"{\"apps\":[");
+            for (i, id) in self.order.iter().enumerate() {
+                if i > 0 {
+                    doc.push(b',');
+                }
+                doc.extend_from_slice(&self.by_id[id]);
+            }
+            doc.extend_from_slice(b"]}");
+            self.doc = Bytes::from(doc);
+            self.stale = false;
+        }
+        self.doc.clone()
+    }
+}
+
 struct Inner {
-    apps: watch::Sender<Bytes>,
+    apps: Mutex<Apps>,
     mode: watch::Sender<Mode>,
     auth: watch::Sender<RequireAuth>,
     events: broadcast::Sender<Bytes>,
@@ -124,7 +189,10 @@ impl Standin {
             .local_addr()
             .expect("bound listener has an address");
         let inner = Arc::new(Inner {
-            apps: watch::Sender::new(Bytes::from_static(br#"{"apps":[]}"#)),
+            apps: Mutex::new(Apps {
+                doc: Bytes::from_static(br#"{"apps":[]}"#),
+                ..Apps::default()
+            }),
             mode: watch::Sender::new(Mode::Normal),
             auth: watch::Sender::new(RequireAuth::None),
             events: broadcast::channel(1024).0,
@@ -134,6 +202,7 @@ impl Standin {
         });
         let app = Router::new()
             .route("/v2/apps", get(apps))
+            .route("/v2/apps/{*id}", get(app))
             .route("/v2/events", get(events))
             .with_state(Arc::clone(&inner));
         let mut stop = inner.shutdown.subscribe();
@@ -166,13 +235,34 @@ impl Standin {
 
     /// Replaces the `/v2/apps` document and announces it with an `api_post_event`.
     pub fn set_apps(&self, json: serde_json::Value) {
-        self.inner.apps.send_replace(Bytes::from(json.to_string()));
+        self.inner.apps.lock().expect("apps lock").set_doc(&json);
         self.emit("api_post_event", serde_json::json!({"eventType": "api_post_event", "timestamp": "2015-09-30T12:44:30.061Z"}));
+    }
+
+    /// Replaces (`Some`) or deletes (`None`) one app, and announces it as Marathon does: a
+    /// `status_update_event` naming the app (a task of it changed), or `app_terminated_event`.
+    pub fn set_app(&self, id: &str, app: Option<serde_json::Value>) {
+        self.inner
+            .apps
+            .lock()
+            .expect("apps lock")
+            .set_app(id, app.as_ref());
+        let ts = "2015-09-30T12:44:45.681Z";
+        match app {
+            Some(_) => self.emit(
+                "status_update_event",
+                serde_json::json!({"taskStatus": "TASK_RUNNING", "appId": id, "eventType": "status_update_event", "timestamp": ts}),
+            ),
+            None => self.emit(
+                "app_terminated_event",
+                serde_json::json!({"appId": id, "eventType": "app_terminated_event", "timestamp": ts}),
+            ),
+        }
     }
 
     /// The document `/v2/apps` serves now.
     pub fn apps(&self) -> Bytes {
-        self.inner.apps.borrow().clone()
+        self.inner.apps.lock().expect("apps lock").doc()
     }
 
     /// Sends `event: <event_type>` with `data` as one JSON line to every open event stream.
@@ -211,6 +301,11 @@ impl Standin {
     /// `/v2/apps` requests received, whatever the answer.
     pub fn requests(&self) -> u64 {
         self.inner.counters.apps_requests.load(Ordering::Relaxed)
+    }
+
+    /// `/v2/apps/{id}` requests received, whatever the answer.
+    pub fn app_requests(&self) -> u64 {
+        self.inner.counters.app_requests.load(Ordering::Relaxed)
     }
 
     /// `/v2/apps` requests answered 200 with the current document.
@@ -274,14 +369,61 @@ fn gate(inner: &Inner, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
 
 async fn apps(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> Response {
     inner.counters.apps_requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(answer) = gate(&inner, &headers, &uri) {
+    if let Some(answer) = misbehave(&inner, &headers, &uri).await {
         return answer;
+    }
+    inner.counters.apps_served.fetch_add(1, Ordering::Relaxed);
+    let body = inner.apps.lock().expect("apps lock").doc();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `GET /v2/apps/{id}` as Marathon answers it: `{"app": {...}}` (tasks included, as with
+/// `embed=app.tasks`), or 404 with a message when there is no such app.
+async fn app(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    inner.counters.app_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(answer) = misbehave(&inner, &headers, &uri).await {
+        return answer;
+    }
+    let id = format!("/{}", id.trim_start_matches('/'));
+    let app = inner
+        .apps
+        .lock()
+        .expect("apps lock")
+        .by_id
+        .get(&id)
+        .cloned();
+    match app {
+        Some(app) => {
+            let mut body = Vec::with_capacity(app.len() + 8);
+            body.extend_from_slice(b"{\"app\":");
+            body.extend_from_slice(&app);
+            body.push(b'}');
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"message": format!("App '{id}' does not exist")}).to_string(),
+        )
+            .into_response(),
+    }
+}
+
+/// What both app reads answer instead of the apps when the stand-in is told to misbehave.
+async fn misbehave(inner: &Inner, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
+    if let Some(answer) = gate(inner, headers, uri) {
+        return Some(answer);
     }
     let mode = inner.mode.borrow().clone();
     match mode {
         Mode::Fail(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, "{\"message\":\"stand-in told to fail\"}").into_response()
+            Some((status, "{\"message\":\"stand-in told to fail\"}").into_response())
         }
         Mode::StallApps => {
             // Never answers; only shutdown ends it, so the server can still stop.
@@ -290,18 +432,16 @@ async fn apps(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
                 .subscribe()
                 .wait_for(|stopped| *stopped)
                 .await;
-            StatusCode::SERVICE_UNAVAILABLE.into_response()
+            Some(StatusCode::SERVICE_UNAVAILABLE.into_response())
         }
-        Mode::Garbage => (
-            [(header::CONTENT_TYPE, "application/json")],
-            "<html>this is not json",
-        )
-            .into_response(),
-        Mode::Normal | Mode::StallEvents | Mode::Redirect(_) => {
-            inner.counters.apps_served.fetch_add(1, Ordering::Relaxed);
-            let body = inner.apps.borrow().clone();
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
+        Mode::Garbage => Some(
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                "<html>this is not json",
+            )
+                .into_response(),
+        ),
+        Mode::Normal | Mode::StallEvents | Mode::Redirect(_) => None,
     }
 }
 

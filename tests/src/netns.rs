@@ -216,6 +216,15 @@ impl Topology {
         self.procs.push((label.to_owned(), child));
     }
 
+    /// The process id of a process started with `spawn` (`ip netns exec` execs the program,
+    /// so this is the program's own).
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, c)| c.id())
+    }
+
     /// The exit status of a process started with `spawn`, if it has ended.
     pub fn exited(&mut self, label: &str) -> Option<std::process::ExitStatus> {
         let (_, child) = self.procs.iter_mut().find(|(l, _)| l == label)?;

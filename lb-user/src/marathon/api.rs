@@ -1,20 +1,48 @@
-//! Serde types for Marathon's `GET /v2/apps?embed=apps.tasks` (1.4 to 1.10), only the fields the
-//! translation reads; `parse_apps` parses app by app so that one malformed app costs only itself.
+//! Serde types for Marathon's `GET /v2/apps?embed=apps.tasks` and `GET /v2/apps/{id}?embed=app.tasks`
+//! (1.4 to 1.10), only the fields the translation reads, parsed straight from the bytes (no
+//! `serde_json::Value` tree): the document is split into its apps as raw slices, and each app
+//! parses on its own, so that one malformed app (or task) costs only itself.
 //!
 //! Marathon 1.4 writes empty fields as `null` where 1.5+ leaves them out, so every field treats
 //! missing, `null` and empty alike. Unknown fields are ignored: each release adds some.
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{IgnoredAny, MapAccess, Visitor},
+};
+use serde_json::value::RawValue;
 
 /// Why a whole response could not be used (a single bad app is reported in `ParsedApps::errors`).
-#[derive(Debug, thiserror::Error)]
+/// Messages give positions and key names only: the body holds app environments, which may hold
+/// secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
-    #[error("Marathon's /v2/apps response is not JSON: {0}")]
-    NotJson(#[from] serde_json::Error),
-    #[error("Marathon's /v2/apps response has no \"apps\" array (top-level keys: {0})")]
-    NoApps(String),
+    #[error("the body is not valid JSON (line {line}, column {column})")]
+    NotJson { line: usize, column: usize },
+    #[error("the body is truncated JSON")]
+    Truncated,
+    #[error("the body is JSON but not an object: it is {0}")]
+    NotAnObject(&'static str),
+    #[error("the body has no {key:?} object or array (top-level keys: {keys})")]
+    Missing { key: &'static str, keys: String },
+    #[error("the body's {key:?} is {kind}, not what Marathon sends")]
+    WrongKind {
+        key: &'static str,
+        kind: &'static str,
+    },
+}
+
+impl ApiError {
+    fn from_json(e: &serde_json::Error) -> Self {
+        match e.classify() {
+            serde_json::error::Category::Eof => ApiError::Truncated,
+            _ => ApiError::NotJson {
+                line: e.line(),
+                column: e.column(),
+            },
+        }
+    }
 }
 
 /// A `/v2/apps` response: the apps that parsed, and one entry per app that did not.
@@ -36,33 +64,20 @@ pub struct AppError {
 
 /// Parses a `GET /v2/apps?embed=apps.tasks` body.
 pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, ApiError> {
-    let value: Value = serde_json::from_slice(body)?;
-    let apps = match value {
-        Value::Object(mut top) => match top.remove("apps") {
-            Some(Value::Array(apps)) => apps,
-            // An empty Marathon may write `"apps": null` in old versions.
-            Some(Value::Null) => Vec::new(),
-            _ => {
-                return Err(ApiError::NoApps(
-                    top.keys().cloned().collect::<Vec<_>>().join(", "),
-                ));
-            }
-        },
-        other => {
-            return Err(ApiError::NoApps(format!(
-                "not an object but {}",
-                kind(&other)
-            )));
-        }
+    let apps = match top_level(body, "apps")? {
+        None => Vec::new(),
+        Some(raw) => raw_array(raw, "apps")?,
     };
-    let mut parsed = ParsedApps::default();
-    for (index, value) in apps.into_iter().enumerate() {
-        let app_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-        match parse_app(value) {
+    let mut parsed = ParsedApps {
+        apps: Vec::with_capacity(apps.len()),
+        errors: Vec::new(),
+    };
+    for (index, raw) in apps.into_iter().enumerate() {
+        match parse_app(raw.get().as_bytes()) {
             Ok(app) => parsed.apps.push(app),
             Err(e) => parsed.errors.push(AppError {
                 index,
-                app_id,
+                app_id: id_of(raw),
                 error: e.to_string(),
             }),
         }
@@ -70,40 +85,197 @@ pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, ApiError> {
     Ok(parsed)
 }
 
+/// Parses a `GET /v2/apps/{id}?embed=app.tasks` body, `{"app": {...}}`. Unlike in `parse_apps`,
+/// an app that does not parse fails the whole answer: there is nothing else in it.
+pub fn parse_app_answer(body: &[u8]) -> Result<App, AppAnswerError> {
+    let raw = top_level(body, "app")?.ok_or(ApiError::WrongKind {
+        key: "app",
+        kind: "null",
+    })?;
+    if raw.get().starts_with('{') {
+        parse_app(raw.get().as_bytes()).map_err(|e| AppAnswerError::App(e.to_string()))
+    } else {
+        Err(ApiError::WrongKind {
+            key: "app",
+            kind: kind(raw),
+        }
+        .into())
+    }
+}
+
+/// Why a single-app answer could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppAnswerError {
+    #[error(transparent)]
+    Body(#[from] ApiError),
+    #[error("the app does not parse: {0}")]
+    App(String),
+}
+
 /// Parses one app object (an element of `apps`, or the `app` of `GET /v2/apps/{id}`).
 ///
 /// Its tasks parse one by one: a task that does not parse is left out and described in
 /// `App::task_errors`, so the app's other tasks still serve.
-pub fn parse_app(mut value: Value) -> Result<App, serde_json::Error> {
-    let tasks = match value.as_object_mut() {
-        Some(obj) => obj.remove("tasks"),
-        None => None,
-    };
-    let mut app = App::deserialize(value)?;
-    if let Some(Value::Array(tasks)) = tasks {
-        for (index, task) in tasks.into_iter().enumerate() {
-            let id = task.get("id").and_then(Value::as_str).map(str::to_owned);
-            match Task::deserialize(task) {
-                Ok(task) => app.tasks.push(task),
-                Err(e) => app.task_errors.push(match id {
-                    Some(id) => format!("task {id} (tasks[{index}]) does not parse: {e}"),
-                    None => format!("tasks[{index}] does not parse: {e}"),
-                }),
-            }
+pub fn parse_app(json: &[u8]) -> Result<App, serde_json::Error> {
+    let mut app: App = serde_json::from_slice(json)?;
+    for (index, task) in std::mem::take(&mut app.read_tasks).into_iter().enumerate() {
+        match task {
+            Ok(task) => app.tasks.push(task),
+            Err((Some(id), e)) => app
+                .task_errors
+                .push(format!("task {id} (tasks[{index}]) does not parse: {e}")),
+            Err((None, e)) => app
+                .task_errors
+                .push(format!("tasks[{index}] does not parse: {e}")),
         }
     }
     Ok(app)
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// The value of `key` in a top-level object, unparsed; `None` when it is `null`. Any other shape
+/// of document is an error naming what was found instead.
+fn top_level<'a>(body: &'a [u8], key: &'static str) -> Result<Option<&'a RawValue>, ApiError> {
+    let top: TopLevel<'a> = {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let top = TopLevelSeed { key }
+            .deserialize_top(&mut de)
+            .map_err(|e| ApiError::from_json(&e))?;
+        de.end().map_err(|e| ApiError::from_json(&e))?;
+        top
+    };
+    match top {
+        TopLevel::Other(kind) => Err(ApiError::NotAnObject(kind)),
+        TopLevel::Object { found: None, keys } => Err(ApiError::Missing {
+            key,
+            keys: keys.join(", "),
+        }),
+        TopLevel::Object {
+            found: Some(raw), ..
+        } => Ok((raw.get() != "null").then_some(raw)),
     }
+}
+
+/// The elements of a raw JSON array, unparsed.
+fn raw_array<'a>(raw: &'a RawValue, key: &'static str) -> Result<Vec<&'a RawValue>, ApiError> {
+    if !raw.get().starts_with('[') {
+        return Err(ApiError::WrongKind {
+            key,
+            kind: kind(raw),
+        });
+    }
+    serde_json::from_str(raw.get()).map_err(|e| ApiError::from_json(&e))
+}
+
+/// The `id` of a raw app or task, when it has a string one.
+fn id_of(raw: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_str::<Id>(raw.get()).ok().map(|i| i.id)
+}
+
+/// What kind of JSON value `raw` is, judged by its first byte (it is valid JSON).
+fn kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
+    }
+}
+
+enum TopLevel<'a> {
+    Object {
+        found: Option<&'a RawValue>,
+        /// The other keys, to say what the document is when `found` is missing.
+        keys: Vec<String>,
+    },
+    Other(&'static str),
+}
+
+/// Reads the top level of a document, keeping only `key`'s value (unparsed) and the other keys'
+/// names: what `parse_apps` needs to accept or refuse a body without building it.
+struct TopLevelSeed {
+    key: &'static str,
+}
+
+impl TopLevelSeed {
+    fn deserialize_top<'de, D: Deserializer<'de>>(self, d: D) -> Result<TopLevel<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevelSeed {
+    type Value = TopLevel<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an object with {:?}", self.key)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        let mut keys = Vec::new();
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            if k == self.key && found.is_none() {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+                keys.push(k.into_owned());
+            }
+        }
+        Ok(TopLevel::Object { found, keys })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::Other("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a string"))
+    }
+}
+
+/// A task as read: parsed, or (its id when it has a string one, why not).
+type ReadTask = Result<Task, (Option<String>, String)>;
+
+/// `tasks` parsed element by element; anything but an array reads as no tasks, as before.
+fn lenient_tasks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ReadTask>, D::Error> {
+    let Some(raw) = Option::<&'de RawValue>::deserialize(d)? else {
+        return Ok(Vec::new());
+    };
+    if !raw.get().starts_with('[') {
+        return Ok(Vec::new());
+    }
+    let tasks: Vec<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
+    Ok(tasks
+        .into_iter()
+        .map(|raw| serde_json::from_str::<Task>(raw.get()).map_err(|e| (id_of(raw), e.to_string())))
+        .collect())
 }
 
 /// `null` reads as the type's default, like a missing field (with `#[serde(default)]`).
@@ -142,11 +314,15 @@ pub struct App {
     pub health_checks: Vec<HealthCheck>,
     #[serde(default)]
     pub version_info: Option<VersionInfo>,
-    #[serde(default, deserialize_with = "null_default")]
+    /// The tasks that parsed (filled by `parse_app` from `read_tasks`).
+    #[serde(skip)]
     pub tasks: Vec<Task>,
-    /// Tasks of the response that did not parse (filled by `parse_app`, never by serde).
+    /// Tasks of the response that did not parse (filled by `parse_app`).
     #[serde(skip)]
     pub task_errors: Vec<String>,
+    /// `tasks` as serde reads it, each task on its own; emptied by `parse_app`.
+    #[serde(default, rename = "tasks", deserialize_with = "lenient_tasks")]
+    read_tasks: Vec<ReadTask>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -273,16 +449,10 @@ pub struct Task {
     #[serde(default, deserialize_with = "null_default")]
     pub ports: Vec<i64>,
     #[serde(default, deserialize_with = "null_default")]
-    pub service_ports: Vec<i64>,
-    #[serde(default, deserialize_with = "null_default")]
     pub ip_addresses: Vec<TaskIpAddress>,
     /// Missing until Marathon has a result, which is not the same as healthy.
     #[serde(default, deserialize_with = "null_default")]
     pub health_check_results: Vec<HealthCheckResult>,
-    #[serde(default)]
-    pub app_id: Option<String>,
-    #[serde(default)]
-    pub slave_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -306,4 +476,80 @@ pub struct HealthCheckResult {
     pub instance_id: Option<String>,
     #[serde(default)]
     pub consecutive_failures: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_bodies_are_refused_with_positions_and_key_names_only() {
+        assert_eq!(
+            parse_apps(br#"{"apps":[{"id":"/a"},{"id":"/b"}]}"#)
+                .expect("valid")
+                .apps
+                .len(),
+            2
+        );
+        assert!(matches!(parse_apps(b""), Err(ApiError::Truncated)));
+        assert!(matches!(
+            parse_apps(br#"{"apps":[1,2"#),
+            Err(ApiError::Truncated)
+        ));
+        let e = parse_apps(b"<html>502</html>").expect_err("not JSON");
+        assert!(matches!(e, ApiError::NotJson { line: 1, .. }), "{e:?}");
+        assert!(e.to_string().contains("not valid JSON"), "{e}");
+        assert!(matches!(
+            parse_apps(br#"{"message":"no leader"}"#),
+            Err(ApiError::Missing { key: "apps", .. })
+        ));
+        assert!(matches!(
+            parse_apps(b"[]"),
+            Err(ApiError::NotAnObject("an array"))
+        ));
+        assert!(matches!(
+            parse_apps(br#"{"apps":{}} trailing"#),
+            Err(ApiError::NotJson { .. })
+        ));
+        for body in [
+            &br#"{"apps":"SECRET_VALUE"}"#[..],
+            br#"{"apps":["SECRET_VALUE"}"#,
+            br#"{"SECRET_VALUE":1}"#,
+        ] {
+            let err = parse_apps(body).expect_err("refused");
+            assert!(
+                !err.to_string().contains("SECRET_VALUE") || body.starts_with(br#"{"SECRET"#),
+                "values stay out of errors: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn single_app_answers() {
+        let app = parse_app_answer(
+            br#"{"app":{"id":"/a","tasks":[{"id":"a.1","host":"10.0.0.1","ports":[31000]},{"ports":1}]}}"#,
+        )
+        .expect("an app answer");
+        assert_eq!(
+            (app.id.as_str(), app.tasks.len(), app.task_errors.len()),
+            ("/a", 1, 1)
+        );
+        for (body, want) in [
+            (&b"<html>404</html>"[..], "not valid JSON"),
+            (b"{\"app\":", "truncated"),
+            (br#"{"apps":[]}"#, "no \"app\""),
+            (br#"{"app":null}"#, "null"),
+            (br#"{"app":[{"id":"/a"}]}"#, "an array"),
+            (br#"{"app":{"id":5}}"#, "does not parse"),
+            (br#"{"app":{"labels":{}}}"#, "does not parse"),
+            (br#"{"message":"App '/a' does not exist"}"#, "no \"app\""),
+        ] {
+            let e = parse_app_answer(body).expect_err("refused");
+            assert!(
+                e.to_string().contains(want),
+                "{}: {e}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 }

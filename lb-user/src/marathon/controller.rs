@@ -1,17 +1,25 @@
-//! The task that follows Marathon: reads the full state at start, on every (coalesced) event, on
-//! stream reconnects and periodically, and hands each good `/v2/apps` body to the consumer.
+//! The task that follows Marathon: reads the full state at start, on stream reconnects,
+//! periodically and on events that do not say which app changed; reads only the named apps on
+//! the (coalesced) events that do; and hands each good read to the consumer, parsed.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use bytes::Bytes;
+use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
+use super::api::{self, App, ParsedApps};
 use super::backoff::{Backoff, BackoffState};
 use super::client::{ClientConfig, MarathonClient};
 use super::events::{self, EventStreamConfig, StreamSignal};
+
+/// More named apps than this in one coalesced burst are read in one full read instead.
+const MAX_APPS_PER_READ: usize = 64;
+/// Single-app reads in flight at once.
+const APP_READS_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -75,10 +83,26 @@ impl Trigger {
 /// One good read of Marathon's state.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// The body of `/v2/apps?embed=apps.tasks`, checked to be JSON with an `apps` array.
-    pub apps_json: Bytes,
+    pub read: Read,
     pub fetched_at: SystemTime,
     pub trigger: Trigger,
+}
+
+/// What was read: everything, or some apps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    /// `/v2/apps?embed=apps.tasks`, parsed; it replaces all that was known.
+    Full(ParsedApps),
+    /// `/v2/apps/{id}?embed=app.tasks` of each app an event named; the others are as they were.
+    Apps(Vec<AppRead>),
+}
+
+/// One app as Marathon has it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRead {
+    pub id: String,
+    /// `None`: Marathon answered 404, the app is gone.
+    pub app: Option<App>,
 }
 
 /// How following Marathon goes, for `lb status` and metrics. Counters only grow.
@@ -94,6 +118,10 @@ pub struct SyncState {
     pub last_error_at: Option<SystemTime>,
     /// Full reads of `/v2/apps` attempted (each may try several URLs).
     pub requests_total: u64,
+    /// Single-app reads (`/v2/apps/{id}`) attempted.
+    pub app_requests_total: u64,
+    /// Bursts of single-app reads given up for a full read: a read failed or answered garbage.
+    pub app_read_fallbacks_total: u64,
     /// Reads that gave no snapshot: every URL failed, or the body was not a valid apps document.
     pub request_errors_total: u64,
     /// Of those, reads answered 2xx with a body that is not a valid apps document.
@@ -109,44 +137,6 @@ pub struct SyncState {
     pub stream_url: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("the /v2/apps body is not valid JSON (line {line}, column {column})")]
-    NotJson { line: usize, column: usize },
-    #[error(
-        "the /v2/apps body is JSON but not an object with an `apps` array (line {line}, column {column})"
-    )]
-    NoAppsArray { line: usize, column: usize },
-    #[error("the /v2/apps body is truncated JSON")]
-    Truncated,
-}
-
-/// Checks that `body` is a JSON object with an `apps` array and returns the number of apps.
-/// Errors give positions only: the body holds app environments, which may hold secrets.
-pub fn check_apps_body(body: &[u8]) -> Result<usize, BodyError> {
-    // IgnoredAny validates the whole document without building it.
-    #[derive(serde::Deserialize)]
-    struct Shape {
-        apps: Vec<serde::de::IgnoredAny>,
-    }
-    match serde_json::from_slice::<Shape>(body) {
-        Ok(shape) => Ok(shape.apps.len()),
-        Err(e) => Err(match e.classify() {
-            serde_json::error::Category::Eof => BodyError::Truncated,
-            serde_json::error::Category::Data => BodyError::NoAppsArray {
-                line: e.line(),
-                column: e.column(),
-            },
-            serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
-                BodyError::NotJson {
-                    line: e.line(),
-                    column: e.column(),
-                }
-            }
-        }),
-    }
-}
-
 /// Aborts the event stream task when the controller returns, however it returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -160,22 +150,48 @@ impl Drop for AbortOnDrop {
 struct Pending {
     trigger: Trigger,
     at: tokio::time::Instant,
+    scope: Scope,
 }
 
-fn want(pending: &mut Option<Pending>, trigger: Trigger, at: tokio::time::Instant) {
+/// What a due read covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    Full,
+    Apps(BTreeSet<String>),
+}
+
+impl Scope {
+    fn merge(self, other: Scope) -> Scope {
+        match (self, other) {
+            (Scope::Apps(mut a), Scope::Apps(b)) => {
+                a.extend(b);
+                if a.len() > MAX_APPS_PER_READ {
+                    Scope::Full
+                } else {
+                    Scope::Apps(a)
+                }
+            }
+            _ => Scope::Full,
+        }
+    }
+}
+
+fn want(pending: &mut Option<Pending>, trigger: Trigger, at: tokio::time::Instant, scope: Scope) {
     *pending = Some(match pending.take() {
         // Never later than already planned: a steady trickle of events must not postpone reads.
         Some(p) => Pending {
             trigger: p.trigger.merge(trigger),
             at: p.at.min(at),
+            scope: p.scope.merge(scope),
         },
-        None => Pending { trigger, at },
+        None => Pending { trigger, at, scope },
     });
 }
 
 /// Follows Marathon until the `snapshots` receiver is dropped. Sends a snapshot after every good
 /// read; when Marathon is unreachable or answers garbage, sends nothing (the consumer keeps serving
-/// the last good state), records the error in `state` and retries with backoff.
+/// the last good state), records the error in `state` and retries with backoff. A single-app
+/// read in any doubt (failed, garbage, another app) is replaced by a full read at once.
 pub async fn run(
     cfg: ControllerConfig,
     snapshots: mpsc::Sender<Snapshot>,
@@ -196,10 +212,12 @@ pub async fn run(
     let mut pending = Some(Pending {
         trigger: Trigger::Startup,
         at: now + cfg.client.connect_timeout.min(Duration::from_secs(2)),
+        scope: Scope::Full,
     });
     let mut next_resync = now + cfg.resync_interval;
     let mut retry = BackoffState::new(cfg.retry);
-    let mut reads_started = 0u64;
+    // Until a full read succeeded, every read is a full one (a single app means nothing yet).
+    let mut full_reads_done = 0u64;
 
     loop {
         let due = pending.as_ref().map(|p| p.at);
@@ -208,33 +226,47 @@ pub async fn run(
             () = snapshots.closed() => return Ok(()),
             signal = signals.recv() => {
                 let signal = signal.context("the Marathon event stream task stopped")?;
-                handle_signal(signal, &cfg, &mut pending, reads_started, &state);
+                handle_signal(signal, &cfg, &mut pending, full_reads_done, &state);
             }
             () = sleep_until(due.unwrap_or(next_resync)), if due.is_some() => {
-                let trigger = pending.take().expect("a due read is pending").trigger;
-                reads_started += 1;
-                match read(&client, &state).await {
-                    Ok(apps_json) => {
-                        let snapshot = Snapshot { apps_json, fetched_at: SystemTime::now(), trigger };
-                        if snapshots.send(snapshot).await.is_err() {
-                            return Ok(());
+                let Pending { trigger, scope, .. } = pending.take().expect("a due read is pending");
+                let read = match scope {
+                    Scope::Apps(ids) if full_reads_done > 0 => match read_apps(&client, ids, &state).await {
+                        Ok(apps) => Read::Apps(apps),
+                        Err(()) => {
+                            want(&mut pending, trigger, tokio::time::Instant::now(), Scope::Full);
+                            continue;
                         }
-                        state.send_modify(|s| {
-                            s.last_full_sync = Some(SystemTime::now());
-                            s.snapshots_total += 1;
-                        });
-                        retry.reset();
-                        next_resync = tokio::time::Instant::now() + cfg.resync_interval;
+                    },
+                    _ => match read_full(&client, &state).await {
+                        Ok(parsed) => Read::Full(parsed),
+                        Err(()) => {
+                            // Keep the original trigger, so an event's latency includes the outage.
+                            let delay = retry.next_delay(&mut rand::rng());
+                            want(&mut pending, trigger, tokio::time::Instant::now() + delay, Scope::Full);
+                            continue;
+                        }
+                    },
+                };
+                let full = matches!(read, Read::Full(_));
+                let snapshot = Snapshot { read, fetched_at: SystemTime::now(), trigger };
+                if snapshots.send(snapshot).await.is_err() {
+                    return Ok(());
+                }
+                state.send_modify(|s| {
+                    if full {
+                        s.last_full_sync = Some(SystemTime::now());
                     }
-                    Err(()) => {
-                        // Keep the original trigger, so an event's latency includes the outage.
-                        let delay = retry.next_delay(&mut rand::rng());
-                        want(&mut pending, trigger, tokio::time::Instant::now() + delay);
-                    }
+                    s.snapshots_total += 1;
+                });
+                if full {
+                    full_reads_done += 1;
+                    retry.reset();
+                    next_resync = tokio::time::Instant::now() + cfg.resync_interval;
                 }
             }
             () = sleep_until(next_resync), if due.is_none() => {
-                want(&mut pending, Trigger::Resync, tokio::time::Instant::now());
+                want(&mut pending, Trigger::Resync, tokio::time::Instant::now(), Scope::Full);
             }
         }
     }
@@ -244,7 +276,7 @@ fn handle_signal(
     signal: StreamSignal,
     cfg: &ControllerConfig,
     pending: &mut Option<Pending>,
-    reads_started: u64,
+    full_reads_done: u64,
     state: &watch::Sender<SyncState>,
 ) {
     let now = tokio::time::Instant::now();
@@ -255,16 +287,21 @@ fn handle_signal(
                 s.stream_url = Some(url);
             });
             // Before the first read, that read covers it; afterwards events may have been missed.
-            let trigger = if reads_started == 0 {
+            let trigger = if full_reads_done == 0 {
                 Trigger::Startup
             } else {
                 Trigger::Reconnect
             };
-            want(pending, trigger, now);
+            want(pending, trigger, now, Scope::Full);
         }
-        StreamSignal::Event { name, received } => {
+        StreamSignal::Event {
+            name,
+            apps,
+            received,
+        } => {
             tracing::debug!(
                 event = name.as_deref().unwrap_or("(unnamed)"),
+                ?apps,
                 "Marathon event"
             );
             state.send_modify(|s| {
@@ -272,7 +309,13 @@ fn handle_signal(
                 s.last_event = Some(SystemTime::now());
             });
             let at = tokio::time::Instant::from_std(received) + cfg.coalesce;
-            want(pending, Trigger::Event { received }, at);
+            let scope = match apps {
+                Some(ids) => {
+                    Scope::Apps(BTreeSet::new()).merge(Scope::Apps(ids.into_iter().collect()))
+                }
+                None => Scope::Full,
+            };
+            want(pending, Trigger::Event { received }, at, scope);
         }
         StreamSignal::Disconnected { reason, .. } => {
             state.send_modify(|s| {
@@ -282,26 +325,37 @@ fn handle_signal(
                 s.last_error = Some(reason);
                 s.last_error_at = Some(SystemTime::now());
             });
-            if reads_started == 0 {
+            if full_reads_done == 0 {
                 // No stream to wait for: read now rather than at the startup deadline.
-                want(pending, Trigger::Startup, now);
+                want(pending, Trigger::Startup, now, Scope::Full);
             }
         }
     }
 }
 
-/// One full read, checked; failures are logged and recorded in `state`.
-async fn read(client: &MarathonClient, state: &watch::Sender<SyncState>) -> Result<Bytes, ()> {
+/// One full read, parsed; failures are logged and recorded in `state`.
+async fn read_full(
+    client: &MarathonClient,
+    state: &watch::Sender<SyncState>,
+) -> Result<ParsedApps, ()> {
     state.send_modify(|s| s.requests_total += 1);
     let result = match client.fetch_apps().await {
         Err(e) => Err((e.to_string(), false)),
-        Ok(body) => match check_apps_body(&body) {
-            Ok(apps) => {
-                tracing::debug!(apps, bytes = body.len(), "read Marathon state");
-                Ok(body)
+        Ok(body) => {
+            let bytes = body.len();
+            // Megabytes on a large cluster: parsed off the runtime's threads, and the body is
+            // dropped as soon as it is parsed.
+            let parsed = tokio::task::spawn_blocking(move || api::parse_apps(&body))
+                .await
+                .expect("parsing does not panic");
+            match parsed {
+                Ok(parsed) => {
+                    tracing::debug!(apps = parsed.apps.len(), bytes, "read Marathon state");
+                    Ok(parsed)
+                }
+                Err(e) => Err((format!("Marathon's /v2/apps answer: {e}"), true)),
             }
-            Err(e) => Err((e.to_string(), true)),
-        },
+        }
     };
     result.map_err(|(message, bad_body)| {
         tracing::warn!(error = %message, "reading Marathon state failed; keeping the last good state");
@@ -314,40 +368,48 @@ async fn read(client: &MarathonClient, state: &watch::Sender<SyncState>) -> Resu
     })
 }
 
+/// Reads each app in `ids`, a few at a time. Any doubt (a failed read, an answer that does not
+/// parse or is about another app) fails the whole burst: the caller reads everything instead.
+async fn read_apps(
+    client: &MarathonClient,
+    ids: BTreeSet<String>,
+    state: &watch::Sender<SyncState>,
+) -> Result<Vec<AppRead>, ()> {
+    state.send_modify(|s| s.app_requests_total += ids.len() as u64);
+    let answers: Vec<(String, Result<Option<App>, String>)> = futures_util::stream::iter(ids)
+        .map(|id| async move {
+            let answer = match client.fetch_app(&id).await {
+                Err(e) => Err(e.to_string()),
+                Ok(None) => Ok(None),
+                Ok(Some(body)) => match api::parse_app_answer(&body) {
+                    Ok(app) if app.id == id => Ok(Some(app)),
+                    Ok(app) => Err(format!("the answer is about app {:?}", app.id)),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            (id, answer)
+        })
+        .buffer_unordered(APP_READS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut reads = Vec::with_capacity(answers.len());
+    for (id, answer) in answers {
+        match answer {
+            Ok(app) => reads.push(AppRead { id, app }),
+            Err(e) => {
+                tracing::warn!(app = %id, error = %e, "reading one Marathon app failed; reading everything instead");
+                state.send_modify(|s| s.app_read_fallbacks_total += 1);
+                return Err(());
+            }
+        }
+    }
+    reads.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(reads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn apps_body_check() {
-        assert_eq!(
-            check_apps_body(br#"{"apps":[{"id":"/a"},{"id":"/b"}]}"#).expect("valid"),
-            2
-        );
-        assert_eq!(
-            check_apps_body(br#"{"apps":[]}"#).expect("no apps is a valid state"),
-            0
-        );
-        assert!(matches!(check_apps_body(b""), Err(BodyError::Truncated)));
-        assert!(matches!(
-            check_apps_body(b"<html>502</html>"),
-            Err(BodyError::NotJson { .. })
-        ));
-        assert!(matches!(
-            check_apps_body(br#"{"apps":[1,2"#),
-            Err(BodyError::Truncated)
-        ));
-        assert!(matches!(
-            check_apps_body(br#"{"message":"no leader"}"#),
-            Err(BodyError::NoAppsArray { .. })
-        ));
-        let err =
-            check_apps_body(br#"{"apps":"SECRET_VALUE"}"#).expect_err("apps must be an array");
-        assert!(
-            !err.to_string().contains("SECRET_VALUE"),
-            "body content stays out of errors: {err}"
-        );
-    }
 
     #[test]
     fn trigger_merge_keeps_the_oldest_event() {
@@ -376,18 +438,46 @@ mod tests {
             &mut pending,
             Trigger::Resync,
             now + Duration::from_millis(10),
+            Scope::Full,
         );
         want(
             &mut pending,
             Trigger::Resync,
             now + Duration::from_millis(50),
+            Scope::Full,
         );
         assert_eq!(
             pending.as_ref().expect("pending").at,
             now + Duration::from_millis(10)
         );
-        want(&mut pending, Trigger::Reconnect, now);
+        want(&mut pending, Trigger::Reconnect, now, Scope::Full);
         let p = pending.expect("pending");
         assert_eq!((p.at, p.trigger), (now, Trigger::Reconnect));
+    }
+
+    #[test]
+    fn scopes_merge_into_a_full_read_when_in_doubt_or_too_many() {
+        let apps = |ids: &[&str]| Scope::Apps(ids.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            apps(&["/a"]).merge(apps(&["/b", "/a"])),
+            apps(&["/a", "/b"])
+        );
+        assert_eq!(apps(&["/a"]).merge(Scope::Full), Scope::Full);
+        assert_eq!(Scope::Full.merge(apps(&["/a"])), Scope::Full);
+        let many: Vec<String> = (0..=MAX_APPS_PER_READ).map(|i| format!("/a{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(apps(&many[..1]).merge(apps(&many[1..])), Scope::Full);
+        // An event naming apps while a full read is pending leaves it full, and keeps its time.
+        let now = tokio::time::Instant::now();
+        let mut pending = None;
+        want(&mut pending, Trigger::Startup, now, Scope::Full);
+        want(
+            &mut pending,
+            Trigger::Resync,
+            now + Duration::from_millis(5),
+            apps(&["/a"]),
+        );
+        let p = pending.expect("pending");
+        assert_eq!((p.at, p.scope), (now, Scope::Full));
     }
 }

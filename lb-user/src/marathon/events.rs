@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::{
     backoff::{Backoff, BackoffState},
     client::MarathonClient,
+    event_apps::apps_named,
 };
 
 /// The event types that can change which tasks are healthy backends; the same set marathon-lb
@@ -180,9 +181,11 @@ impl Default for EventStreamConfig {
 pub enum StreamSignal {
     /// A stream is open (headers received); events from before this may have been missed.
     Connected { url: String },
-    /// A relevant event; `received` is when its bytes came off the socket.
+    /// A relevant event; `received` is when its bytes came off the socket. `apps` are the ids
+    /// of the apps it changes, `None` when it does not say for sure (read everything).
     Event {
         name: Option<String>,
+        apps: Option<Vec<String>>,
         received: Instant,
     },
     /// The stream could not be opened or died; the task retries after `retry_in`.
@@ -280,6 +283,7 @@ async fn read_stream(
                 && is_trigger(&event, &cfg.event_types)
                 && tx
                     .send(StreamSignal::Event {
+                        apps: apps_named(&event),
                         name: event.event,
                         received,
                     })

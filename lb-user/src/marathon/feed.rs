@@ -1,5 +1,5 @@
-//! The Marathon feed: runs the controller (which reads Marathon) and turns each of its reads
-//! into the desired services, handed to the daemon as `Update`s. Skipped apps and L7-only
+//! The Marathon feed: runs the controller (which reads Marathon) and folds each of its reads
+//! into the catalog, whose services are handed to the daemon as `Update`s. Skipped apps and L7-only
 //! labels are reported once (not at every sync) so logs stay readable on a busy cluster.
 use std::{
     collections::{BTreeSet, HashMap},
@@ -7,14 +7,13 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use anyhow::{Context as _, Result};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::{
-    api,
-    controller::{self, ControllerConfig, Snapshot, SyncState, Trigger},
-    translate::{TranslateOptions, translate},
+    catalog::Catalog,
+    controller::{self, AppRead, ControllerConfig, Read, Snapshot, SyncState, Trigger},
+    translate::TranslateOptions,
 };
 use crate::services::Desired;
 
@@ -37,45 +36,36 @@ pub struct Update {
     pub event_received: Option<Instant>,
 }
 
-/// Follows Marathon until `updates` is dropped: the controller reads, this task translates
-/// the newest read (reads that queued up behind a slow translation are folded into it) and
-/// sends the result. A read Marathon answered with garbage is reported in `sync` and skipped:
-/// the daemon keeps serving the last good state.
+/// Follows Marathon until `updates` is dropped: the controller reads, this task folds each read
+/// into the catalog (a full read replaces it, a single-app read changes that app's unit only)
+/// and sends the services. Reads that queued up behind a slow translation are folded in, in
+/// order, before one `Update` answers them all. A read Marathon answered with garbage never gets
+/// here (the controller records it): the daemon keeps serving the last good state.
 pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Sender<SyncState>) {
     let (snap_tx, mut snapshots) = mpsc::channel::<Snapshot>(4);
-    let errors = sync.clone();
     tokio::spawn(async move {
-        if let Err(e) = controller::run(cfg.controller, snap_tx, errors).await {
+        if let Err(e) = controller::run(cfg.controller, snap_tx, sync).await {
             error!("Marathon controller stopped: {e:#}");
         }
     });
     let mut translator = Translator::new(cfg.translate);
     while let Some(first) = snapshots.recv().await {
-        let mut snap = first;
-        let mut trigger = snap.trigger;
+        let mut trigger = first.trigger;
+        let mut fetched_at = first.fetched_at;
+        translator.apply(first.read);
         while let Ok(newer) = snapshots.try_recv() {
             trigger = trigger.merge(newer.trigger);
-            snap = newer;
+            fetched_at = newer.fetched_at;
+            translator.apply(newer.read);
         }
-        let update = match translator.desired(&snap.apps_json) {
-            Ok(desired) => Update {
-                desired,
-                skipped: translator.skipped.clone(),
-                fetched_at: snap.fetched_at,
-                event_received: match trigger {
-                    Trigger::Event { received } => Some(received),
-                    _ => None,
-                },
+        let update = Update {
+            desired: translator.desired(),
+            skipped: translator.skipped.clone(),
+            fetched_at,
+            event_received: match trigger {
+                Trigger::Event { received } => Some(received),
+                _ => None,
             },
-            Err(e) => {
-                let e = format!("{:#}", e.context("keeping the services in force"));
-                error!("{e}");
-                sync.send_modify(|s| {
-                    s.last_error = Some(e);
-                    s.last_error_at = Some(SystemTime::now());
-                });
-                continue;
-            }
         };
         if updates.send(update).await.is_err() {
             return;
@@ -85,7 +75,7 @@ pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Se
 
 /// Turns Marathon reads into desired services; remembers what it already reported.
 pub struct Translator {
-    pub opts: TranslateOptions,
+    catalog: Catalog,
     dns: HashMap<String, Option<Ipv4Addr>>,
     reported: BTreeSet<String>,
     /// Reasons for skipped apps, ports or tasks in the last translation (for `lb status`).
@@ -95,29 +85,18 @@ pub struct Translator {
 impl Translator {
     pub fn new(opts: TranslateOptions) -> Self {
         Self {
-            opts,
+            catalog: Catalog::new(opts),
             dns: HashMap::new(),
             reported: BTreeSet::new(),
             skipped: Vec::new(),
         }
     }
 
-    /// Translates one `/v2/apps` body. Errors only when the body as a whole is unusable;
-    /// a bad app is skipped with a reason and the rest apply.
-    pub fn desired(&mut self, body: &[u8]) -> Result<Desired> {
-        let parsed = api::parse_apps(body).context("Marathon's /v2/apps answer")?;
-        let mut now_skipped = Vec::new();
-        for e in &parsed.errors {
-            now_skipped.push(format!(
-                "app {} (#{}): unreadable: {}",
-                e.app_id.as_deref().unwrap_or("?"),
-                e.index,
-                e.error
-            ));
-        }
+    /// Folds one read into the catalog.
+    pub fn apply(&mut self, read: Read) {
         let dns = &mut self.dns;
         let mut resolve = |host: &str| -> Option<Ipv4Addr> {
-            // Agent host names rarely change; a miss is retried at the next snapshot.
+            // Agent host names rarely change; a miss is retried when its app is next translated.
             if let Some(Some(ip)) = dns.get(host) {
                 return Some(*ip);
             }
@@ -128,7 +107,33 @@ impl Translator {
             dns.insert(host.to_owned(), ip);
             ip
         };
-        let t = translate(&parsed.apps, &self.opts, &mut resolve);
+        match read {
+            Read::Full(parsed) => self.catalog.replace(parsed, &mut resolve),
+            Read::Apps(apps) => {
+                for AppRead { id, app } in apps {
+                    self.catalog.set_app(&id, app, &mut resolve);
+                }
+            }
+        }
+    }
+
+    /// The services the catalog translates to; reports what is new among the skipped apps,
+    /// ports and tasks and the L7-only labels.
+    pub fn desired(&mut self) -> Desired {
+        let t = self.catalog.translation();
+        let mut now_skipped: Vec<String> = self
+            .catalog
+            .unreadable()
+            .iter()
+            .map(|e| {
+                format!(
+                    "app {} (#{}): unreadable: {}",
+                    e.app_id.as_deref().unwrap_or("?"),
+                    e.index,
+                    e.error
+                )
+            })
+            .collect();
         now_skipped.extend(t.skipped.iter().map(ToString::to_string));
         for reason in &now_skipped {
             if self.reported.insert(format!("skip:{reason}")) {
@@ -147,6 +152,6 @@ impl Translator {
             }
         }
         self.skipped = now_skipped;
-        Ok(t.desired)
+        t.desired
     }
 }

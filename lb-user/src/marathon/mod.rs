@@ -4,8 +4,10 @@
 //! into the `Update` the daemon applies (`feed`). Nothing here knows the command line.
 pub mod api;
 pub mod backoff;
+pub mod catalog;
 pub mod client;
 pub mod controller;
+pub mod event_apps;
 pub mod events;
 pub mod feed;
 pub mod translate;
