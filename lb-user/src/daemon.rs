@@ -376,7 +376,7 @@ impl Daemon {
         let view = view::status_of(
             &self.dp.maps,
             &self.attacher.layout,
-            Some(self.state.clone()),
+            Some(&self.state),
             flow_entries,
         );
         self.metrics.publish(Snapshot::of(

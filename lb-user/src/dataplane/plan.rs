@@ -300,6 +300,15 @@ impl Planner {
         nat: &mut dyn FnMut(SocketAddrV4) -> Ipv4Addr,
         now: Instant,
     ) -> Result<(), String> {
+        // The common case at scale: nothing changed. Decided without allocating, since a
+        // Marathon event re-plans every service.
+        if let Some(cur) = self.services.get(&listener)
+            && cur.spec == *spec
+            && cur.backends.iter().all(|b| b.nat == nat(b.addr))
+        {
+            plan.report.unchanged += 1;
+            return Ok(());
+        }
         let mut addrs = spec.backends.clone();
         addrs.sort();
         addrs.dedup();

@@ -74,7 +74,8 @@ impl DaemonState {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
+        // Compact: with thousands of services the file is rewritten at every change.
+        f.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
         // A file left by an earlier build with wider permissions is narrowed too.
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
         drop(f);

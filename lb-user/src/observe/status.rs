@@ -22,7 +22,7 @@ pub fn status(layout: &PinLayout, state_file: &Path) -> Result<StatusView> {
     Ok(status_of(
         &maps,
         layout,
-        DaemonState::read(state_file),
+        DaemonState::read(state_file).as_ref(),
         None,
     ))
 }

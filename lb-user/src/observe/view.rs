@@ -2,19 +2,28 @@
 //! table, the data plane's drop and error causes, read from open map handles (the daemon's
 //! own, or the pins for `lb status`) and the daemon's state. `lb status` renders it as a table
 //! or JSON; `/metrics` encodes the same values.
-use std::{collections::BTreeMap, net::SocketAddrV4, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddrV4,
+    path::Path,
+};
 
 use aya::maps::IterableMap as _;
-use lb_common::{BackendKey, CFG_F_PRESERVE_CLIENT_IP, Service, ServiceKey, Stat};
+use lb_common::{Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Service, ServiceKey, Stat};
 use serde::Serialize;
 
 use super::state::{DaemonState, SyncView, unix_now};
-use crate::dataplane::{
-    attach::Attached,
-    convert::{backend_addr, balance_of, listener_of},
-    flows,
-    maps::Maps,
-    pins::PinLayout,
+use crate::{
+    dataplane::{
+        attach::Attached,
+        batch,
+        convert::{backend_addr, balance_of, listener_of},
+        flows,
+        maps::Maps,
+        pins::PinLayout,
+        plan::{AppliedService, DrainingBackend},
+    },
+    services::Listener,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,61 +86,62 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// The status from open maps and a known daemon state; `flow_entries` saves a walk of the
-/// flow table when the caller just counted it.
+/// flow table when the caller just counted it. Linear in the services: the service and backend
+/// tables are read in a few batch calls, names and draining backends looked up by id.
 pub fn status_of(
     maps: &Maps,
     layout: &PinLayout,
-    state: Option<DaemonState>,
+    state: Option<&DaemonState>,
     flow_entries: Option<u64>,
 ) -> StatusView {
     let cfg = maps.config();
     let totals = flows::sum_stats(&maps.stats);
-    let mut services = Vec::new();
-    let mut listed: Vec<(ServiceKey, Service)> =
-        maps.services.iter().filter_map(Result::ok).collect();
+    let mut listed: Vec<(ServiceKey, Service)> = batch::lookup_all(maps.services.map())
+        .unwrap_or_else(|_| maps.services.iter().filter_map(Result::ok).collect());
     listed.sort_by_key(|(k, _)| (u16::from_be(k.port), k.proto, u32::from_be(k.addr)));
+    let slots: HashMap<BackendKey, Backend> = batch::lookup_all(maps.backends.map())
+        .unwrap_or_else(|_| maps.backends.iter().filter_map(Result::ok).collect())
+        .into_iter()
+        .collect();
+    let known: HashMap<u32, &AppliedService> = state
+        .iter()
+        .flat_map(|s| &s.services)
+        .map(|a| (a.id, a))
+        .collect();
+    let mut draining: HashMap<Listener, Vec<&DrainingBackend>> = HashMap::new();
+    for d in state.iter().flat_map(|s| &s.draining) {
+        draining.entry(d.listener).or_default().push(d);
+    }
+    let backend_view = |address, state, id| {
+        let c = flows::sum_counters(&maps.backend_stats, id);
+        BackendView {
+            address,
+            state,
+            id,
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+        }
+    };
+    let mut services = Vec::with_capacity(listed.len());
     for (key, svc) in listed {
         let Some(listener) = listener_of(&key) else {
             continue;
         };
-        let known = state
-            .as_ref()
-            .and_then(|s| s.services.iter().find(|a| a.id == svc.id));
+        let known = known.get(&svc.id);
         let c = flows::sum_counters(&maps.service_stats, svc.id);
-        let mut backends = Vec::new();
-        for index in 0..svc.count {
-            let k = BackendKey {
-                service_id: svc.id,
-                generation: svc.generation,
-                index,
-            };
-            let Ok(b) = maps.backends.get(&k, 0) else {
-                continue;
-            };
-            let bc = flows::sum_counters(&maps.backend_stats, b.id);
-            backends.push(BackendView {
-                address: backend_addr(&b),
-                state: "active",
-                id: b.id,
-                packets: bc.packets,
-                bytes: bc.bytes,
-                new_flows: bc.new_flows,
-            });
-        }
-        for d in state
-            .iter()
-            .flat_map(|s| &s.draining)
-            .filter(|d| d.listener == listener)
-        {
-            let bc = flows::sum_counters(&maps.backend_stats, d.id);
-            backends.push(BackendView {
-                address: d.addr,
-                state: "draining",
-                id: d.id,
-                packets: bc.packets,
-                bytes: bc.bytes,
-                new_flows: bc.new_flows,
-            });
+        let mut backends: Vec<BackendView> = (0..svc.count)
+            .filter_map(|index| {
+                slots.get(&BackendKey {
+                    service_id: svc.id,
+                    generation: svc.generation,
+                    index,
+                })
+            })
+            .map(|b| backend_view(backend_addr(b), "active", b.id))
+            .collect();
+        for d in draining.get(&listener).into_iter().flatten() {
+            backends.push(backend_view(d.addr, "draining", d.id));
         }
         services.push(ServiceView {
             name: known.map_or_else(|| listener.to_string(), |a| a.spec.name.clone()),
@@ -163,7 +173,7 @@ pub fn status_of(
             "full-nat"
         }
         .into(),
-        daemon: state.as_ref().map(|s| DaemonView {
+        daemon: state.map(|s| DaemonView {
             running: s.running && process_alive(s.pid),
             pid: s.pid,
             hook: s.hook.clone(),
@@ -176,12 +186,12 @@ pub fn status_of(
             entries,
             flows: entries / 2,
             capacity_flows: capacity / 2,
-            evictions: state.as_ref().map_or(0, |s| s.flow_evictions),
+            evictions: state.map_or(0, |s| s.flow_evictions),
         },
         dataplane: Stat::ALL
             .iter()
             .map(|s| (s.name().to_owned(), totals[*s as usize]))
             .collect(),
-        sync: state.map(|s| s.sync),
+        sync: state.map(|s| s.sync.clone()),
     }
 }
