@@ -34,10 +34,7 @@ use super::{
 };
 
 const NS: &str = "lbb-pkt";
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_REDIRECT: u32 = 7;
+use lb_tests::packets::verdict::{TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT};
 
 /// The scale run's tables.
 const SCALE_SERVICES: u32 = 10_000;
@@ -350,7 +347,7 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
     }
 }
 
-/// A small table set through the daemon's own writer: what `prog_test_run.rs` uses.
+/// A small table set through the daemon's own `Dataplane::apply`: what `prog_test_run.rs` uses.
 fn small_plane() -> Plane {
     let svc = |port, protocol| ServiceSpec {
         name: format!("bench_{port}"),
@@ -371,7 +368,7 @@ fn small_plane() -> Plane {
 }
 
 /// 10,000 TCP services of 100 backends each and one UDP service, written straight into the maps
-/// (as the writer lays them out), and one million established flows (two entries each).
+/// (as the planner lays them out), and one million established flows (two entries each).
 fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
     let caps = Capacities {
         services: 16_384,
@@ -458,7 +455,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
         }
     }
     {
-        // The port gate, as the daemon's writer would open it for these services.
+        // The port gate, as the planner would open it for these services.
         let gate = &mut p.dp.maps.ports;
         let mut words = vec![0u64; lb_common::PORT_GATE_WORDS as usize];
         let mut add = |kind, proto, port| {

@@ -225,3 +225,15 @@ mod tests {
         assert!(s.ip_checksum_ok && s.l4_checksum_ok && s.dst == b, "{s:?}");
     }
 }
+
+/// Verdicts a packet program returns (the kernel's UAPI values), as `BPF_PROG_TEST_RUN`
+/// reports them.
+pub mod verdict {
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const XDP_TX: u32 = 3;
+    pub const XDP_REDIRECT: u32 = 4;
+    pub const TC_ACT_OK: u32 = 0;
+    pub const TC_ACT_SHOT: u32 = 2;
+    pub const TC_ACT_REDIRECT: u32 = 7;
+}

@@ -17,13 +17,9 @@ use lb_user::{
 };
 
 const NS: &str = "lbp-env";
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
+use lb_tests::packets::verdict::{
+    TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x02];
 const TASK1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0b];

@@ -465,27 +465,23 @@ impl Planner {
             let (_, keys) = self.pending_deletes.pop_front().expect("checked");
             ops.extend(keys.into_iter().map(Op::DeleteBackend));
         }
-        let done: Vec<u32> = self
-            .draining
-            .keys()
-            .filter(|id| !in_use.contains(id))
-            .copied()
-            .collect();
-        for id in done {
-            let d = self.draining.remove(&id).expect("listed");
-            self.backend_index.remove(&(d.listener, d.addr));
-            self.backend_ids.release(id);
-        }
-        let done: Vec<u32> = self
-            .retired_services
-            .iter()
-            .filter(|id| !services_in_use.contains(id))
-            .copied()
-            .collect();
-        for id in done {
-            self.retired_services.remove(&id);
-            self.service_ids.release(id);
-        }
+        let (index, backend_ids) = (&mut self.backend_index, &mut self.backend_ids);
+        self.draining.retain(|id, d| {
+            let keep = in_use.contains(id);
+            if !keep {
+                index.remove(&(d.listener, d.addr));
+                backend_ids.release(*id);
+            }
+            keep
+        });
+        let service_ids = &mut self.service_ids;
+        self.retired_services.retain(|id| {
+            let keep = services_in_use.contains(id);
+            if !keep {
+                service_ids.release(*id);
+            }
+            keep
+        });
         ops
     }
 }
