@@ -334,22 +334,47 @@ impl Planner {
                 return Ok(());
             }
         }
-        let (id, generation, old) = match self.services.get(&listener) {
-            Some(cur) => (cur.id, cur.generation.wrapping_add(1), Some(cur.clone())),
+        let old = self.services.get(&listener).cloned();
+        let applied = self.take_ids(plan, listener, spec, addrs, &nats, old.as_ref())?;
+        self.write(plan, listener, &applied);
+        match old {
+            Some(old) => {
+                self.retire(&old, &applied.backends, now);
+                plan.report.changed += 1;
+            }
+            None => plan.report.added += 1,
+        }
+        self.services.insert(listener, applied);
+        Ok(())
+    }
+
+    /// The ids of a new or changed service: its own (a new generation of it when it exists)
+    /// and its backends'. When ids run out, what was taken is given back, so the state stays
+    /// what the maps hold.
+    fn take_ids(
+        &mut self,
+        plan: &mut Plan,
+        listener: Listener,
+        spec: &ServiceSpec,
+        addrs: Vec<SocketAddrV4>,
+        nats: &[Ipv4Addr],
+        old: Option<&AppliedService>,
+    ) -> Result<AppliedService, String> {
+        let (id, generation) = match old {
+            Some(cur) => (cur.id, cur.generation.wrapping_add(1)),
             None => {
                 let id = self
                     .service_ids
                     .take()
                     .ok_or("no free service id (raise --max-services)")?;
                 plan.ops.push(Op::ZeroServiceCounters(id));
-                (id, 0, None)
+                (id, 0)
             }
         };
         let mut backends = Vec::with_capacity(addrs.len());
         let mut taken = Vec::new();
-        for (addr, nat) in addrs.iter().zip(&nats) {
+        for (addr, nat) in addrs.iter().zip(nats) {
             let Some((bid, new)) = self.backend_id(plan, listener, *addr) else {
-                // Give back what this service took, so the state stays what the maps hold.
                 for (addr, bid) in taken {
                     self.backend_index.remove(&(listener, addr));
                     self.backend_ids.release(bid);
@@ -368,28 +393,7 @@ impl Planner {
                 nat: *nat,
             });
         }
-        for (index, b) in backends.iter().enumerate() {
-            let key = BackendKey {
-                service_id: id,
-                generation,
-                index: index as u32,
-            };
-            plan.ops
-                .push(Op::PutBackend(key, backend_value(b.addr, b.nat, b.id)));
-        }
-        // The gate opens before the service answers, so its first packet gets through.
-        self.ports
-            .add_service(&listener, backends.iter().map(|b| b.addr));
-        plan.ops.extend(self.ports.flush(false));
-        let svc = Service {
-            id,
-            count: backends.len() as u32,
-            generation,
-            flags: service_flags(spec.balance),
-        };
-        plan.ops.push(Op::PutService(service_key(&listener), svc));
-        debug!(service = %spec.name, %listener, backends = backends.len(), generation, "planned");
-        let applied = AppliedService {
+        Ok(AppliedService {
             id,
             generation,
             spec: ServiceSpec {
@@ -397,16 +401,33 @@ impl Planner {
                 ..spec.clone()
             },
             backends,
-        };
-        match old {
-            Some(old) => {
-                self.retire(&old, &applied.backends, now);
-                plan.report.changed += 1;
-            }
-            None => plan.report.added += 1,
+        })
+    }
+
+    /// The writes of `applied`'s generation: its backend slots, the port gate, then the
+    /// service entry that switches to them in one update.
+    fn write(&mut self, plan: &mut Plan, listener: Listener, applied: &AppliedService) {
+        for (index, b) in applied.backends.iter().enumerate() {
+            let key = BackendKey {
+                service_id: applied.id,
+                generation: applied.generation,
+                index: index as u32,
+            };
+            plan.ops
+                .push(Op::PutBackend(key, backend_value(b.addr, b.nat, b.id)));
         }
-        self.services.insert(listener, applied);
-        Ok(())
+        // The gate opens before the service answers, so its first packet gets through.
+        self.ports
+            .add_service(&listener, applied.backends.iter().map(|b| b.addr));
+        plan.ops.extend(self.ports.flush(false));
+        let svc = Service {
+            id: applied.id,
+            count: applied.backends.len() as u32,
+            generation: applied.generation,
+            flags: service_flags(applied.spec.balance),
+        };
+        plan.ops.push(Op::PutService(service_key(&listener), svc));
+        debug!(service = %applied.spec.name, %listener, backends = applied.backends.len(), generation = applied.generation, "planned");
     }
 
     /// The backend's id, and whether it is new (a draining backend that comes back keeps its
