@@ -177,14 +177,7 @@ impl Plane {
 }
 
 fn key(p: &Pkt) -> FlowKey {
-    FlowKey {
-        src: u32::from(*p.src.ip()).to_be(),
-        dst: u32::from(*p.dst.ip()).to_be(),
-        sport: p.src.port().to_be(),
-        dport: p.dst.port().to_be(),
-        proto: p.proto,
-        _pad: [0; 3],
-    }
+    p.flow_key()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -2,7 +2,7 @@
 //! fields, TCP or UDP) with correct checksums, and reading the fields of an output packet.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use lb_common::csum;
+use lb_common::{FlowKey, csum};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -86,6 +86,19 @@ pub fn ts_option(tsval: u32, tsecr: u32) -> Vec<u8> {
 }
 
 impl Pkt {
+    /// The flow-table key this packet looks up: its addresses, ports and protocol as the
+    /// data plane reads them (network order).
+    pub fn flow_key(&self) -> FlowKey {
+        FlowKey {
+            src: u32::from(*self.src.ip()).to_be(),
+            dst: u32::from(*self.dst.ip()).to_be(),
+            sport: self.src.port().to_be(),
+            dport: self.dst.port().to_be(),
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
     pub fn bytes(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         let (sp, dp) = (self.src.port().to_be_bytes(), self.dst.port().to_be_bytes());

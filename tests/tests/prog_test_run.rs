@@ -135,14 +135,7 @@ impl Lb {
 }
 
 fn key(p: &Pkt) -> FlowKey {
-    FlowKey {
-        src: u32::from(*p.src.ip()).to_be(),
-        dst: u32::from(*p.dst.ip()).to_be(),
-        sport: p.src.port().to_be(),
-        dport: p.dst.port().to_be(),
-        proto: p.proto,
-        _pad: [0; 3],
-    }
+    p.flow_key()
 }
 
 fn addr_of(raw_ip: u32, raw_port: u16) -> SocketAddrV4 {

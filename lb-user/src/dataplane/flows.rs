@@ -1,10 +1,6 @@
 //! The flow table seen from userspace: sweeping expired pairs (so their NAT ports free up),
 //! telling which backends still carry flows (drain), estimating LRU evictions, and listing.
-use std::{
-    borrow::Borrow,
-    collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::{borrow::Borrow, collections::BTreeSet, net::SocketAddrV4};
 
 use aya::maps::{HashMap, IterableMap as _, MapData, PerCpuArray};
 use lb_common::{
@@ -13,6 +9,7 @@ use lb_common::{
 use serde::Serialize;
 use tracing::warn;
 
+use super::convert::sock;
 use crate::services::Protocol;
 
 /// One tracked flow, both directions joined, as `lb flows` shows it.
@@ -29,10 +26,6 @@ pub struct FlowView {
     pub state: &'static str,
     pub service_id: u32,
     pub backend_id: u32,
-}
-
-fn sock(addr: u32, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port))
 }
 
 fn expired(cfg: &Config, key: &FlowKey, f: &Flow, now: u64) -> bool {

@@ -16,7 +16,12 @@ use lb_common::{
     MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAPS, MapDef, Service, ServiceKey,
 };
 
-use super::{loader::Capacities, pins::PinLayout, plan::Op};
+use super::{
+    convert::{be_ip, ip},
+    loader::Capacities,
+    pins::PinLayout,
+    plan::Op,
+};
 
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, Service>,
@@ -172,10 +177,7 @@ impl Maps {
 
     /// Replaces the set of the agent's own addresses (where wildcard services answer).
     pub fn write_local_addrs(&mut self, addrs: &[(Ipv4Addr, u32)]) -> Result<()> {
-        let want: BTreeMap<u32, u32> = addrs
-            .iter()
-            .map(|(a, i)| (u32::from(*a).to_be(), *i))
-            .collect();
+        let want: BTreeMap<u32, u32> = addrs.iter().map(|(a, i)| (be_ip(*a), *i)).collect();
         let stale: Vec<u32> = self
             .local_addrs
             .keys()
@@ -188,7 +190,7 @@ impl Maps {
         for (k, ifindex) in want {
             self.local_addrs
                 .insert(k, LocalAddr { ifindex, _pad: 0 }, 0)
-                .with_context(|| format!("LB_LOCAL_ADDRS[{}]", Ipv4Addr::from(u32::from_be(k))))?;
+                .with_context(|| format!("LB_LOCAL_ADDRS[{}]", ip(k)))?;
         }
         Ok(())
     }

@@ -39,8 +39,7 @@ impl Dataplane {
             layout.make_maps_private()?;
         }
         let mut maps = Maps::take(&mut ebpf, &caps)?;
-        let (planner, ops) = Planner::adopt(&maps, &caps, Instant::now());
-        maps::execute(&mut maps, &ops)?;
+        let planner = adopt(&mut maps, &caps)?;
         Ok(Self {
             ebpf,
             maps,
@@ -53,9 +52,8 @@ impl Dataplane {
     /// Rebuilds the applied state from what the maps hold, as a restarted daemon does, and
     /// rewrites the port gate from it.
     pub fn readopt(&mut self) -> Result<()> {
-        let (planner, ops) = Planner::adopt(&self.maps, &self.caps, Instant::now());
-        self.planner = planner;
-        maps::execute(&mut self.maps, &ops)
+        self.planner = adopt(&mut self.maps, &self.caps)?;
+        Ok(())
     }
 
     /// Writes the difference between what is applied and `desired`. Services that cannot be
@@ -86,6 +84,13 @@ impl Dataplane {
     pub fn routes_changed(&mut self) {
         self.nat_sources.clear();
     }
+}
+
+/// The applied state rebuilt from what `maps` hold, with the port gate rewritten from it.
+fn adopt(maps: &mut Maps, caps: &Capacities) -> Result<Planner> {
+    let (planner, ops) = Planner::adopt(maps, caps, Instant::now());
+    maps::execute(maps, &ops)?;
+    Ok(planner)
 }
 
 fn nat_source(cache: &mut HashMap<Ipv4Addr, Ipv4Addr>, addr: SocketAddrV4) -> Ipv4Addr {
