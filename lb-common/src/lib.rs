@@ -46,6 +46,10 @@ pub const MAP_PORTS: &str = "LB_PORTS";
 pub const MAP_SERVICE_STATS: &str = "LB_SVC_STATS";
 /// Per-CPU `backend id -> Counters`. Written by the data plane, summed by the daemon.
 pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+/// Per-CPU `service id -> u64`: new connections to the service refused because it had no
+/// backends (`Stat::RefusedNoBackend`). Written by the data plane (TC), summed by the daemon.
+/// A map of its own, so that pins of earlier builds are adopted as they are.
+pub const MAP_SERVICE_REFUSED: &str = "LB_SVC_REFUSED";
 /// Per-CPU `Stat as u32 -> u64`: drops, errors and passes by cause.
 pub const MAP_STATS: &str = "LB_STATS";
 
@@ -121,7 +125,8 @@ pub const SVC_F_AFFINITY_SOURCE: u32 = 1;
 pub struct Service {
     /// Stable id: index into `LB_RR` and `LB_SVC_STATS`.
     pub id: u32,
-    /// Backends in the current generation; 0 means the service drops new flows.
+    /// Backends in the current generation; 0 means new connections are refused (the stack
+    /// answers them) while flows already tracked drain.
     pub count: u32,
     /// Generation of the backend set in `LB_BACKENDS`. Swapping it is the one
     /// write that moves the service to a new set, so no packet sees half a change.
@@ -348,8 +353,11 @@ pub enum Stat {
     PassMidstream,
     /// First fragment of a datagram to a service: cannot be balanced without reassembly.
     DropFragment,
-    /// New flow to a service with no backends.
-    DropNoBackend,
+    /// A new connection to a service with no backends: passed to the stack, which has no
+    /// socket on the port and so answers as for any closed port (a TCP reset, an ICMP port
+    /// unreachable), as marathon-lb does by writing no frontend. (Index 7 was
+    /// `drop_no_backend` before; the slot is reused so `LB_STATS` keeps its size.)
+    RefusedNoBackend,
     /// No free NAT source port after `NAT_PORT_TRIES` probes.
     DropNatPorts,
     /// The flow table refused an insert.
@@ -383,7 +391,7 @@ impl Stat {
         Self::PassNotService,
         Self::PassMidstream,
         Self::DropFragment,
-        Self::DropNoBackend,
+        Self::RefusedNoBackend,
         Self::DropNatPorts,
         Self::DropFlowInsert,
         Self::ErrBackendLookup,
@@ -406,7 +414,7 @@ impl Stat {
             Self::PassNotService => "pass_not_service",
             Self::PassMidstream => "pass_midstream_no_flow",
             Self::DropFragment => "drop_fragment",
-            Self::DropNoBackend => "drop_no_backend",
+            Self::RefusedNoBackend => "refused_no_backend",
             Self::DropNatPorts => "drop_nat_ports_exhausted",
             Self::DropFlowInsert => "drop_flow_insert",
             Self::ErrBackendLookup => "error_backend_lookup",
@@ -469,7 +477,7 @@ const fn def<K, V>(name: &'static str, size: MapSize) -> MapDef {
 }
 
 /// Every map the data plane declares.
-pub const MAPS: [MapDef; 12] = [
+pub const MAPS: [MapDef; 13] = [
     def::<ServiceKey, Service>(MAP_SERVICES, MapSize::Services),
     def::<BackendKey, Backend>(MAP_BACKENDS, MapSize::BackendSlots),
     def::<FlowKey, Flow>(MAP_FLOWS, MapSize::FlowEntries),
@@ -482,6 +490,7 @@ pub const MAPS: [MapDef; 12] = [
     def::<u32, Counters>(MAP_SERVICE_STATS, MapSize::Services),
     def::<u32, Counters>(MAP_BACKEND_STATS, MapSize::BackendIds),
     def::<u32, u64>(MAP_STATS, MapSize::Fixed(STAT_COUNT)),
+    def::<u32, u64>(MAP_SERVICE_REFUSED, MapSize::Services),
 ];
 
 #[cfg(test)]

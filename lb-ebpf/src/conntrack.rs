@@ -15,7 +15,7 @@ use crate::{
     context::Packet,
     maps::{
         LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_NAT_CURSOR, LB_RR, LB_SERVICES,
-        LB_SVC_STATS, config, count,
+        LB_SVC_REFUSED, LB_SVC_STATS, config, count,
     },
     parse::{Parsed, TCP_RST},
 };
@@ -148,9 +148,6 @@ fn retire(key: &FlowKey, flow: &Flow, cfg: &Config, now: u64, force: bool) {
 #[inline(always)]
 fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
     let count = service.count;
-    if count == 0 {
-        return Err(Stat::DropNoBackend);
-    }
     if count > MAX_BACKENDS_PER_SERVICE {
         return Err(Stat::ErrBackendLookup);
     }
@@ -214,6 +211,9 @@ fn create<C: Packet>(
     cfg: &Config,
     now: u64,
 ) -> Result<Flow, Stat> {
+    if service.count == 0 {
+        return Err(refuse::<C>(service.id));
+    }
     let backend = pick_backend(p, service)?;
     let key = &p.key;
     let preserve = cfg.flags & CFG_F_PRESERVE_CLIENT_IP != 0;
@@ -321,6 +321,21 @@ fn claim_nat_port(
         NAT_PORT_TRIES
     );
     Err(Stat::DropNatPorts)
+}
+
+/// A new connection to a service without backends goes to the stack, which refuses it as
+/// for any closed port: the client learns at once instead of waiting for its connect
+/// timeout. Counted where the stack is next (TC), so a packet that XDP passes on counts once.
+#[inline(always)]
+fn refuse<C: Packet>(service_id: u32) -> Stat {
+    if C::PASSES_TO_TC {
+        return Stat::PassToTc;
+    }
+    if let Some(c) = LB_SVC_REFUSED.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    Stat::RefusedNoBackend
 }
 
 #[inline(always)]

@@ -11,6 +11,9 @@ use lb_common::{
 };
 
 pub trait Packet: EbpfContext {
+    /// The hook hands every packet it passes to the TC program (XDP), which decides what the
+    /// stack sees and counts it: a refusal is counted once, there.
+    const PASSES_TO_TC: bool;
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     fn ingress_ifindex(&self) -> u32;
@@ -33,6 +36,7 @@ pub fn ptr_at<C: Packet, T>(ctx: &C, off: usize) -> Option<*mut T> {
 }
 
 impl Packet for XdpContext {
+    const PASSES_TO_TC: bool = true;
     #[inline(always)]
     fn data(&self) -> usize {
         XdpContext::data(self)
@@ -70,6 +74,7 @@ impl Packet for XdpContext {
 }
 
 impl Packet for TcContext {
+    const PASSES_TO_TC: bool = false;
     #[inline(always)]
     fn data(&self) -> usize {
         TcContext::data(self)

@@ -46,11 +46,6 @@ const fn drops(stat: lb_common::Stat) -> bool {
     use lb_common::Stat::*;
     matches!(
         stat,
-        DropFragment
-            | DropNoBackend
-            | DropNatPorts
-            | DropFlowInsert
-            | ErrBackendLookup
-            | ErrRewrite
+        DropFragment | DropNatPorts | DropFlowInsert | ErrBackendLookup | ErrRewrite
     )
 }

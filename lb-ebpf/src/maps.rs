@@ -45,6 +45,9 @@ pub static LB_SVC_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerC
 pub static LB_BE_STATS: PerCpuArray<Counters, { MAX_BACKEND_IDS as usize }> = PerCpuArray::new();
 
 #[btf_map]
+pub static LB_SVC_REFUSED: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+#[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
 
 /// The port gate: false when neither the destination is a service port nor the source a

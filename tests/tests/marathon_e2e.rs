@@ -2,9 +2,9 @@
 //! decide the backends, changes reach the data plane within a second, removed tasks drain,
 //! traffic keeps flowing while Marathon is down, and metrics and /healthz tell the truth.
 use std::{
-    io::{Read, Write},
-    net::{SocketAddrV4, TcpStream},
-    time::Duration,
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddrV4, TcpStream, UdpSocket},
+    time::{Duration, Instant},
 };
 
 use lb_tests::{
@@ -381,5 +381,137 @@ fn metrics_and_healthz_follow_attachment_sync_and_traffic() {
         "{text}"
     );
     assert!(text.contains("lb_event_to_map_seconds_bucket"), "{text}");
+    lb::assert_no_drops(&topo, &[]);
+}
+
+/// An app with a TCP and a UDP port, its tasks at the given indexes of `TASKS`.
+fn echo_app(tasks: &[usize]) -> Value {
+    let tasks: Vec<Value> = tasks
+        .iter()
+        .map(|&i| {
+            let mut t = task(i, "TASK_RUNNING", None);
+            t["appId"] = json!("/echo");
+            t["servicePorts"] = json!([10000, 10001]);
+            t
+        })
+        .collect();
+    json!({"apps": [{
+        "id": "/echo", "instances": tasks.len(),
+        "container": {"type": "DOCKER", "docker": {"image": "echo"},
+                      "portMappings": [
+                          {"containerPort": 80, "servicePort": 10000, "protocol": "tcp"},
+                          {"containerPort": 80, "servicePort": 10001, "protocol": "udp"}]},
+        "networks": [{"name": "calico", "mode": "container"}],
+        "labels": {"HAPROXY_GROUP": "external"},
+        "tasks": tasks
+    }]})
+}
+
+/// marathon-lb writes no frontend for an app without tasks, so its clients are refused at
+/// once; lb keeps the service and lets the agent's stack refuse them (a TCP reset, an ICMP
+/// port unreachable), counted per service, while connections already open drain.
+#[test]
+fn an_app_scaled_to_zero_refuses_new_connections_at_once_and_drains_the_open_ones() {
+    let mut topo = Topology::new("lbm3");
+    topo.start_tasks();
+    let m = NsStandin::start(&topo.ns("agent"));
+    m.standin.set_apps(echo_app(&[0]));
+    let url = m.standin.url();
+    lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--marathon",
+            &url,
+            "--group",
+            "external",
+        ],
+        2,
+    );
+    let client_ns = topo.ns("client");
+    let mut conn = in_netns(&client_ns, || {
+        let mut s = TcpStream::connect_timeout(&SocketAddrV4::new(AGENT, 10000).into(), T).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(b"GET /bytes/3000000 HTTP/1.0\r\n\r\n").unwrap();
+        s
+    });
+    let mut first = vec![0u8; 50_000];
+    conn.read_exact(&mut first)
+        .expect("start of the long transfer");
+
+    m.standin.set_apps(echo_app(&[]));
+    wait_for("the app's tasks leave", Duration::from_secs(1), || {
+        lb::active_backends(&topo, 10000).is_empty()
+    });
+    let attempts = 20;
+    let waits: Vec<Duration> = in_netns(&client_ns, move || {
+        (0..attempts)
+            .map(|_| {
+                let start = Instant::now();
+                let e = TcpStream::connect_timeout(&SocketAddrV4::new(AGENT, 10000).into(), T)
+                    .expect_err("no backend: the connection is refused");
+                assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+                start.elapsed()
+            })
+            .collect()
+    });
+    let mut sorted = waits.clone();
+    sorted.sort();
+    eprintln!(
+        "refusals took {:?} (median), {:?} (max)",
+        sorted[attempts / 2],
+        sorted[attempts - 1]
+    );
+    // A dropped SYN would be retried after a second; a refusal is a round trip on a veth.
+    assert!(
+        sorted[attempts - 1] < Duration::from_millis(250),
+        "{waits:?}"
+    );
+    let udp_refused = in_netns(&client_ns, || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(SocketAddrV4::new(AGENT, 10001)).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.send(b"anyone?").unwrap();
+        s.recv(&mut [0u8; 64])
+            .expect_err("no backend: ICMP port unreachable")
+            .kind()
+    });
+    assert_eq!(udp_refused, ErrorKind::ConnectionRefused);
+
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("the open connection completes");
+    let header = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(first.len() + rest.len() - header, 3_000_000, "no byte lost");
+
+    let st = lb::status(&topo).unwrap();
+    let refused = |port: u16| {
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["port"] == port)
+            .unwrap_or_else(|| panic!("service on {port} kept: {st}"))["refused"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        refused(10000),
+        attempts as u64,
+        "every TCP refusal counted once"
+    );
+    assert_eq!(refused(10001), 1, "the UDP refusal counted");
+    assert_eq!(st["dataplane"]["refused_no_backend"], attempts as u64 + 1);
+
+    // Scaled up again, the service answers.
+    m.standin.set_apps(echo_app(&[1]));
+    wait_for("the task is back", Duration::from_secs(1), || {
+        lb::active_backends(&topo, 10000) == vec![addr(1)]
+    });
+    assert_eq!(served_by(&topo, 3), vec!["t2"]);
     lb::assert_no_drops(&topo, &[]);
 }

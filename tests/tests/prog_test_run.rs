@@ -6,13 +6,20 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_TS, Flow, FlowKey, Stat};
+use lb_common::{
+    CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_TS, Flow, FlowKey, IPPROTO_TCP, ServiceKey, Stat,
+};
 use lb_tests::{
     netns::{FibNs, in_netns, sh},
     packets::{Pkt, Seen, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, read},
 };
 use lb_user::{
-    dataplane::{Dataplane, flows::sum_stats, ifaces, loader::Capacities},
+    dataplane::{
+        Dataplane,
+        flows::{sum_stats, sum_u64},
+        ifaces,
+        loader::Capacities,
+    },
     services::{Balance, Desired, Listener, Protocol, ServiceSpec},
 };
 
@@ -317,9 +324,48 @@ fn packets_that_claim_to_be_ours_but_cannot_be_handled_are_dropped_and_counted()
         let (v, _) = lb.xdp(&first_fragment.bytes());
         assert_eq!(v, XDP_DROP, "first fragment to a service");
         assert_eq!(lb.stat(Stat::DropFragment), 1);
-        let (v, _) = lb.tc(&Pkt::tcp(sa("10.0.0.2:40002"), sa("10.0.0.1:10003"), TCP_SYN).bytes());
-        assert_eq!(v, TC_ACT_SHOT, "service without backends");
-        assert_eq!(lb.stat(Stat::DropNoBackend), 1);
+    });
+}
+
+/// marathon-lb writes no frontend for an app without tasks, so its clients are refused at
+/// once; here the stack, which has no socket on the port, answers for the data plane.
+#[test]
+fn a_new_connection_to_a_service_without_backends_is_left_to_the_stack_to_refuse() {
+    let _env = env();
+    in_netns(NS, || {
+        let mut lb = Lb::new(web(), false);
+        let empty = lb
+            .dp
+            .maps
+            .services
+            .get(
+                &ServiceKey {
+                    addr: 0,
+                    port: 10003u16.to_be(),
+                    proto: IPPROTO_TCP,
+                    _pad: 0,
+                },
+                0,
+            )
+            .expect("the empty service is in the map")
+            .id;
+        let refused = |lb: &mut Lb| sum_u64(&lb.dp.maps.service_refused, empty);
+        for n in 1..=2u64 {
+            let syn = Pkt::tcp(sa("10.0.0.2:40002"), sa("10.0.0.1:10003"), TCP_SYN).bytes();
+            // XDP leaves it to TC, which counts it once.
+            let (v, out) = lb.xdp(&syn);
+            assert_eq!((v, &out), (XDP_PASS, &syn), "XDP passes it untouched");
+            assert_eq!(refused(&mut lb), n - 1, "XDP does not count it");
+            let (v, out) = lb.tc(&syn);
+            assert_eq!((v, &out), (TC_ACT_OK, &syn), "TC passes it untouched");
+            assert_eq!(lb.stat(Stat::RefusedNoBackend), n);
+            assert_eq!(refused(&mut lb), n, "counted for the service");
+        }
+        assert_eq!(lb.flow_count(), 0, "no flow was created");
+        let udp = Pkt::udp(sa("10.0.0.2:40003"), sa("10.0.0.1:10003"));
+        let (v, _) = lb.tc(&udp.bytes());
+        assert_eq!(v, TC_ACT_OK, "UDP to a TCP-only port is not the service's");
+        assert_eq!(refused(&mut lb), 2);
     });
 }
 

@@ -161,9 +161,12 @@ pub fn sum_counters<T: Borrow<MapData>>(m: &PerCpuArray<T, Counters>, index: u32
     total
 }
 
+/// A per-CPU `u64` counter at `index`, summed over CPUs (0 when it cannot be read).
+pub fn sum_u64<T: Borrow<MapData>>(m: &PerCpuArray<T, u64>, index: u32) -> u64 {
+    m.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
 /// The per-cause data-plane counters, summed over CPUs, indexed by `Stat`.
 pub fn sum_stats<T: Borrow<MapData>>(m: &PerCpuArray<T, u64>) -> Vec<u64> {
-    (0..STAT_COUNT)
-        .map(|i| m.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
-        .collect()
+    (0..STAT_COUNT).map(|i| sum_u64(m, i)).collect()
 }

@@ -6,14 +6,15 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use lb_common::{
     Backend, BackendKey, Config, Counters, Flow, FlowKey, LocalAddr, MAP_BACKEND_STATS,
     MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAPS, MapDef, Service, ServiceKey,
+    MAP_SERVICE_REFUSED, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAPS, MapDef,
+    Service, ServiceKey,
 };
 
 use super::{
@@ -36,6 +37,7 @@ pub struct Maps {
     pub service_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub service_refused: PerCpuArray<MapData, u64>,
 }
 
 /// How a map as the kernel holds it differs from its row of the table; `caps` also checks
@@ -119,6 +121,7 @@ impl Maps {
             service_stats: PerCpuArray::try_from(get(MAP_SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(get(MAP_BACKEND_STATS)?)?,
             stats: PerCpuArray::try_from(get(MAP_STATS)?)?,
+            service_refused: PerCpuArray::try_from(get(MAP_SERVICE_REFUSED)?)?,
         };
         for def in &MAPS {
             if let Some(m) = mismatch(def, maps.data(def.name), caps) {
@@ -149,6 +152,7 @@ impl Maps {
             MAP_SERVICE_STATS => self.service_stats.map(),
             MAP_BACKEND_STATS => self.backend_stats.map(),
             MAP_STATS => self.stats.map(),
+            MAP_SERVICE_REFUSED => self.service_refused.map(),
             other => unreachable!("{other} is not in the map table"),
         }
     }
@@ -219,8 +223,8 @@ pub fn execute(maps: &mut impl LbMaps, ops: &[Op]) -> Result<()> {
     ops.iter().try_for_each(|op| maps.run(op))
 }
 
-fn zero_counters(m: &mut PerCpuArray<MapData, Counters>, id: u32) -> Result<()> {
-    let zeros = PerCpuValues::try_from(vec![Counters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+fn zero_counters<T: Pod + Default>(m: &mut PerCpuArray<MapData, T>, id: u32) -> Result<()> {
+    let zeros = PerCpuValues::try_from(vec![T::default(); nr_cpus().map_err(|(_, e)| e)?])?;
     Ok(m.set(id, zeros, 0)?)
 }
 
@@ -228,7 +232,11 @@ impl LbMaps for Maps {
     fn run(&mut self, op: &Op) -> Result<()> {
         match op {
             Op::ZeroServiceCounters(id) => zero_counters(&mut self.service_stats, *id)
-                .with_context(|| format!("{MAP_SERVICE_STATS}[{id}]")),
+                .with_context(|| format!("{MAP_SERVICE_STATS}[{id}]"))
+                .and_then(|()| {
+                    zero_counters(&mut self.service_refused, *id)
+                        .with_context(|| format!("{MAP_SERVICE_REFUSED}[{id}]"))
+                }),
             Op::ZeroBackendCounters(id) => zero_counters(&mut self.backend_stats, *id)
                 .with_context(|| format!("{MAP_BACKEND_STATS}[{id}]")),
             Op::PutBackend(k, b) => self

@@ -141,7 +141,7 @@ impl Collector for SnapshotCollector {
             }),
         )?;
         type Field = fn(&ServiceView) -> u64;
-        let service_counters: [(&str, &str, Field); 3] = [
+        let service_counters: [(&str, &str, Field); 4] = [
             (
                 "lb_service_packets",
                 "Packets balanced for the service.",
@@ -154,6 +154,11 @@ impl Collector for SnapshotCollector {
                 "lb_service_new_flows",
                 "Flows the service has seen start.",
                 |s| s.new_flows,
+            ),
+            (
+                "lb_service_refused",
+                "New connections refused (TCP reset, ICMP port unreachable) because the service had no backends.",
+                |s| s.refused,
             ),
         ];
         for (name, help, field) in service_counters {
@@ -211,7 +216,7 @@ impl Collector for SnapshotCollector {
         counter_family(
             e,
             "lb_dataplane_events",
-            "Data-plane drops and errors by cause.",
+            "Data-plane events by cause: drops, errors, refusals and passes.",
             snap.dataplane
                 .iter()
                 .map(|(cause, n)| (vec![("cause", Escaped(Cow::Borrowed(cause)))], *n)),

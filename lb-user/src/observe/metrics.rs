@@ -154,6 +154,8 @@ pub(crate) mod tests {
             packets: backends.iter().map(|b| b.packets).sum(),
             bytes: backends.iter().map(|b| b.bytes).sum(),
             new_flows: backends.iter().map(|b| b.new_flows).sum(),
+            // A port without backends refused some connections earlier.
+            refused: if port == 10000 { 4 } else { 0 },
             backends,
             ..ServiceView::default()
         }
@@ -181,7 +183,7 @@ pub(crate) mod tests {
             ],
             dataplane: [
                 (NAT_PORTS_EXHAUSTED.to_owned(), 3),
-                ("drop_no_backend".to_owned(), 9),
+                ("refused_no_backend".to_owned(), 9),
             ]
             .into(),
             flow_table: FlowTableView {
@@ -235,6 +237,7 @@ pub(crate) mod tests {
             (format!("lb_service_packets_total{{{nginx}}}"), "100"),
             (format!("lb_service_bytes_total{{{nginx}}}"), "10000"),
             (format!("lb_service_new_flows_total{{{nginx}}}"), "10"),
+            (format!("lb_service_refused_total{{{nginx}}}"), "4"),
             (
                 r#"lb_service_packets_total{service="dns_53",app=""}"#.to_owned(),
                 "5",
@@ -256,7 +259,7 @@ pub(crate) mod tests {
                 "3",
             ),
             (
-                r#"lb_dataplane_events_total{cause="drop_no_backend"}"#.to_owned(),
+                r#"lb_dataplane_events_total{cause="refused_no_backend"}"#.to_owned(),
                 "9",
             ),
             ("lb_nat_port_allocation_failures_total".to_owned(), "3"),

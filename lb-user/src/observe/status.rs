@@ -111,6 +111,7 @@ pub fn render_status(v: &StatusView) -> String {
             s.packets.to_string(),
             s.bytes.to_string(),
             s.new_flows.to_string(),
+            s.refused.to_string(),
         ]);
         for b in &s.backends {
             rows.push(vec![
@@ -123,6 +124,7 @@ pub fn render_status(v: &StatusView) -> String {
                 b.packets.to_string(),
                 b.bytes.to_string(),
                 b.new_flows.to_string(),
+                "".into(),
             ]);
         }
     }
@@ -137,6 +139,7 @@ pub fn render_status(v: &StatusView) -> String {
             "PACKETS",
             "BYTES",
             "NEW FLOWS",
+            "REFUSED",
         ],
         &rows,
     ));

@@ -49,6 +49,8 @@ pub struct ServiceView {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// New connections refused while the service had no backends.
+    pub refused: u64,
     pub backends: Vec<BackendView>,
 }
 
@@ -155,6 +157,7 @@ pub fn status_of(
             packets: c.packets,
             bytes: c.bytes,
             new_flows: c.new_flows,
+            refused: flows::sum_u64(&maps.service_refused, svc.id),
             backends,
         });
     }
