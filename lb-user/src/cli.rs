@@ -11,7 +11,7 @@ use crate::{
         controller::ControllerConfig,
         events::EventStreamConfig,
         feed::FeedConfig,
-        translate::{IpSource, TranslateOptions},
+        translate::{IpSource, PortRange, TranslateOptions},
     },
 };
 
@@ -208,6 +208,15 @@ pub struct MarathonArgs {
     #[arg(long = "ip-source", default_values = ["netinfo", "host"])]
     pub ip_sources: Vec<String>,
 
+    /// Lowest service port made up for IP-per-task apps that Marathon gave none (marathon-lb's
+    /// flag and rule, so both pick the same ports); 0 turns the assignment off.
+    #[arg(long, default_value_t = 10050)]
+    pub min_serv_port_ip_per_task: u16,
+
+    /// Highest service port made up for IP-per-task apps; 0 turns the assignment off.
+    #[arg(long, default_value_t = 10100)]
+    pub max_serv_port_ip_per_task: u16,
+
     /// Full re-read of Marathon even without events, seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub resync_interval: u64,
@@ -284,11 +293,21 @@ fn translate_options(args: &MarathonArgs) -> Result<TranslateOptions> {
                 .map_err(|e| anyhow::anyhow!("--ip-source {s:?}: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
+    let (min, max) = (
+        args.min_serv_port_ip_per_task,
+        args.max_serv_port_ip_per_task,
+    );
+    let ip_per_task_ports = match (min, max) {
+        (0, _) | (_, 0) => None,
+        (min, max) if min <= max => Some(PortRange { min, max }),
+        _ => bail!("--min-serv-port-ip-per-task {min} is above --max-serv-port-ip-per-task {max}"),
+    };
     Ok(TranslateOptions {
         groups: args.groups.clone(),
         health_check: args.health_check,
         strict_mode: args.strict_mode,
         ip_sources,
+        ip_per_task_ports,
     })
 }
 
@@ -381,6 +400,8 @@ mod tests {
             health_check: false,
             strict_mode: false,
             ip_sources: vec!["netinfo".into()],
+            min_serv_port_ip_per_task: 10050,
+            max_serv_port_ip_per_task: 10100,
             resync_interval: 300,
             event_timeout: 60,
         };
@@ -401,10 +422,20 @@ mod tests {
             health_check: false,
             strict_mode: false,
             ip_sources: vec!["dns".into()],
+            min_serv_port_ip_per_task: 10050,
+            max_serv_port_ip_per_task: 10100,
             resync_interval: 300,
             event_timeout: 60,
         };
         let e = translate_options(&args).unwrap_err().to_string();
         assert!(e.contains("dns"), "{e}");
+        let args = MarathonArgs {
+            ip_sources: vec!["netinfo".into()],
+            min_serv_port_ip_per_task: 10100,
+            max_serv_port_ip_per_task: 10050,
+            ..args
+        };
+        let e = translate_options(&args).unwrap_err().to_string();
+        assert!(e.contains("10100") && e.contains("max-serv-port"), "{e}");
     }
 }

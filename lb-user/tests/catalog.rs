@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use lb_user::marathon::{
     api::{App, parse_app, parse_apps},
     catalog::Catalog,
-    translate::{TranslateOptions, translate},
+    translate::{PortRange, TranslateOptions, translate},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Value, json};
@@ -188,6 +188,26 @@ fn random_app(rng: &mut StdRng, id: &str) -> Value {
         "versionInfo": { "lastScalingAt": format!("2020-02-0{}T00:00:00", rng.random_range(1..4)) },
     });
     if rng.random_bool(0.3) {
+        // IP-per-task before Marathon 1.5: discovery ports and no service port, so ports are made
+        // up for it, and they depend on the other such apps (clashes, a range running out).
+        let discovery: Vec<Value> = (0..rng.random_range(1..3))
+            .map(|k| json!({ "number": 80 + k, "protocol": "tcp" }))
+            .collect();
+        app["ipAddress"] = json!({ "networkName": "calico", "discovery": { "ports": discovery } });
+        app["portDefinitions"] = json!([]);
+        for (t, task) in app["tasks"]
+            .as_array_mut()
+            .expect("tasks")
+            .iter_mut()
+            .enumerate()
+        {
+            if rng.random_bool(0.8) {
+                task["ipAddresses"] =
+                    json!([{ "ipAddress": format!("192.168.9.{t}"), "protocol": "IPv4" }]);
+            }
+        }
+    }
+    if rng.random_bool(0.3) {
         app["healthChecks"] = json!([{ "protocol": "TCP" }]);
     }
     app
@@ -197,10 +217,18 @@ fn random_app(rng: &mut StdRng, id: &str) -> Value {
 fn random_per_app_changes_match_full_translation() {
     let ids = ["/a", "/b", "/c", "/dg", "/g/d", "/g/e", "/other"];
     // How often the cross-app rules were in play, so the test cannot pass by never meeting them.
-    let (mut clashes, mut groups) = (0, 0);
+    let (mut clashes, mut groups, mut made_up) = (0, 0, 0);
     for seed in 0..25u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         for opts in options() {
+            // A made-up port range that is small (it runs out) and overlaps the apps' own ports.
+            let opts = TranslateOptions {
+                ip_per_task_ports: Some(PortRange {
+                    min: 10003,
+                    max: 10006,
+                }),
+                ..opts
+            };
             let mut c = Catalog::new(opts);
             // Start from a random full read.
             let mut start: Vec<Value> = Vec::new();
@@ -227,11 +255,12 @@ fn random_per_app_changes_match_full_translation() {
                 clashes +=
                     usize::from(t.skipped.iter().any(|s| s.reason.contains("already taken")));
                 groups += usize::from(t.desired.services.iter().any(|s| s.name.starts_with("dg_")));
+                made_up += usize::from(t.desired.services.iter().any(|s| s.listener.port >= 10004));
             }
         }
     }
     assert!(
-        clashes > 100 && groups > 100,
-        "clashes {clashes}, groups {groups}"
+        clashes > 100 && groups > 100 && made_up > 100,
+        "clashes {clashes}, groups {groups}, made-up ports {made_up}"
     );
 }

@@ -407,7 +407,11 @@ fn calico_marathon_1_4_docker_user_and_ip_address() {
     let parsed = apps(own_fixture("calico-1.4.json"));
     let t = run(&parsed, &TranslateOptions::default());
     assert_sorted(&t);
-    assert_eq!(listeners(&t), ["*:10030/tcp", "*:10031/tcp"], "{t:#?}");
+    assert_eq!(
+        listeners(&t),
+        ["*:10030/tcp", "*:10031/tcp", "*:10052/tcp"],
+        "{t:#?}"
+    );
     // The task without an address yet falls back to the agent, and has no host port either;
     // the one with a host port serves through the agent.
     assert_service(
@@ -437,6 +441,26 @@ fn calico_marathon_1_4_docker_user_and_ip_address() {
         Balance::RoundRobin,
         &["192.168.2.20:8443"],
     );
+    // No service port and no HAPROXY_0_PORT: marathon-lb's made-up port from
+    // --min/max-serv-port-ip-per-task (10050-10100): 10050 + sha1("/calico/noport-7000-0")'s
+    // first 8 hex digits mod 51.
+    assert_service(
+        &t,
+        "*:10052/tcp",
+        "calico_noport_10052",
+        "/calico/noport",
+        0,
+        Balance::RoundRobin,
+        &["192.168.2.21:7000"],
+    );
+    assert_eq!(t.skipped.len(), 1, "{:#?}", t.skipped);
+    // With the assignment turned off (either flag 0), such a port is left out, and says why.
+    let off = TranslateOptions {
+        ip_per_task_ports: None,
+        ..TranslateOptions::default()
+    };
+    let t = run(&parsed, &off);
+    assert_eq!(listeners(&t), ["*:10030/tcp", "*:10031/tcp"], "{t:#?}");
     assert_skipped(
         &t,
         "/calico/noport",

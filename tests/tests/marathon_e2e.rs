@@ -515,3 +515,68 @@ fn an_app_scaled_to_zero_refuses_new_connections_at_once_and_drains_the_open_one
     assert_eq!(served_by(&topo, 3), vec!["t2"]);
     lb::assert_no_drops(&topo, &[]);
 }
+
+/// Marathon before 1.5 gives an IP-per-task app no service port (Marathon #3636); marathon-lb
+/// makes one up from `--min/max-serv-port-ip-per-task` with a hash of the app id and the
+/// container port, and lb makes up the same one: 10050 + sha1("/legacy-80-0")[..8] mod 51.
+#[test]
+fn an_ip_per_task_app_without_service_ports_is_served_on_marathon_lbs_port() {
+    let mut topo = Topology::new("lbm4");
+    topo.start_tasks();
+    let m = NsStandin::start(&topo.ns("agent"));
+    let tasks: Vec<Value> = [0, 1]
+        .iter()
+        .map(|&i| {
+            let mut t = task(i, "TASK_RUNNING", None);
+            t["appId"] = json!("/legacy");
+            t["servicePorts"] = json!([]);
+            t
+        })
+        .collect();
+    m.standin.set_apps(json!({"apps": [{
+        "id": "/legacy", "instances": 2,
+        "container": {"type": "DOCKER", "docker": {"image": "nginx", "network": "USER"}},
+        "ipAddress": {"networkName": "calico", "discovery": {"ports": [{"number": 80, "name": "http", "protocol": "tcp"}]}},
+        "portDefinitions": [],
+        "labels": {"HAPROXY_GROUP": "external"},
+        "tasks": tasks
+    }]}));
+    let url = m.standin.url();
+    lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--marathon",
+            &url,
+            "--group",
+            "external",
+        ],
+        1,
+    );
+    assert_eq!(
+        lb::active_backends(&topo, 10064),
+        vec![addr(0), addr(1)],
+        "{}",
+        lb::status(&topo).unwrap()
+    );
+    let mut seen: Vec<String> = in_netns(&topo.ns("client"), || {
+        (0..4)
+            .map(|_| {
+                tcp_ask(SocketAddrV4::new(AGENT, 10064), T)
+                    .expect("the made-up port answers")
+                    .task
+            })
+            .collect()
+    });
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["t1", "t1", "t2", "t2"],
+        "round-robin over both tasks"
+    );
+    lb::assert_no_drops(&topo, &[]);
+}

@@ -13,7 +13,10 @@ use std::{
 
 use super::{
     api::{App, AppError, ParsedApps},
-    translate::{Part, Resolver, TranslateOptions, Translation, UnitKey, settle, unit_key, units},
+    translate::{
+        Assigned, Part, Resolver, TranslateOptions, Translation, UnitKey, assign, needs_ports,
+        settle, unit_key, units,
+    },
 };
 
 #[derive(Debug, Default)]
@@ -28,6 +31,10 @@ pub struct Catalog {
     orders: HashMap<UnitKey, (String, String)>,
     /// Each unit's translation, in the order units claim listeners.
     parts: BTreeMap<(String, String), Part>,
+    /// Apps that get service ports made up (IP-per-task without any), and those ports: they
+    /// depend on every such app (clashes), so a change to one can move another's.
+    ip_per_task: BTreeSet<String>,
+    assigned: Assigned,
 }
 
 impl Catalog {
@@ -62,17 +69,23 @@ impl Catalog {
         self.apps = parsed.apps.into_iter().map(|a| (a.id.clone(), a)).collect();
         self.unreadable = parsed.errors;
         self.groups.clear();
+        self.ip_per_task.clear();
         for app in self.apps.values() {
             if let UnitKey::Group(g) = unit_key(app) {
                 self.groups.entry(g).or_default().insert(app.id.clone());
+            }
+            if needs_ports(app) {
+                self.ip_per_task.insert(app.id.clone());
             }
         }
         self.orders.clear();
         self.parts.clear();
         let mut resolver = Resolver::new(resolve);
-        for unit in units(self.apps.values()) {
+        let units = units(self.apps.values());
+        self.assigned = assign(&units, self.opts.ip_per_task_ports);
+        for unit in units {
             let key = unit_key(unit.app);
-            let part = Part::of(unit, &self.opts, &mut resolver);
+            let part = Part::of(unit, &self.opts, &self.assigned, &mut resolver);
             self.orders.insert(key, part.order.clone());
             self.parts.insert(part.order.clone(), part);
         }
@@ -88,6 +101,7 @@ impl Catalog {
     ) {
         self.unreadable.retain(|e| e.app_id.as_deref() != Some(id));
         let mut touched = BTreeSet::new();
+        self.ip_per_task.remove(id);
         if let Some(old) = self.apps.remove(id) {
             let key = unit_key(&old);
             if let UnitKey::Group(g) = &key
@@ -109,8 +123,26 @@ impl Catalog {
                     .insert(id.to_owned());
             }
             touched.insert(key);
+            if needs_ports(&app) {
+                self.ip_per_task.insert(id.to_owned());
+            }
             self.apps.insert(id.to_owned(), app);
         }
+        let assigned = self.assignment();
+        for (app_id, _) in assigned
+            .iter()
+            .filter(|(k, v)| self.assigned.get(*k) != Some(v))
+            .chain(
+                self.assigned
+                    .iter()
+                    .filter(|(k, _)| !assigned.contains_key(*k)),
+            )
+        {
+            if let Some(app) = self.apps.get(app_id) {
+                touched.insert(unit_key(app));
+            }
+        }
+        self.assigned = assigned;
         // All old parts go first: a unit's place can be the one another touched unit had (app
         // `/x` leaving deployment group `/x` for a unit of its own).
         for key in &touched {
@@ -142,10 +174,40 @@ impl Catalog {
         };
         // The apps of one key form exactly one unit.
         for unit in units(members) {
-            let part = Part::of(unit, &self.opts, resolver);
+            let part = Part::of(unit, &self.opts, &self.assigned, resolver);
             self.orders.insert(key.clone(), part.order.clone());
             self.parts.insert(part.order.clone(), part);
         }
+    }
+
+    /// The made-up ports of every app that needs them, from those apps (and the other members
+    /// of their deployment groups, which decide the unit's defining app) alone.
+    fn assignment(&self) -> Assigned {
+        if self.ip_per_task.is_empty() {
+            return Assigned::new();
+        }
+        let mut members: BTreeSet<&str> = BTreeSet::new();
+        for id in &self.ip_per_task {
+            let Some(app) = self.apps.get(id) else {
+                continue;
+            };
+            match unit_key(app) {
+                UnitKey::App(_) => {
+                    members.insert(id);
+                }
+                UnitKey::Group(g) => {
+                    members.extend(
+                        self.groups
+                            .get(&g)
+                            .into_iter()
+                            .flatten()
+                            .map(String::as_str),
+                    );
+                }
+            }
+        }
+        let units = units(members.into_iter().filter_map(|id| self.apps.get(id)));
+        assign(&units, self.opts.ip_per_task_ports)
     }
 
     /// The services, settled across units: what `translate` gives for `apps()`.

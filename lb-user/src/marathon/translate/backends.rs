@@ -38,6 +38,8 @@ const EXCLUDED_TASK_STATES: &[&str] = &[
 /// Translating one unit: the options, the resolver, and what was left out so far.
 pub(super) struct Cx<'o, 'r, 's> {
     pub opts: &'o TranslateOptions,
+    /// Service ports made up for this unit's app (IP-per-task without any), by port index.
+    pub assigned: Option<&'o [Option<u16>]>,
     pub resolver: &'r mut Resolver<'s>,
     pub skipped: Vec<Skipped>,
 }
@@ -102,7 +104,12 @@ impl Cx<'_, '_, '_> {
             Ok(m) => m,
             Err(reason) => return self.skip(&app.id, None, None, reason),
         };
-        let slots = port_slots(app, mode);
+        let mut slots = port_slots(app, mode);
+        for (slot, port) in slots.iter_mut().zip(self.assigned.unwrap_or_default()) {
+            if slot.service_port.is_none() {
+                slot.service_port = port.map(i64::from);
+            }
+        }
         let ports: Vec<Port> = slots
             .iter()
             .enumerate()
@@ -202,7 +209,9 @@ impl Cx<'_, '_, '_> {
                         None,
                         format!(
                             "the port has no service port (Marathon gives none to IP-per-task apps \
-                             before 1.5) and HAPROXY_{i}_PORT is not set"
+                             before 1.5), none was left to assign from the IP-per-task range \
+                             (or the app has no task with an address yet), and HAPROXY_{i}_PORT \
+                             is not set"
                         ),
                     );
                     return None;

@@ -21,12 +21,15 @@ use serde::Serialize;
 use super::api::App;
 use crate::services::{Desired, Listener, ServiceSpec};
 
+mod assign;
 mod backends;
 mod ports;
 #[cfg(test)]
 mod tests;
 mod units;
 
+pub use assign::PortRange;
+pub(crate) use assign::{Assigned, assign, needs_ports};
 pub(crate) use backends::Resolver;
 pub(crate) use units::{UnitKey, unit_key, units};
 
@@ -42,6 +45,9 @@ pub struct TranslateOptions {
     pub strict_mode: bool,
     /// Where a task's address comes from, first usable wins.
     pub ip_sources: Vec<IpSource>,
+    /// Where service ports for IP-per-task apps without any come from (marathon-lb's
+    /// `--min/max-serv-port-ip-per-task`); `None`: such ports are not served.
+    pub ip_per_task_ports: Option<PortRange>,
 }
 
 impl Default for TranslateOptions {
@@ -51,6 +57,7 @@ impl Default for TranslateOptions {
             health_check: false,
             strict_mode: false,
             ip_sources: vec![IpSource::Netinfo, IpSource::Host],
+            ip_per_task_ports: Some(PortRange::default()),
         }
     }
 }
@@ -143,9 +150,11 @@ pub fn translate(
     resolve: &mut dyn FnMut(&str) -> Option<Ipv4Addr>,
 ) -> Translation {
     let mut resolver = Resolver::new(resolve);
-    let parts: Vec<Part> = units(apps.iter())
+    let units = units(apps.iter());
+    let assigned = assign(&units, opts.ip_per_task_ports);
+    let parts: Vec<Part> = units
         .into_iter()
-        .map(|unit| Part::of(unit, opts, &mut resolver))
+        .map(|unit| Part::of(unit, opts, &assigned, &mut resolver))
         .collect();
     settle(parts.iter())
 }
@@ -172,10 +181,12 @@ impl Part {
     pub(crate) fn of(
         unit: units::Unit<'_>,
         opts: &TranslateOptions,
+        assigned: &Assigned,
         resolver: &mut Resolver<'_>,
     ) -> Self {
         let mut cx = backends::Cx {
             opts,
+            assigned: assigned.get(&unit.app.id).map(Vec::as_slice),
             resolver,
             skipped: unit.skipped.clone(),
         };
