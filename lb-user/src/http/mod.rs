@@ -6,6 +6,7 @@
 //! take effect for the next request, with no reload: a request in flight keeps its backend
 //! connection, so a task leaving the set finishes what it serves. The app's service port is
 //! still balanced at L4 by the data plane.
+pub mod idle;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -25,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use self::{
+    idle::Idle,
     proxy::{Conn, Table},
     routes::Routes,
     tls::Cert,
@@ -32,6 +34,8 @@ use self::{
 
 /// marathon-lb's `timeout http-request`: the whole request head (and a TLS handshake) within this.
 pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// marathon-lb's `timeout client`: a client connection on which nothing moves is closed.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// HAProxy's `tune.http.maxhdr`.
 pub const MAX_HEADERS: usize = 101;
 /// HAProxy's `tune.bufsize` (16 KiB) bounds a request head.
@@ -207,6 +211,7 @@ async fn connection(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<()> {
     let local_port = stream.local_addr()?.port();
+    let stream = Idle::new(stream, CLIENT_TIMEOUT);
     match tls {
         None => {
             let conn = Conn {

@@ -23,13 +23,16 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, time::timeout};
 use tracing::debug;
 
-use super::routes::{Route, Routes, host_name};
+use super::{
+    idle::Idle,
+    routes::{Route, Routes, host_name},
+};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// marathon-lb's `timeout connect`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// marathon-lb's `timeout server`: how long a backend may take to answer.
+/// marathon-lb's `timeout server`: how long a backend may take to answer, and stay silent.
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// HAProxy's `retries 3` with `option redispatch`: a backend that refuses the connection is
 /// replaced by the next one, at most this many times.
@@ -158,7 +161,7 @@ async fn exchange(
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, StatusCode> {
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(Idle::new(stream, SERVER_TIMEOUT)))
         .await
         .map_err(|_| StatusCode::BAD_GATEWAY)?;
     tokio::spawn(async move {
