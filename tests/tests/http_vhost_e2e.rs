@@ -413,6 +413,8 @@ fn redirects_scale_down_and_no_vhost() {
     let mut first = vec![0u8; 100_000];
     r.read_exact(&mut first)
         .expect("start of the long download");
+    let on_t3 = topo.sh("t3", "ss -Htn state established '( sport = :80 )'");
+    assert!(!on_t3.trim().is_empty(), "the download is served by t3");
     m.standin.set_apps(apps(
         &[0, 1],
         json!({"HAPROXY_0_REDIRECT_TO_HTTPS": "true"}),
