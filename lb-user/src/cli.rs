@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     dataplane::attach::Hook,
+    http::FrontConfig,
     marathon::{
         client::{Auth, ClientConfig},
         controller::ControllerConfig,
@@ -157,6 +158,9 @@ pub struct RunArgs {
     pub log_level: String,
 
     #[command(flatten)]
+    pub http: HttpArgs,
+
+    #[command(flatten)]
     pub marathon: MarathonArgs,
 
     /// Prometheus metrics and /healthz listen address (loopback unless you say otherwise).
@@ -234,6 +238,60 @@ impl MarathonArgs {
             translate: translate_options(self)?,
         })
     }
+}
+
+/// The HTTP front end: marathon-lb's virtual hosts (`HAPROXY_{n}_VHOST`) on :80 and :443.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Where HTTP virtual hosts are served, e.g. `*:80` or `10.0.0.5:8080`. Default: `*:80`,
+    /// opened once a served app has a HAPROXY_{n}_VHOST.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Where HTTPS virtual hosts are served (TLS terminated here, backends get HTTP). Default:
+    /// `*:443`, opened once a served app has a HAPROXY_{n}_VHOST.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub https_listen: Option<SocketAddr>,
+
+    /// PEM files holding a certificate chain and its key (comma-separated or repeated, as
+    /// marathon-lb's flag), chosen by SNI, the first by default. Apps add theirs with
+    /// HAPROXY_{n}_SSL_CERT. Without any, a self-signed certificate is generated at start.
+    #[arg(long, value_name = "FILE[,FILE...]", value_delimiter = ',')]
+    pub ssl_certs: Vec<PathBuf>,
+
+    /// No HTTP front end: VHOST labels are only reported and their ports balanced at L4.
+    #[arg(long, conflicts_with_all = ["http_listen", "https_listen", "ssl_certs"])]
+    pub no_vhost: bool,
+}
+
+impl HttpArgs {
+    pub fn front_config(&self) -> FrontConfig {
+        FrontConfig {
+            http_listen: self.http_listen,
+            https_listen: self.https_listen,
+            ssl_certs: self.ssl_certs.clone(),
+        }
+    }
+}
+
+/// A listen address: `ADDR:PORT`, with `*` (or nothing) for every IPv4 address, as HAProxy's `bind`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not ADDR:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port"))?;
+    let ip = match host {
+        "" | "*" => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        h => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("{h:?} is not an IP address"))?,
+    };
+    Ok(SocketAddr::new(ip, port))
 }
 
 fn controller_config(args: &MarathonArgs) -> Result<ControllerConfig> {
@@ -349,6 +407,57 @@ mod tests {
         assert!(parse_port_range("10-9").is_err());
         assert!(parse_port_range("10").is_err());
         assert!(parse_port_range("1-70000").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_take_haproxys_star() {
+        assert_eq!(parse_listen("*:80"), Ok("0.0.0.0:80".parse().unwrap()));
+        assert_eq!(parse_listen(":8080"), Ok("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(
+            parse_listen("10.0.0.5:443"),
+            Ok("10.0.0.5:443".parse().unwrap())
+        );
+        assert_eq!(parse_listen("[::1]:80"), Ok("[::1]:80".parse().unwrap()));
+        assert!(parse_listen("80").is_err());
+        assert!(parse_listen("*:http").is_err());
+        assert!(parse_listen("host:80").is_err());
+    }
+
+    #[test]
+    fn ssl_certs_take_marathon_lbs_comma_list() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from([
+            "lb",
+            "run",
+            "--iface",
+            "eth0",
+            "--marathon",
+            "http://m:8080",
+            "--ssl-certs",
+            "/a.pem,/b.pem",
+            "--ssl-certs",
+            "/c.pem",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(
+            args.http.ssl_certs,
+            [PathBuf::from("/a.pem"), "/b.pem".into(), "/c.pem".into()]
+        );
+        assert!(
+            Cli::try_parse_from([
+                "lb",
+                "run",
+                "--iface",
+                "e",
+                "--no-vhost",
+                "--http-listen",
+                "*:80"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

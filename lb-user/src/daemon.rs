@@ -34,6 +34,7 @@ use crate::{
         monotonic_ns,
         pins::PinLayout,
     },
+    http::{FrontEnd, routes::Routes},
     marathon::{
         controller::SyncState,
         feed::{self, FeedConfig, Update},
@@ -63,6 +64,8 @@ pub struct Daemon {
     /// How old the last successful sync may be for /healthz to stay 200.
     sync_max_age: Duration,
     last_saved: Option<Instant>,
+    /// The HTTP routes of the last update, for the HTTP front end (when it runs).
+    routes: watch::Sender<Arc<Routes>>,
 }
 
 /// Where the services come from; checked before anything touches the kernel.
@@ -232,6 +235,7 @@ impl Daemon {
             .0,
             sync_max_age,
             last_saved: None,
+            routes: watch::channel(Arc::default()).0,
         })
     }
 
@@ -314,6 +318,12 @@ impl Daemon {
     }
 
     fn on_update(&mut self, u: Update) {
+        // Independent of the maps: the front end routes by name, whatever the kernel says.
+        self.routes.send_if_modified(|r| {
+            let changed = !Arc::ptr_eq(r, &u.routes);
+            *r = u.routes;
+            changed
+        });
         match self.apply(u.desired) {
             Ok(changed) => {
                 self.state.sync.last_full_sync = Some(unix(u.fetched_at));
@@ -439,6 +449,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Everything the operator typed is checked before the kernel is touched: bad input
     // applies nothing.
     let source = Source::from_args(&args)?;
+    let front = match &source {
+        Source::Marathon(_) if !args.http.no_vhost => {
+            Some(FrontEnd::start(args.http.front_config()).await?)
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.metrics)
         .await
         .with_context(|| format!("binding --metrics {}", args.metrics))?;
@@ -449,6 +465,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         d.metrics.clone(),
         d.health.subscribe(),
     ));
+    if let Some(front) = front {
+        tokio::spawn(front.run(d.routes.subscribe()));
+    }
     let inputs = Inputs::start(&source)?;
     if let Source::File(desired) = source {
         d.apply_file(desired)?;

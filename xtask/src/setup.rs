@@ -7,11 +7,14 @@ use anyhow::{Context as _, Result, bail};
 use crate::run;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Run time and test time: `ip`, `bpftool`, `ethtool` (the XDP test tunes veth offloads).
+/// Run time and test time: `ip`, `bpftool`, `ethtool` (the XDP test tunes veth offloads),
+/// `curl` and `openssl` (the HTTP front end's tests: requests as users make them, a certificate).
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
+    ("curl", "curl"),
+    ("openssl", "openssl"),
 ];
 
 fn output(cmd: &mut Command) -> Option<String> {

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, ToSocketAddrs},
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
@@ -15,7 +16,10 @@ use super::{
     controller::{self, AppRead, ControllerConfig, Read, Snapshot, SyncState, Trigger},
     translate::TranslateOptions,
 };
-use crate::services::Desired;
+use crate::{
+    http::routes::{self, Routes},
+    services::Desired,
+};
 
 /// Everything the feed needs: how to read Marathon, and marathon-lb's rules to apply.
 #[derive(Debug, Clone)]
@@ -28,6 +32,8 @@ pub struct FeedConfig {
 #[derive(Debug)]
 pub struct Update {
     pub desired: Desired,
+    /// The HTTP virtual hosts of the same state (for the HTTP front end).
+    pub routes: Arc<Routes>,
     /// Why apps, ports or tasks were left out (for `lb status`).
     pub skipped: Vec<String>,
     /// When Marathon was read.
@@ -60,6 +66,7 @@ pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Se
         }
         let update = Update {
             desired: translator.desired(),
+            routes: translator.routes.clone(),
             skipped: translator.skipped.clone(),
             fetched_at,
             event_received: match trigger {
@@ -80,6 +87,8 @@ pub struct Translator {
     reported: BTreeSet<String>,
     /// Reasons for skipped apps, ports or tasks in the last translation (for `lb status`).
     pub skipped: Vec<String>,
+    /// The HTTP routes of the last translation.
+    pub routes: Arc<Routes>,
 }
 
 impl Translator {
@@ -89,6 +98,7 @@ impl Translator {
             dns: HashMap::new(),
             reported: BTreeSet::new(),
             skipped: Vec::new(),
+            routes: Arc::default(),
         }
     }
 
@@ -117,7 +127,7 @@ impl Translator {
         }
     }
 
-    /// The services the catalog translates to; reports what is new among the skipped apps,
+    /// The services the catalog translates to (and, in `routes`, the HTTP routes); reports what is new among the skipped apps,
     /// ports and tasks and the L7-only labels.
     pub fn desired(&mut self) -> Desired {
         let t = self.catalog.translation();
@@ -152,6 +162,10 @@ impl Translator {
             }
         }
         self.skipped = now_skipped;
+        let routes = routes::routes(self.catalog.apps(), &t.desired.services);
+        if *self.routes != routes {
+            self.routes = Arc::new(routes);
+        }
         t.desired
     }
 }

@@ -220,7 +220,7 @@ fn nginx_app(tasks: &[(Ipv4Addr, Ipv4Addr)]) -> Value {
         "cpus": 0.1,
         "mem": 64,
         "instances": n,
-        "labels": {"HAPROXY_GROUP": "external"},
+        "labels": {"HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": VHOST},
         "networks": [{"name": "calico", "mode": "container"}],
         "healthChecks": [{
             "protocol": "MESOS_HTTP",
@@ -241,6 +241,9 @@ fn nginx_app(tasks: &[(Ipv4Addr, Ipv4Addr)]) -> Value {
         "tasks": tasks,
     }]})
 }
+
+/// The guide's `HAPROXY_0_VHOST`.
+const VHOST: &str = "mytask.acme.org";
 
 fn vip() -> SocketAddrV4 {
     SocketAddrV4::new(AGENT, SERVICE_PORT)
@@ -375,6 +378,35 @@ fn demo() -> Result<()> {
     );
     println!(
         "    each task answered in turn (full NAT: tasks see an agent address, not the client)"
+    );
+
+    step(&format!(
+        "the guide's own command, 3 times from the client: curl -H \"Host: {VHOST}\" {AGENT}"
+    ));
+    let mut vhost_answers = Vec::new();
+    for i in 0..3 {
+        stop_if_interrupted();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &client_ns, "curl", "-sS", "-m", "5"])
+            .args(["-H", &format!("Host: {VHOST}"), &format!("http://{AGENT}/")])
+            .output()?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ensure!(
+            out.status.success() && body.starts_with('t'),
+            "curl -H \"Host: {VHOST}\" {AGENT} failed: {body}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("    {}. {body}", i + 1);
+        vhost_answers.push(body.split_whitespace().next().unwrap_or("").to_owned());
+    }
+    vhost_answers.sort();
+    ensure!(
+        vhost_answers == ["t1", "t2", "t3"],
+        "expected t1, t2 and t3 in turn, got {vhost_answers:?}"
+    );
+    println!(
+        "    HAPROXY_0_VHOST={VHOST} on :80, as marathon-lb serves it: the three tasks in turn, \
+         each told the client's address in X-Forwarded-For (xff=)"
     );
 
     let (t4, t4_addr, t4_host, t4_cali) = T4;

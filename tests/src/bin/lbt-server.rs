@@ -1,6 +1,9 @@
 //! A task for tests and the demo: answers HTTP on TCP and datagrams on UDP with its own name
 //! and the peer address it sees, so a test can tell which task served it and from where.
 //! `GET /bytes/N` streams N bytes of a known pattern (for transfer-integrity checks).
+//! Behind the HTTP front end: the `X-Forwarded-*` headers it got are added to the answer
+//! (`xff=`, `xfport=`, `xfproto=`), and a request with `Upgrade` is answered 101, after which
+//! every byte is echoed back.
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -16,10 +19,33 @@ fn serve(mut conn: TcpStream, name: &str) {
     if reader.read_line(&mut line).is_err() {
         return;
     }
-    // Drain the request headers.
+    // Read the request headers, keeping those a proxy adds.
     let mut h = String::new();
+    let mut seen = String::new();
+    let mut upgrade = None;
     while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
+        if let Some((k, v)) = h.split_once(':') {
+            let v = v.trim();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => seen.push_str(&format!(" xff={v}")),
+                "x-forwarded-port" => seen.push_str(&format!(" xfport={v}")),
+                "x-forwarded-proto" => seen.push_str(&format!(" xfproto={v}")),
+                "upgrade" => upgrade = Some(v.to_owned()),
+                _ => {}
+            }
+        }
         h.clear();
+    }
+    if let Some(proto) = upgrade {
+        let _ = write!(
+            conn,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {proto}\r\nConnection: Upgrade\r\n\r\n"
+        );
+        // Bytes the reader already holds came after the head: echo them first.
+        let early = reader.buffer().to_vec();
+        let _ = conn.write_all(&early);
+        let _ = std::io::copy(&mut reader.into_inner(), &mut conn);
+        return;
     }
     let path = line.split_whitespace().nth(1).unwrap_or("/");
     if let Some(n) = path
@@ -40,7 +66,7 @@ fn serve(mut conn: TcpStream, name: &str) {
             sent += chunk;
         }
     } else {
-        let body = format!("{name} peer={peer}\n");
+        let body = format!("{name} peer={peer}{seen}\n");
         let _ = write!(
             conn,
             "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",

@@ -1,0 +1,369 @@
+//! One request through the front end, as HAProxy in marathon-lb's `mode http` with
+//! `option http-server-close` handles it: routed on its own, sent to the next backend of its
+//! rule over a new connection that closes after the response, with `option forwardfor`'s
+//! `X-Forwarded-For`, `X-Forwarded-Port` and (over TLS) `X-Forwarded-Proto`. An `Upgrade`
+//! answered 101 joins the two connections byte for byte.
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, time::timeout};
+use tracing::debug;
+
+use super::{
+    idle::Idle,
+    routes::{Route, Routes, host_name},
+};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// marathon-lb's `timeout connect`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// marathon-lb's `timeout server`: how long a backend may take to answer, and stay silent.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// HAProxy's `retries 3` with `option redispatch`: a backend that refuses the connection is
+/// replaced by the next one, at most this many times.
+const RETRIES: usize = 3;
+
+/// The routes in force, with a round-robin cursor per rule that survives route changes (kept
+/// by backend name), so that a Marathon event does not restart every rotation.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub routes: Arc<Routes>,
+    cursors: Vec<Arc<AtomicUsize>>,
+}
+
+impl Table {
+    /// The table for `routes`, taking over `old`'s cursors for the backends both have.
+    pub fn new(routes: Arc<Routes>, old: &Table) -> Self {
+        let cursors = routes
+            .rules
+            .iter()
+            .map(|r| {
+                old.routes
+                    .rules
+                    .iter()
+                    .position(|o| o.backend == r.backend)
+                    .map_or_else(Arc::default, |i| old.cursors[i].clone())
+            })
+            .collect();
+        Self { routes, cursors }
+    }
+}
+
+/// What the proxy knows of the client's connection.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub client: SocketAddr,
+    /// The port the client connected to (`X-Forwarded-Port`, HAProxy's `dst_port`).
+    pub local_port: u16,
+    /// The TLS server name the client asked for; Some("") never occurs.
+    pub sni: Option<String>,
+    pub tls: bool,
+}
+
+/// Answers one request: a HAProxy error page, a redirect, or the backend's response.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    table: Arc<Table>,
+    conn: Arc<Conn>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        // RFC 9112 §3.2: a request with more than one Host is refused; which one a router
+        // believes would be a way around it.
+        return Ok(error_page(StatusCode::BAD_REQUEST));
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    // marathon-lb routes :443 by SNI; a client that sent none is routed by its Host.
+    let name = conn.sni.as_deref().or(host.as_deref());
+    let route = table.routes.route(name, req.uri().path(), conn.tls);
+    let i = match route {
+        Route::NoRoute => return Ok(error_page(StatusCode::SERVICE_UNAVAILABLE)),
+        Route::RedirectToHttps => return Ok(redirect_to_https(host.as_deref(), &req)),
+        Route::Rule(i) => i,
+    };
+    let rule = &table.routes.rules[i];
+    let upgrade = wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    prepare(&mut req, &conn, upgrade);
+    let Some((backend, stream)) = connect(&rule.backends, &table.cursors[i]).await else {
+        return Ok(error_page(StatusCode::SERVICE_UNAVAILABLE));
+    };
+    let mut resp = match exchange(stream, req).await {
+        Ok(r) => r,
+        Err(status) => {
+            debug!(%backend, %status, "backend failed");
+            return Ok(error_page(status));
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(server)) = (client_upgrade.await, backend_upgrade.await) else {
+                return;
+            };
+            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        });
+        return Ok(resp.map(|b| b.boxed()));
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp.map(|b| b.boxed()))
+}
+
+/// Tries the rule's backends from the next in turn, on to the following one when a connection
+/// fails (HAProxy's redispatch), at most `RETRIES` times.
+async fn connect(
+    backends: &[SocketAddrV4],
+    cursor: &AtomicUsize,
+) -> Option<(SocketAddrV4, TcpStream)> {
+    if backends.is_empty() {
+        return None;
+    }
+    let start = cursor.fetch_add(1, Ordering::Relaxed);
+    for k in 0..backends.len().min(RETRIES + 1) {
+        let backend = backends[(start + k) % backends.len()];
+        match timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Some((backend, s));
+            }
+            Ok(Err(e)) => debug!(%backend, "connect: {e}"),
+            Err(_) => debug!(%backend, "connect: timed out"),
+        }
+    }
+    None
+}
+
+/// One request over its own backend connection: the response, or the status to answer with.
+async fn exchange(
+    stream: TcpStream,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, StatusCode> {
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(Idle::new(stream, SERVER_TIMEOUT)))
+        .await
+        .map_err(|_| StatusCode::BAD_GATEWAY)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            debug!("backend connection: {e}");
+        }
+    });
+    match timeout(SERVER_TIMEOUT, sender.send_request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            debug!("backend exchange: {e}");
+            Err(StatusCode::BAD_GATEWAY)
+        }
+        Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+    }
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Headers for the backend: hop-by-hop ones go (the backend connection is this request's
+/// alone, `Connection: close`, or `upgrade` when the client asked for one), `Expect` too (the
+/// front end already answered it), and marathon-lb's `X-Forwarded-*` are added.
+fn prepare(req: &mut Request<Incoming>, conn: &Conn, upgrade: bool) {
+    let h = req.headers_mut();
+    let upgrade_value = h.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(h);
+    h.remove(header::EXPECT);
+    if let (true, Some(u)) = (upgrade, upgrade_value) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    } else {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    // `option forwardfor` adds a header of its own after any the client sent.
+    let ip = conn.client.ip().to_canonical().to_string();
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        h.append(X_FORWARDED_FOR, v);
+    }
+    // `http-request set-header X-Forwarded-Port %[dst_port]`
+    h.insert(X_FORWARDED_PORT, HeaderValue::from(conn.local_port));
+    // `http-request add-header X-Forwarded-Proto https if { ssl_fc }`
+    if conn.tls {
+        h.append(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes the headers that concern one connection only (RFC 9110 §7.6.1), including those
+/// `Connection` names. Framing (`Content-Length`, `Transfer-Encoding`) stays: hyper frames the
+/// message from it.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| *n != header::CONTENT_LENGTH && *n != header::TRANSFER_ENCODING)
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+/// `redirect scheme https code 301`: the same host (without its port) and URI over https.
+fn redirect_to_https(host: Option<&str>, req: &Request<Incoming>) -> Response<Body> {
+    let uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{}{uri}", host.map(host_name).unwrap_or_default());
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            h.insert(header::LOCATION, v);
+        }
+        Err(_) => return error_page(StatusCode::BAD_REQUEST),
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+/// HAProxy's own error pages; like HAProxy, the connection closes after one.
+pub fn error_page(status: StatusCode) -> Response<Body> {
+    let text = match status {
+        StatusCode::BAD_REQUEST => "Your browser sent an invalid request.",
+        StatusCode::BAD_GATEWAY => "The server returned an invalid or incomplete response.",
+        StatusCode::GATEWAY_TIMEOUT => "The server didn't respond in time.",
+        _ => "No server is available to handle this request.",
+    };
+    let body = format!(
+        "<html><body><h1>{} {}</h1>\n{text}\n</body></html>\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::routes::Rule;
+
+    fn rule(backend: &str) -> Rule {
+        Rule {
+            backend: backend.into(),
+            app_id: format!("/{backend}"),
+            port_index: 0,
+            service_port: 10000,
+            hosts: vec![format!("{backend}.org")],
+            paths: None,
+            redirect_to_https: false,
+            weight: 0,
+            backends: vec![],
+        }
+    }
+
+    #[test]
+    fn cursors_follow_their_backend_across_route_changes() {
+        let first = Table::new(
+            Arc::new(Routes {
+                rules: vec![rule("a"), rule("b")],
+                certs: vec![],
+            }),
+            &Table::default(),
+        );
+        first.cursors[1].store(7, Ordering::Relaxed);
+        let next = Table::new(
+            Arc::new(Routes {
+                rules: vec![rule("c"), rule("b")],
+                certs: vec![],
+            }),
+            &first,
+        );
+        assert_eq!(next.cursors[1].load(Ordering::Relaxed), 7);
+        assert_eq!(next.cursors[0].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_with_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-length", "x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!wants_upgrade(&h));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(wants_upgrade(&h));
+    }
+
+    #[test]
+    fn error_pages_are_haproxys() {
+        let r = error_page(StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html");
+    }
+}
