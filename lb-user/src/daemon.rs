@@ -7,6 +7,7 @@
 //! updates, re-attaches, invalidates cached routes, and every `SWEEP_EVERY` sweeps the flow
 //! table and publishes what the data plane does.
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -33,6 +34,10 @@ use crate::{
         loader::Capacities,
         monotonic_ns,
         pins::PinLayout,
+    },
+    dns::{
+        self,
+        zone::{Zone, ZoneOptions},
     },
     marathon::{
         controller::SyncState,
@@ -63,6 +68,9 @@ pub struct Daemon {
     /// How old the last successful sync may be for /healthz to stay 200.
     sync_max_age: Duration,
     last_saved: Option<Instant>,
+    /// The DNS server's zone (None until the first Marathon state), and where it listens.
+    dns_zone: watch::Sender<Option<Arc<Zone>>>,
+    dns: Option<(Vec<SocketAddr>, String)>,
 }
 
 /// Where the services come from; checked before anything touches the kernel.
@@ -232,6 +240,8 @@ impl Daemon {
             .0,
             sync_max_age,
             last_saved: None,
+            dns_zone: watch::channel(None).0,
+            dns: None,
         })
     }
 
@@ -313,7 +323,11 @@ impl Daemon {
         }
     }
 
-    fn on_update(&mut self, u: Update) {
+    fn on_update(&mut self, mut u: Update) {
+        // Names first: DNS does not wait for the maps.
+        if let Some(zone) = u.zone.take() {
+            self.dns_zone.send_replace(Some(zone));
+        }
         match self.apply(u.desired) {
             Ok(changed) => {
                 self.state.sync.last_full_sync = Some(unix(u.fetched_at));
@@ -397,6 +411,10 @@ impl Daemon {
         self.state.interfaces = self.attacher.attached.clone();
         self.state.services = self.dp.planner.services.values().cloned().collect();
         self.state.draining = self.dp.planner.draining.values().cloned().collect();
+        self.state.dns = self
+            .dns
+            .as_ref()
+            .map(|(listen, domain)| self.metrics.dns.view(listen, domain));
         if let Err(e) = self.state.write(&self.state_file) {
             warn!(file = %self.state_file.display(), "cannot write state file: {e}");
         }
@@ -438,7 +456,19 @@ fn load_config_file(path: &Path) -> Result<Desired> {
 pub async fn run(args: RunArgs) -> Result<()> {
     // Everything the operator typed is checked before the kernel is touched: bad input
     // applies nothing.
-    let source = Source::from_args(&args)?;
+    let mut source = Source::from_args(&args)?;
+    let dns_bound = match (&args.dns.dns_listen[..], &mut source) {
+        ([], _) => None,
+        (_, Source::File(_)) => {
+            bail!("--dns-listen needs --marathon: the names come from Marathon's apps")
+        }
+        (listen, Source::Marathon(cfg)) => {
+            cfg.dns = Some(ZoneOptions {
+                domain: args.dns.dns_domain.clone(),
+            });
+            Some(dns::server::bind(listen).await?)
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.metrics)
         .await
         .with_context(|| format!("binding --metrics {}", args.metrics))?;
@@ -449,6 +479,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
         d.metrics.clone(),
         d.health.subscribe(),
     ));
+    if let Some(bound) = dns_bound {
+        d.dns = Some((bound.addrs.clone(), args.dns.dns_domain.clone()));
+        dns::server::spawn(
+            bound,
+            dns::server::ServeConfig {
+                domain: args.dns.dns_domain.clone(),
+                ttl: args.dns.dns_ttl,
+                upstream: args.dns.dns_upstream,
+            },
+            d.dns_zone.subscribe(),
+            d.metrics.dns.clone(),
+        );
+    }
     let inputs = Inputs::start(&source)?;
     if let Source::File(desired) = source {
         d.apply_file(desired)?;
