@@ -12,6 +12,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
+    // `dig`, for the DNS end-to-end tests.
+    ("dig", "bind9-dnsutils"),
 ];
 
 fn output(cmd: &mut Command) -> Option<String> {
