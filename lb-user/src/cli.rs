@@ -39,6 +39,8 @@ pub enum Command {
     Flows(ViewArgs),
     /// Remove the programs, links and pinned maps (tracked flows are lost).
     Detach(PinArgs),
+    /// Ask the daemon's DNS server for NAME and print its answer (like dig against it).
+    Dns(crate::dns::query::DnsQueryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +165,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub marathon: MarathonArgs,
 
+    #[command(flatten)]
+    pub dns: crate::dns::DnsArgs,
+
     /// Prometheus metrics and /healthz listen address (loopback unless you say otherwise).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub metrics: SocketAddr,
@@ -236,6 +241,7 @@ impl MarathonArgs {
         Ok(FeedConfig {
             controller: controller_config(self)?,
             translate: translate_options(self)?,
+            dns: None,
         })
     }
 }

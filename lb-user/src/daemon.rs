@@ -7,6 +7,7 @@
 //! updates, re-attaches, invalidates cached routes, and every `SWEEP_EVERY` sweeps the flow
 //! table and publishes what the data plane does.
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -33,6 +34,10 @@ use crate::{
         loader::Capacities,
         monotonic_ns,
         pins::PinLayout,
+    },
+    dns::{
+        self,
+        zone::{Zone, ZoneOptions},
     },
     http::{FrontEnd, routes::Routes},
     marathon::{
@@ -66,6 +71,9 @@ pub struct Daemon {
     last_saved: Option<Instant>,
     /// The HTTP routes of the last update, for the HTTP front end (when it runs).
     routes: watch::Sender<Arc<Routes>>,
+    /// The DNS server's zone (None until the first Marathon state), and where it listens.
+    dns_zone: watch::Sender<Option<Arc<Zone>>>,
+    dns: Option<(Vec<SocketAddr>, String)>,
 }
 
 /// Where the services come from; checked before anything touches the kernel.
@@ -236,6 +244,8 @@ impl Daemon {
             sync_max_age,
             last_saved: None,
             routes: watch::channel(Arc::default()).0,
+            dns_zone: watch::channel(None).0,
+            dns: None,
         })
     }
 
@@ -317,7 +327,11 @@ impl Daemon {
         }
     }
 
-    fn on_update(&mut self, u: Update) {
+    fn on_update(&mut self, mut u: Update) {
+        // Names first: DNS does not wait for the maps.
+        if let Some(zone) = u.zone.take() {
+            self.dns_zone.send_replace(Some(zone));
+        }
         // Independent of the maps: the front end routes by name, whatever the kernel says.
         self.routes.send_if_modified(|r| {
             let changed = !Arc::ptr_eq(r, &u.routes);
@@ -407,6 +421,10 @@ impl Daemon {
         self.state.interfaces = self.attacher.attached.clone();
         self.state.services = self.dp.planner.services.values().cloned().collect();
         self.state.draining = self.dp.planner.draining.values().cloned().collect();
+        self.state.dns = self
+            .dns
+            .as_ref()
+            .map(|(listen, domain)| self.metrics.dns.view(listen, domain));
         if let Err(e) = self.state.write(&self.state_file) {
             warn!(file = %self.state_file.display(), "cannot write state file: {e}");
         }
@@ -448,7 +466,19 @@ fn load_config_file(path: &Path) -> Result<Desired> {
 pub async fn run(args: RunArgs) -> Result<()> {
     // Everything the operator typed is checked before the kernel is touched: bad input
     // applies nothing.
-    let source = Source::from_args(&args)?;
+    let mut source = Source::from_args(&args)?;
+    let dns_bound = match (&args.dns.dns_listen[..], &mut source) {
+        ([], _) => None,
+        (_, Source::File(_)) => {
+            bail!("--dns-listen needs --marathon: the names come from Marathon's apps")
+        }
+        (listen, Source::Marathon(cfg)) => {
+            cfg.dns = Some(ZoneOptions {
+                domain: args.dns.dns_domain.clone(),
+            });
+            Some(dns::server::bind(listen).await?)
+        }
+    };
     let front = match &source {
         Source::Marathon(_) if !args.http.no_vhost => {
             Some(FrontEnd::start(args.http.front_config()).await?)
@@ -467,6 +497,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ));
     if let Some(front) = front {
         tokio::spawn(front.run(d.routes.subscribe()));
+    }
+    if let Some(bound) = dns_bound {
+        d.dns = Some((bound.addrs.clone(), args.dns.dns_domain.clone()));
+        dns::server::spawn(
+            bound,
+            dns::server::ServeConfig {
+                domain: args.dns.dns_domain.clone(),
+                ttl: args.dns.dns_ttl,
+                upstream: args.dns.dns_upstream,
+            },
+            d.dns_zone.subscribe(),
+            d.metrics.dns.clone(),
+        );
     }
     let inputs = Inputs::start(&source)?;
     if let Source::File(desired) = source {

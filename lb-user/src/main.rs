@@ -14,7 +14,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => {
             tracing_subscriber::fmt()
-                .with_env_filter(EnvFilter::try_new(&args.log_level)?)
+                .with_env_filter(log_filter(&args.log_level)?)
                 .with_target(false)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
@@ -44,6 +44,19 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Dns(q) => {
+            let server = lb_user::dns::query::server_of(&q)?;
+            let answered = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(lb_user::dns::query::ask(server, &q.name, q.qtype.into()))?;
+            if q.json {
+                println!("{}", serde_json::to_string_pretty(&answered)?);
+            } else {
+                print!("{}", lb_user::dns::query::render(&answered));
+            }
+            Ok(())
+        }
         Command::Detach(p) => {
             let layout = PinLayout::new(&p.pin_path);
             let removed = attach::detach_all(&layout)?;
@@ -58,5 +71,15 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `--log-level`, with hickory-server's one line per DNS query kept at `warn` unless the
+/// operator names it.
+fn log_filter(level: &str) -> Result<EnvFilter> {
+    if level.contains("hickory") {
+        Ok(EnvFilter::try_new(level)?)
+    } else {
+        Ok(EnvFilter::try_new(format!("{level},hickory_server=warn"))?)
     }
 }

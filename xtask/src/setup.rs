@@ -15,6 +15,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("curl", "curl"),
     ("openssl", "openssl"),
+    // `dig`, for the DNS end-to-end tests.
+    ("dig", "bind9-dnsutils"),
 ];
 
 fn output(cmd: &mut Command) -> Option<String> {

@@ -450,6 +450,9 @@ pub struct Task {
     pub ports: Vec<i64>,
     #[serde(default, deserialize_with = "null_default")]
     pub ip_addresses: Vec<TaskIpAddress>,
+    /// The Mesos agent's id (`…-S3`): Mesos-DNS's per-task names end with its last field.
+    #[serde(default, alias = "agentId", deserialize_with = "null_default")]
+    pub slave_id: String,
     /// Missing until Marathon has a result, which is not the same as healthy.
     #[serde(default, deserialize_with = "null_default")]
     pub health_check_results: Vec<HealthCheckResult>,

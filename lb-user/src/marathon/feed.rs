@@ -17,6 +17,7 @@ use super::{
     translate::TranslateOptions,
 };
 use crate::{
+    dns::zone::{Zone, ZoneOptions},
     http::routes::{self, Routes},
     services::Desired,
 };
@@ -26,6 +27,8 @@ use crate::{
 pub struct FeedConfig {
     pub controller: ControllerConfig,
     pub translate: TranslateOptions,
+    /// Names to derive for the DNS server; `None` when it is off.
+    pub dns: Option<ZoneOptions>,
 }
 
 /// One state of Marathon, translated.
@@ -40,6 +43,8 @@ pub struct Update {
     pub fetched_at: SystemTime,
     /// The oldest event this state answers: the daemon measures event-to-map from it.
     pub event_received: Option<Instant>,
+    /// The DNS zone of the same apps, when DNS is on.
+    pub zone: Option<Arc<Zone>>,
 }
 
 /// Follows Marathon until `updates` is dropped: the controller reads, this task folds each read
@@ -49,6 +54,7 @@ pub struct Update {
 /// here (the controller records it): the daemon keeps serving the last good state.
 pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Sender<SyncState>) {
     let (snap_tx, mut snapshots) = mpsc::channel::<Snapshot>(4);
+    let dns = cfg.dns;
     tokio::spawn(async move {
         if let Err(e) = controller::run(cfg.controller, snap_tx, sync).await {
             error!("Marathon controller stopped: {e:#}");
@@ -73,6 +79,7 @@ pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Se
                 Trigger::Event { received } => Some(received),
                 _ => None,
             },
+            zone: dns.as_ref().map(|z| Arc::new(translator.zone(z))),
         };
         if updates.send(update).await.is_err() {
             return;
@@ -105,18 +112,7 @@ impl Translator {
     /// Folds one read into the catalog.
     pub fn apply(&mut self, read: Read) {
         let dns = &mut self.dns;
-        let mut resolve = |host: &str| -> Option<Ipv4Addr> {
-            // Agent host names rarely change; a miss is retried when its app is next translated.
-            if let Some(Some(ip)) = dns.get(host) {
-                return Some(*ip);
-            }
-            let ip = (host, 0).to_socket_addrs().ok()?.find_map(|a| match a {
-                std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
-                std::net::SocketAddr::V6(_) => None,
-            });
-            dns.insert(host.to_owned(), ip);
-            ip
-        };
+        let mut resolve = |host: &str| resolve_cached(dns, host);
         match read {
             Read::Full(parsed) => self.catalog.replace(parsed, &mut resolve),
             Read::Apps(apps) => {
@@ -125,6 +121,18 @@ impl Translator {
                 }
             }
         }
+    }
+
+    /// The DNS zone of the catalog's apps (every app, whatever its group).
+    pub fn zone(&mut self, opts: &ZoneOptions) -> Zone {
+        let dns = &mut self.dns;
+        let mut resolve = |host: &str| resolve_cached(dns, host);
+        Zone::build(
+            self.catalog.apps().values(),
+            self.catalog.options(),
+            opts,
+            &mut resolve,
+        )
     }
 
     /// The services the catalog translates to (and, in `routes`, the HTTP routes); reports what is new among the skipped apps,
@@ -168,4 +176,18 @@ impl Translator {
         }
         t.desired
     }
+}
+
+/// An agent's address by name, remembered: agent host names rarely change; a miss is retried
+/// when its app is next translated.
+fn resolve_cached(dns: &mut HashMap<String, Option<Ipv4Addr>>, host: &str) -> Option<Ipv4Addr> {
+    if let Some(Some(ip)) = dns.get(host) {
+        return Some(*ip);
+    }
+    let ip = (host, 0).to_socket_addrs().ok()?.find_map(|a| match a {
+        std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
+        std::net::SocketAddr::V6(_) => None,
+    });
+    dns.insert(host.to_owned(), ip);
+    ip
 }

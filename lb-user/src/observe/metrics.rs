@@ -80,6 +80,8 @@ pub struct Metrics {
     registry: Registry,
     latest: Arc<Latest>,
     event_to_map: Histogram,
+    /// DNS queries and zone size, written by the DNS server.
+    pub dns: Arc<crate::dns::stats::DnsStats>,
 }
 
 impl Default for Metrics {
@@ -94,6 +96,8 @@ impl Metrics {
         let event_to_map = Histogram::new(EVENT_TO_MAP_BUCKETS);
         let mut registry = Registry::default();
         registry.register_collector(Box::new(SnapshotCollector(latest.clone())));
+        let dns = Arc::new(crate::dns::stats::DnsStats::default());
+        registry.register_collector(Box::new(crate::dns::stats::DnsCollector(dns.clone())));
         registry.register_with_unit(
             "lb_event_to_map",
             // The registry adds the final full stop.
@@ -105,6 +109,7 @@ impl Metrics {
             registry,
             latest,
             event_to_map,
+            dns,
         }
     }
 

@@ -34,6 +34,29 @@ fn ago(t: Option<f64>) -> String {
     }
 }
 
+/// `dns: on …, zone N names, M records (serial S); queries: A NOERROR 12, …`
+fn render_dns(d: &crate::dns::stats::DnsView) -> String {
+    let zone = if d.ready {
+        format!(
+            "zone {} names, {} records (serial {})",
+            d.names, d.records, d.serial
+        )
+    } else {
+        "no Marathon state yet (answering SERVFAIL)".to_owned()
+    };
+    let queries: Vec<String> = d.queries.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!(
+        "dns: on {} for {}, {zone}; queries: {}\n",
+        d.listen.join(" "),
+        d.domain,
+        if queries.is_empty() {
+            "none".to_owned()
+        } else {
+            queries.join(", ")
+        }
+    )
+}
+
 pub fn render_status(v: &StatusView) -> String {
     let mut out = String::new();
     match &v.daemon {
@@ -86,6 +109,9 @@ pub fn render_status(v: &StatusView) -> String {
                     ago(s.last_error_at)
                 ))
         ));
+    }
+    if let Some(d) = &v.dns {
+        out.push_str(&render_dns(d));
     }
     out.push_str(&format!(
         "flows: {} of {} ({} entries), {} evicted\n\n",

@@ -81,6 +81,9 @@ pub struct StatusView {
     pub flow_table: FlowTableView,
     pub dataplane: BTreeMap<String, u64>,
     pub sync: Option<SyncView>,
+    /// The DNS server's zone and counters, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::stats::DnsView>,
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -196,5 +199,6 @@ pub fn status_of(
             .map(|s| (s.name().to_owned(), totals[*s as usize]))
             .collect(),
         sync: state.map(|s| s.sync.clone()),
+        dns: state.and_then(|s| s.dns.clone()),
     }
 }

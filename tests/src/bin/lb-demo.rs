@@ -59,6 +59,31 @@ fn with_topo<R>(f: impl FnOnce(&mut Topology) -> R) -> R {
     f(guard.as_mut().expect("the topology exists"))
 }
 
+/// The guide's own DNS example: `dig nginx.marathon.mesos` (and dcos-net's `containerip` name)
+/// from the client, against lb in the agent; `n` Calico addresses expected.
+fn show_dns(n: usize) -> Result<()> {
+    for name in [
+        "nginx.marathon.mesos",
+        "nginx.marathon.containerip.dcos.thisdcos.directory",
+    ] {
+        step(&format!("dig @{AGENT} +short {name}   (from the client)"));
+        let out = with_topo(|t| t.sh("client", &format!("dig @{AGENT} +time=2 +short {name}")));
+        print!(
+            "{}",
+            out.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        );
+        let got = out.lines().filter(|l| l.starts_with("192.168.")).count();
+        ensure!(
+            got == n,
+            "expected {n} Calico addresses for {name}, got:\n{out}"
+        );
+    }
+    println!("    lb answers with the tasks' Calico IPs, from the Marathon state it follows");
+    Ok(())
+}
+
 fn step(what: &str) {
     stop_if_interrupted();
     println!("\n==> {what}");
@@ -344,9 +369,11 @@ fn demo() -> Result<()> {
         &url,
         "--group",
         "external",
+        "--dns-listen",
+        "0.0.0.0:53",
     ];
     step(&format!(
-        "lb run --pin-path {pin_s} --iface 'eth*' --iface 'cali*' --marathon {url} --group external   (in the agent namespace)"
+        "lb run --pin-path {pin_s} --iface 'eth*' --iface 'cali*' --marathon {url} --group external --dns-listen 0.0.0.0:53   (in the agent namespace)"
     ));
     let t = Instant::now();
     with_topo(|topo| lb::start(topo, "lb", &args, 1));
@@ -408,6 +435,7 @@ fn demo() -> Result<()> {
         "    HAPROXY_0_VHOST={VHOST} on :80, as marathon-lb serves it: the three tasks in turn, \
          each told the client's address in X-Forwarded-For (xff=)"
     );
+    show_dns(3)?;
 
     let (t4, t4_addr, t4_host, t4_cali) = T4;
     step(&format!(
@@ -476,6 +504,8 @@ fn demo() -> Result<()> {
         "expected each of t1..t4 to answer twice, got {s:?}"
     );
     println!("    all four tasks answer in turn");
+
+    show_dns(4)?;
 
     step(&format!("lb status --pin-path {pin_s}"));
     let table = with_topo(|topo| lb::lb(topo, &["status", "--pin-path", &pin_s]));

@@ -36,7 +36,7 @@ const EXCLUDED_TASK_STATES: &[&str] = &[
 ];
 
 /// Translating one unit: the options, the resolver, and what was left out so far.
-pub(super) struct Cx<'o, 'r, 's> {
+pub(crate) struct Cx<'o, 'r, 's> {
     pub opts: &'o TranslateOptions,
     /// Service ports made up for this unit's app (IP-per-task without any), by port index.
     pub assigned: Option<&'o [Option<u16>]>,
@@ -58,7 +58,7 @@ impl<'r> Resolver<'r> {
         }
     }
 
-    fn get(&mut self, host: &str) -> Option<Ipv4Addr> {
+    pub(crate) fn get(&mut self, host: &str) -> Option<Ipv4Addr> {
         if let Ok(ip) = host.parse() {
             return Some(ip);
         }
@@ -72,9 +72,9 @@ impl<'r> Resolver<'r> {
 }
 
 /// A task reachable at `ip`, with its ports by index.
-struct Endpoint {
-    ip: Ipv4Addr,
-    ports: Vec<Option<i64>>,
+pub(crate) struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub ports: Vec<Option<i64>>,
 }
 
 /// A port selected for balancing, before backends.
@@ -278,16 +278,10 @@ impl Cx<'_, '_, '_> {
     /// asked, not draining, and reachable by one of the IP sources.
     fn endpoints<'u>(&mut self, unit: &Unit<'u>, mode: Mode) -> Vec<(UnitTask<'u>, Endpoint)> {
         let app = unit.app;
-        let check_health = self.opts.health_check && !app.health_checks.is_empty();
         let mut out = Vec::new();
         for t in &unit.tasks {
             let task = t.task;
-            // No state (old captures) means running, as in marathon-lb.
-            if task
-                .state
-                .as_deref()
-                .is_some_and(|s| EXCLUDED_TASK_STATES.contains(&s))
-            {
+            if !running_state(task) {
                 continue;
             }
             // marathon-lb checks the host first; checking it second spares a report for
@@ -303,7 +297,7 @@ impl Cx<'_, '_, '_> {
             }
             // marathon-lb falls back to a cached earlier verdict when results are missing; a
             // pure translation has no memory, so a task without results counts as not healthy.
-            if check_health && !alive(task) {
+            if !healthy_enough(self.opts, app, task) {
                 continue;
             }
             if t.draining {
@@ -317,7 +311,13 @@ impl Cx<'_, '_, '_> {
         out
     }
 
-    fn endpoint(&mut self, app: &App, mode: Mode, task: &Task) -> Result<Endpoint, String> {
+    /// Where the task is reached: the first of the IP sources that applies, with its ports.
+    pub(crate) fn endpoint(
+        &mut self,
+        app: &App,
+        mode: Mode,
+        task: &Task,
+    ) -> Result<Endpoint, String> {
         let mut failures = Vec::new();
         for source in &self.opts.ip_sources {
             let found = match source {
@@ -362,6 +362,26 @@ impl Cx<'_, '_, '_> {
             .ok_or_else(|| format!("host {:?} does not resolve to an IPv4 address", task.host))?;
         Ok(Endpoint { ip, ports })
     }
+}
+
+/// Whether the task's state lets it serve: running, or lost or unreachable behind a
+/// partition. No state (old captures) means running, as in marathon-lb.
+fn running_state(task: &Task) -> bool {
+    !task
+        .state
+        .as_deref()
+        .is_some_and(|s| EXCLUDED_TASK_STATES.contains(&s))
+}
+
+/// With `--health-check`, apps that have health checks keep only tasks with a live result.
+fn healthy_enough(opts: &TranslateOptions, app: &App, task: &Task) -> bool {
+    !opts.health_check || app.health_checks.is_empty() || alive(task)
+}
+
+/// Whether `lb` counts the task as running, by the rules backends follow (state, placed on an
+/// agent, health when asked): the one test every front end (services, DNS) applies.
+pub(crate) fn task_serves(opts: &TranslateOptions, app: &App, task: &Task) -> bool {
+    running_state(task) && !task.host.is_empty() && healthy_enough(opts, app, task)
 }
 
 /// The task's own address and its container's ports. marathon-lb takes `ipAddresses[0]`

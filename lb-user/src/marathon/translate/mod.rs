@@ -30,7 +30,8 @@ mod units;
 
 pub use assign::PortRange;
 pub(crate) use assign::{Assigned, assign, needs_ports};
-pub(crate) use backends::Resolver;
+pub(crate) use backends::{Cx, Resolver, task_serves};
+pub(crate) use ports::{Mode, container_ports, networking_mode, port_mappings, protocols};
 pub(crate) use units::{UnitKey, unit_key, units};
 
 /// What the operator chose (marathon-lb's `--group`, `--health-check`, `--strict-mode`, and

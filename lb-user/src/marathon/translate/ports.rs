@@ -65,7 +65,7 @@ const L7_LABELS: &[&str] = &[
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Mode {
+pub(crate) enum Mode {
     Host,
     Bridge,
     /// A container network: each task has its own address (IP-per-task).
@@ -74,7 +74,7 @@ pub(super) enum Mode {
 
 /// marathon-lb's `get_app_networking_mode`: 1.4's `ipAddress` and docker network, then 1.5+'s
 /// networks, the last one winning.
-pub(super) fn networking_mode(app: &App) -> Result<Mode, String> {
+pub(crate) fn networking_mode(app: &App) -> Result<Mode, String> {
     let mut mode = "host";
     if app.ip_address.is_some() {
         mode = "container";
@@ -101,7 +101,7 @@ pub(super) fn networking_mode(app: &App) -> Result<Mode, String> {
 }
 
 /// 1.4 keeps port mappings under `container.docker`, 1.5+ under `container`.
-pub(super) fn port_mappings(app: &App) -> &[PortMapping] {
+pub(crate) fn port_mappings(app: &App) -> &[PortMapping] {
     let Some(c) = app.container.as_ref() else {
         return &[];
     };
@@ -168,7 +168,7 @@ pub(super) fn port_slots(app: &App, mode: Mode) -> Vec<Slot> {
 
 /// The ports a container listens on, by index: `ipAddress.discovery.ports` (1.4), else the
 /// port mappings' container ports.
-pub(super) fn container_ports(app: &App) -> Vec<(Option<i64>, Option<String>)> {
+pub(crate) fn container_ports(app: &App) -> Vec<(Option<i64>, Option<String>)> {
     let discovery = app
         .ip_address
         .as_ref()
@@ -188,7 +188,7 @@ pub(super) fn container_ports(app: &App) -> Vec<(Option<i64>, Option<String>)> {
 }
 
 /// `tcp`, `udp` or both (`udp,tcp`, either order); missing means `tcp`, as in Marathon.
-pub(super) fn protocols(spec: Option<&str>) -> Result<Vec<Protocol>, String> {
+pub(crate) fn protocols(spec: Option<&str>) -> Result<Vec<Protocol>, String> {
     let spec = spec.map(str::trim).unwrap_or("");
     if spec.is_empty() {
         return Ok(vec![Protocol::Tcp]);

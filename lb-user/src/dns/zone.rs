@@ -1,0 +1,301 @@
+//! The DNS zone: which names exist and what they hold, derived from Marathon's apps alone (a
+//! pure function, as the L4 services are). Every app gets names, whatever its `HAPROXY_GROUP`;
+//! only tasks `lb` counts as running get records (`translate::task_serves`), at the address
+//! the IP sources pick (`Cx::endpoint`, the rule backends follow).
+//!
+//! The zone is plain data, names in lowercase without the final dot, addresses sorted: the
+//! userspace server turns it into records, and a kernel fast path can take its A records as a
+//! map from wire-format names (`Zone::a_wire`) to addresses.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use serde::Serialize;
+
+use super::names::{AppNames, DCOS_DOMAIN};
+use crate::marathon::{
+    api::App,
+    translate::{
+        Cx, Mode, Resolver, TranslateOptions, container_ports, networking_mode, port_mappings,
+        protocols, task_serves,
+    },
+};
+use crate::services::Protocol;
+
+/// What the operator chose for names (`--dns-domain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneOptions {
+    /// Mesos-DNS's domain, `mesos` by default.
+    pub domain: String,
+}
+
+impl Default for ZoneOptions {
+    fn default() -> Self {
+        Self {
+            domain: "mesos".to_owned(),
+        }
+    }
+}
+
+/// An SRV record's target and port (priority 0, weight 0, as Mesos-DNS writes them).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SrvTarget {
+    pub target: String,
+    pub port: u16,
+}
+
+/// The records of one name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Records {
+    /// Sorted, no duplicates; the server rotates them per answer.
+    pub a: Vec<Ipv4Addr>,
+    /// Sorted, no duplicates.
+    pub srv: Vec<SrvTarget>,
+}
+
+/// Every name `lb` answers for, with its records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Zone {
+    /// Mesos-DNS's domain (`mesos`).
+    pub domain: String,
+    /// By name: lowercase, no final dot.
+    pub names: BTreeMap<String, Records>,
+    /// Apps and tasks that got no names, and why.
+    pub skipped: Vec<String>,
+}
+
+impl Zone {
+    /// The apexes `lb` is authoritative for: Mesos-DNS's domain and dcos-net's.
+    pub fn apexes(&self) -> [&str; 2] {
+        [&self.domain, DCOS_DOMAIN]
+    }
+
+    /// Records in all (A and SRV).
+    pub fn record_count(&self) -> usize {
+        self.names.values().map(|r| r.a.len() + r.srv.len()).sum()
+    }
+
+    /// Names holding A records, in DNS wire format (lowercase labels, each behind its length
+    /// byte, the root's zero at the end), with their addresses: the key and value a BPF map
+    /// for the kernel's fast path would hold (a query's name compares byte for byte after
+    /// lowercasing).
+    pub fn a_wire(&self) -> impl Iterator<Item = (Vec<u8>, &[Ipv4Addr])> {
+        self.names
+            .iter()
+            .filter(|(_, r)| !r.a.is_empty())
+            .map(|(n, r)| (wire(n), r.a.as_slice()))
+    }
+
+    /// Derives the zone from Marathon's apps. `resolve` turns agent hostnames into addresses
+    /// (IPv4 literals never reach it), as in `translate`.
+    pub fn build<'a>(
+        apps: impl IntoIterator<Item = &'a App>,
+        opts: &TranslateOptions,
+        zone: &ZoneOptions,
+        resolve: &mut dyn FnMut(&str) -> Option<Ipv4Addr>,
+    ) -> Zone {
+        let mut resolver = Resolver::new(resolve);
+        let mut b = Builder {
+            domain: zone.domain.trim_matches('.').to_ascii_lowercase(),
+            names: BTreeMap::new(),
+            skipped: Vec::new(),
+        };
+        for app in apps {
+            b.app(app, opts, &mut resolver);
+        }
+        let mut names = b.names;
+        for r in names.values_mut() {
+            r.a.sort();
+            r.a.dedup();
+            r.srv.sort();
+            r.srv.dedup();
+        }
+        Zone {
+            domain: b.domain,
+            names,
+            skipped: b.skipped,
+        }
+    }
+}
+
+/// `a.b.c` in DNS wire format: `\x01a\x01b\x01c\x00`.
+pub fn wire(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+    }
+    out.push(0);
+    out
+}
+
+struct Builder {
+    domain: String,
+    names: BTreeMap<String, Records>,
+    skipped: Vec<String>,
+}
+
+impl Builder {
+    fn a(&mut self, name: String, ip: Ipv4Addr) {
+        self.names.entry(name).or_default().a.push(ip);
+    }
+
+    fn srv(&mut self, name: String, target: &str, port: u16) {
+        self.names.entry(name).or_default().srv.push(SrvTarget {
+            target: target.to_owned(),
+            port,
+        });
+    }
+
+    fn app(&mut self, app: &App, opts: &TranslateOptions, resolver: &mut Resolver<'_>) {
+        let Some(names) = AppNames::of(&app.id) else {
+            return self
+                .skipped
+                .push(format!("app {}: no DNS label survives cleaning", app.id));
+        };
+        let mode = match networking_mode(app) {
+            Ok(m) => m,
+            Err(reason) => return self.skipped.push(format!("app {}: {reason}", app.id)),
+        };
+        let port_protocols = port_protocols(app, mode);
+        // dcos-net's autoip: the agent's address when the app maps host ports, else the task's.
+        let maps_host_ports =
+            mode == Mode::Bridge || port_mappings(app).iter().any(|m| m.host_port.is_some());
+        let d = self.domain.clone();
+        for task in &app.tasks {
+            if !task_serves(opts, app, task) {
+                continue;
+            }
+            let agent = resolver.get(&task.host);
+            let container: Vec<Ipv4Addr> = task
+                .ip_addresses
+                .iter()
+                .filter_map(|a| a.ip_address.as_deref()?.trim().parse().ok())
+                .collect();
+            // The addresses of the task's own names: the IP sources, in order, as for backends.
+            let mut cx = Cx {
+                opts,
+                // Endpoints only: service ports are not needed for names.
+                assigned: None,
+                resolver,
+                skipped: Vec::new(),
+            };
+            let endpoint = cx.endpoint(app, mode, task);
+            let canonical =
+                (!task.slave_id.is_empty()).then(|| names.canonical(&task.id, &task.slave_id, &d));
+            match &endpoint {
+                Ok(ep) => {
+                    for host in names.hosts(&d) {
+                        self.a(host, ep.ip);
+                    }
+                    if let Some(c) = &canonical {
+                        self.a(c.clone(), ep.ip);
+                        for (i, port) in ep.ports.iter().enumerate() {
+                            let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
+                                continue;
+                            };
+                            if port == 0 {
+                                continue;
+                            }
+                            for proto in port_protocols.get(i).into_iter().flatten() {
+                                self.srv(names.srv(proto_label(*proto), &d), c, port);
+                            }
+                        }
+                    }
+                }
+                Err(reason) => self
+                    .skipped
+                    .push(format!("app {} task {}: {reason}", app.id, task.id)),
+            }
+            if let Some(agent) = agent {
+                self.a(names.slave_host(&d), agent);
+                if !task.slave_id.is_empty() {
+                    let c = names.canonical_slave(&task.id, &task.slave_id, &d);
+                    self.a(c.clone(), agent);
+                    // Mesos-DNS lists every host port under both protocols in `.slave.`.
+                    for &port in &task.ports {
+                        let Ok(port) = u16::try_from(port) else {
+                            continue;
+                        };
+                        if port == 0 {
+                            continue;
+                        }
+                        let slave = format!("slave.{d}");
+                        self.srv(names.srv("tcp", &slave), &c, port);
+                        self.srv(names.srv("udp", &slave), &c, port);
+                    }
+                }
+                self.a(names.dcos("agentip"), agent);
+            }
+            for &ip in &container {
+                self.a(names.dcos("containerip"), ip);
+            }
+            if maps_host_ports {
+                if let Some(agent) = agent {
+                    self.a(names.dcos("autoip"), agent);
+                }
+            } else {
+                for &ip in &container {
+                    self.a(names.dcos("autoip"), ip);
+                }
+            }
+        }
+    }
+}
+
+/// Each port's protocols, by the index task ports and container ports share: the container's
+/// ports on a container network, the port mappings in bridge mode, the port definitions on the
+/// host. Marathon's default is tcp; a protocol that is neither gets no SRV record.
+fn port_protocols(app: &App, mode: Mode) -> Vec<Vec<Protocol>> {
+    let specs: Vec<Option<String>> = match mode {
+        Mode::Container => container_ports(app).into_iter().map(|(_, p)| p).collect(),
+        Mode::Bridge => port_mappings(app)
+            .iter()
+            .map(|m| m.protocol.clone())
+            .collect(),
+        Mode::Host if !app.port_definitions.is_empty() => app
+            .port_definitions
+            .iter()
+            .map(|d| d.protocol.clone())
+            .collect(),
+        Mode::Host => app.ports.iter().map(|_| None).collect(),
+    };
+    specs
+        .iter()
+        .map(|s| protocols(s.as_deref()).unwrap_or_default())
+        .collect()
+}
+
+fn proto_label(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// Every name of the zone and every name above one, up to the apexes: a name in this set
+/// exists (NOERROR, perhaps without data); any other name under an apex does not (NXDOMAIN).
+pub fn existing_names(zone: &Zone) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let apexes = zone.apexes();
+    for a in apexes {
+        out.insert(a.to_owned());
+    }
+    for name in zone.names.keys() {
+        let mut n = name.as_str();
+        loop {
+            if !out.insert(n.to_owned()) || apexes.contains(&n) {
+                break;
+            }
+            match n.split_once('.') {
+                Some((_, parent)) => n = parent,
+                None => break,
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

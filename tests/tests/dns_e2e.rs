@@ -1,0 +1,326 @@
+//! DNS for Calico tasks, end to end: the real daemon follows the Marathon stand-in in the agent
+//! namespace and `dig` asks it from the client namespace, over the veths, for every name
+//! Mesos-DNS and dcos-net give a task; a scale-up shows in answers within a second; NXDOMAIN
+//! carries the SOA; a set larger than 512 bytes comes back truncated over UDP and whole over
+//! TCP.
+use std::{net::SocketAddrV4, time::Duration};
+
+use lb_tests::{
+    client::http_get,
+    lb::{self, NsStandin, wait_for},
+    marathon_standin::Mode,
+    netns::{AGENT, Topology, in_netns},
+};
+use lb_user::dns::names::task_hash;
+use serde_json::{Value, json};
+
+/// The guide's three Calico addresses, and a fourth for the scale-up.
+const IPS: [&str; 4] = [
+    "192.168.84.196",
+    "192.168.57.66",
+    "192.168.12.5",
+    "192.168.33.3",
+];
+const METRICS: &str = "127.0.0.1:9191";
+
+fn task(id: &str, ip: &str) -> Value {
+    json!({"id": id, "state": "TASK_RUNNING", "host": AGENT.to_string(), "slaveId": "agent-S1",
+           "ipAddresses": [{"ipAddress": ip, "protocol": "IPv4"}], "ports": []})
+}
+
+fn calico_app(id: &str, group: &str, service_port: u16, tasks: Vec<Value>) -> Value {
+    json!({
+        "id": id, "instances": tasks.len(),
+        "container": {"type": "DOCKER", "docker": {"image": "nginx"},
+                      "portMappings": [{"containerPort": 80, "servicePort": service_port, "protocol": "tcp", "name": "http"}]},
+        "networks": [{"name": "calico", "mode": "container"}],
+        "labels": {"HAPROXY_GROUP": group},
+        "tasks": tasks
+    })
+}
+
+/// nginx scaled to `n` (balanced: group external), an app of another group in a Marathon group
+/// (`/prod/api`, never balanced, still named), and `/big` with 60 tasks.
+fn apps(n: usize) -> Value {
+    let nginx = (0..n)
+        .map(|i| task(&format!("nginx.{i}"), IPS[i]))
+        .collect();
+    let big = (0..60)
+        .map(|i| task(&format!("big.{i}"), &format!("192.168.200.{}", i + 1)))
+        .collect();
+    json!({"apps": [
+        calico_app("/nginx", "external", 10000, nginx),
+        calico_app("/prod/api", "internal", 10001, vec![task("prod_api.1", "192.168.1.10")]),
+        calico_app("/big", "internal", 10002, big),
+    ]})
+}
+
+/// What dig printed, parsed.
+#[derive(Debug, Default)]
+struct Dig {
+    status: String,
+    flags: Vec<String>,
+    /// (type, data) of the answer section.
+    answers: Vec<(String, String)>,
+    authority: Vec<(String, String)>,
+    additional: Vec<(String, String)>,
+    raw: String,
+}
+
+impl Dig {
+    fn a(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .answers
+            .iter()
+            .filter(|(t, _)| t == "A")
+            .map(|(_, d)| d.clone())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn dig(topo: &Topology, args: &str) -> Dig {
+    let raw = topo.sh(
+        "client",
+        &format!("dig @{AGENT} -p 53 +time=2 +tries=1 +nocmd +nostats {args}"),
+    );
+    let mut d = Dig {
+        raw: raw.clone(),
+        ..Dig::default()
+    };
+    let mut section = "";
+    for line in raw.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            d.status = rest.split(',').next().unwrap_or_default().to_owned();
+        } else if let Some(rest) = line.strip_prefix(";; flags: ") {
+            d.flags = rest
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+        } else if line.starts_with(";; ADDITIONAL SECTION") {
+            section = "additional";
+        } else if line.trim().is_empty() || line.starts_with(';') {
+            if line.trim().is_empty() {
+                section = "";
+            }
+        } else {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 5 {
+                let rr = (f[3].to_owned(), f[4..].join(" "));
+                match section {
+                    "answer" => d.answers.push(rr),
+                    "authority" => d.authority.push(rr),
+                    "additional" => d.additional.push(rr),
+                    _ => {}
+                }
+            }
+        }
+    }
+    d
+}
+
+fn sorted(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn dig_from_the_client_gets_every_name_fresh_and_whole() {
+    let mut topo = Topology::new("lbd1");
+    let m = NsStandin::start(&topo.ns("agent"));
+    // Marathon answers 503 at first: DNS must say SERVFAIL, never NXDOMAIN.
+    m.standin.set_mode(Mode::Fail(503));
+    m.standin.set_apps(apps(3));
+    let url = m.standin.url();
+    let log = lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--marathon",
+            &url,
+            "--resync-interval",
+            "1",
+            "--dns-listen",
+            "0.0.0.0:53",
+            "--metrics",
+            METRICS,
+        ],
+        0,
+    );
+    let d = dig(&topo, "nginx.marathon.mesos");
+    assert_eq!(d.status, "SERVFAIL", "before the first sync: {}", d.raw);
+
+    m.standin.set_mode(Mode::Normal);
+    wait_for("the first sync reaches DNS", Duration::from_secs(5), || {
+        dig(&topo, "nginx.marathon.mesos").status == "NOERROR"
+    });
+
+    // The guide's example: three Calico IPs, authoritative, TTL 5, rotated per query.
+    let d = dig(&topo, "nginx.marathon.mesos");
+    assert_eq!(d.a(), sorted(&IPS[..3]), "{}", d.raw);
+    assert!(d.flags.contains(&"aa".to_owned()), "{}", d.raw);
+    assert!(d.raw.contains("\t5\tIN\tA\t"), "TTL 5: {}", d.raw);
+    let firsts: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| dig(&topo, "nginx.marathon.mesos").answers[0].1.clone())
+        .collect();
+    assert!(firsts.len() > 1, "answers rotate: {firsts:?}");
+
+    // dcos-net's names, the agents' names, the per-task canonical names.
+    for kind in ["containerip", "autoip"] {
+        let d = dig(
+            &topo,
+            &format!("nginx.marathon.{kind}.dcos.thisdcos.directory"),
+        );
+        assert_eq!(d.a(), sorted(&IPS[..3]), "{kind}: {}", d.raw);
+    }
+    let agent = AGENT.to_string();
+    for name in [
+        "nginx.marathon.agentip.dcos.thisdcos.directory",
+        "nginx.marathon.slave.mesos",
+    ] {
+        assert_eq!(dig(&topo, name).a(), vec![agent.clone()], "{name}");
+    }
+    let canonical = format!("nginx-{}-s1.marathon.mesos", task_hash("nginx.1"));
+    assert_eq!(dig(&topo, &canonical).a(), vec![IPS[1].to_owned()]);
+    assert_eq!(
+        dig(&topo, &canonical.replace(".marathon.", ".marathon.slave.")).a(),
+        vec![agent.clone()]
+    );
+
+    // SRV: each task's canonical name and container port, their addresses as glue.
+    let d = dig(&topo, "_nginx._tcp.marathon.mesos SRV");
+    assert_eq!(d.answers.len(), 3, "{}", d.raw);
+    assert!(
+        d.answers
+            .iter()
+            .all(|(t, data)| t == "SRV" && data.starts_with("0 0 80 nginx-")),
+        "{}",
+        d.raw
+    );
+    assert!(d.raw.contains(&format!("{canonical}.")), "{}", d.raw);
+    assert_eq!(d.additional.iter().filter(|(t, _)| t == "A").count(), 3);
+
+    // Every app is named, whatever its group; both forms of a grouped app's name.
+    for name in ["api-prod.marathon.mesos", "api.prod.marathon.mesos"] {
+        assert_eq!(
+            dig(&topo, name).a(),
+            vec!["192.168.1.10".to_owned()],
+            "{name}"
+        );
+    }
+
+    // Unknown names: NXDOMAIN with the SOA; known names of another type: no data, SOA.
+    let d = dig(&topo, "nope.marathon.mesos");
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.raw);
+    assert_eq!(d.authority.first().map(|a| a.0.as_str()), Some("SOA"));
+    let d = dig(&topo, "nginx.marathon.mesos AAAA");
+    assert_eq!((d.status.as_str(), d.answers.len()), ("NOERROR", 0));
+    assert_eq!(d.authority.first().map(|a| a.0.as_str()), Some("SOA"));
+    assert_eq!(dig(&topo, "example.com").status, "REFUSED");
+
+    // A scale-up is in the answers within a second of Marathon's event.
+    m.standin
+        .set_app("/nginx", Some(apps(4)["apps"][0].clone()));
+    let took = wait_for(
+        "the scale-up in DNS answers",
+        Duration::from_secs(1),
+        || dig(&topo, "nginx.marathon.mesos").a() == sorted(&IPS),
+    );
+    eprintln!("scale-up to DNS answer: {took:?}");
+
+    // 60 addresses do not fit 512 bytes: TC over UDP, the whole set over TCP.
+    let d = dig(&topo, "+noedns +ignore big.marathon.mesos");
+    assert!(d.flags.contains(&"tc".to_owned()), "{}", d.raw);
+    assert!(d.answers.len() < 60);
+    let d = dig(&topo, "+noedns big.marathon.mesos");
+    assert_eq!(d.a().len(), 60, "dig retried over TCP: {}", d.raw);
+    let d = dig(&topo, "_big._tcp.marathon.mesos SRV");
+    assert_eq!(d.answers.len(), 60, "{}", d.raw);
+    assert_eq!(d.additional.iter().filter(|(t, _)| t == "A").count(), 60);
+    // EDNS0's size is honoured: a 4096-byte buffer (capped at 1232) holds more than 512.
+    let d = dig(&topo, "+bufsize=4096 +ignore big.marathon.mesos");
+    assert!(
+        !d.flags.contains(&"tc".to_owned()) && d.answers.len() == 60,
+        "{}",
+        d.raw
+    );
+
+    // Marathon failing after that: the last good state keeps answering.
+    m.standin.set_mode(Mode::Fail(503));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(dig(&topo, "nginx.marathon.mesos").a(), sorted(&IPS));
+
+    // `lb dns` asks the daemon as dig does; `lb status` and /metrics count the queries.
+    let out = lb::lb(
+        &topo,
+        &[
+            "dns",
+            "nginx.marathon.mesos",
+            "--pin-path",
+            topo.pin_path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.starts_with(";; NOERROR"), "{out}");
+    for ip in IPS {
+        assert!(out.contains(ip), "{out}");
+    }
+    let out = lb::lb(
+        &topo,
+        &[
+            "dns",
+            "_nginx._tcp.marathon.mesos",
+            "--type",
+            "srv",
+            "--pin-path",
+            topo.pin_path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.matches("\tSRV\t").count(), 4, "{out}");
+    wait_for("lb status shows DNS", Duration::from_secs(5), || {
+        lb::status(&topo).is_some_and(|st| {
+            st["dns"]["queries"]["userspace A NXDOMAIN"].as_u64() >= Some(1)
+                && st["dns"]["ready"] == true
+        })
+    });
+    let st = lb::status(&topo).unwrap();
+    assert!(st["dns"]["names"].as_u64().unwrap() > 60, "{}", st["dns"]);
+    let human = lb::lb(
+        &topo,
+        &["status", "--pin-path", topo.pin_path().to_str().unwrap()],
+    );
+    assert!(
+        human.contains("dns: on 0.0.0.0:53 for mesos, zone "),
+        "{human}"
+    );
+    let metrics = in_netns(&topo.ns("agent"), || {
+        http_get(
+            SocketAddrV4::new("127.0.0.1".parse().unwrap(), 9191),
+            "/metrics",
+            Duration::from_secs(3),
+        )
+    })
+    .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"lb_dns_queries_total{path="userspace",type="SRV",rcode="NOERROR"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"lb_dns_queries_total{path="userspace",type="A",rcode="SERVFAIL"}"#),
+        "{metrics}"
+    );
+    drop(log);
+}
