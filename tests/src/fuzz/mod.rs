@@ -111,8 +111,8 @@ pub struct Options {
 
 impl Options {
     /// From `LB_FUZZ_SEED` (decimal or 0x-hex; random if unset), `LB_FUZZ_PACKETS` (per hook),
-    /// `LB_FUZZ_KEEP_GOING=1` and `LB_FUZZ_STRICT=1` (the model's own view, no known
-    /// deviations of the data plane allowed).
+    /// `LB_FUZZ_KEEP_GOING=1`, `LB_FUZZ_PARANOID=1` and `LB_FUZZ_STRICT` (known deviations
+    /// of the data plane not to allow: `all`, or some of `lengths,peer`).
     pub fn from_env(default_packets: u64) -> Self {
         let seed = std::env::var("LB_FUZZ_SEED")
             .ok()
@@ -129,13 +129,24 @@ impl Options {
             batch: 2000,
             keep_going: flag("LB_FUZZ_KEEP_GOING"),
             paranoid: flag("LB_FUZZ_PARANOID"),
-            deviations: if flag("LB_FUZZ_STRICT") {
-                Deviations::NONE
-            } else {
-                Deviations::LB_EBPF
-            },
+            deviations: strict(std::env::var("LB_FUZZ_STRICT").unwrap_or_default()),
         }
     }
+}
+
+/// The data plane's known deviations, less those `LB_FUZZ_STRICT` names (`1` or `all`: every
+/// one; else a comma-separated list of `lengths`, `peer`).
+fn strict(names: String) -> Deviations {
+    let mut d = Deviations::LB_EBPF;
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "1" | "all" => d = Deviations::NONE,
+            "lengths" => d.lenient_lengths = false,
+            "peer" => d.marks_foreign_peer = false,
+            other => panic!("LB_FUZZ_STRICT: unknown deviation {other} (lengths, peer, all)"),
+        }
+    }
+    d
 }
 
 fn parse_u64(s: &str) -> Option<u64> {
@@ -785,4 +796,53 @@ fn compare_tables(k: &Kernel, st: &State) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A scripted run for the tests of known deviations: `st` written into freshly emptied maps,
+/// then `packets` one by one, each checked as the fuzzer checks them, then the whole table.
+/// Runs in the current namespace (`namespace()`'s). Err says where the model and the data
+/// plane part.
+pub fn replay(
+    st: impl FnOnce(&mut State, input::Ifaces),
+    packets: &[(Hook, Vec<u8>)],
+    deviations: Deviations,
+) -> Result<(), String> {
+    let all = ifaces::list();
+    let ifs = input::Ifaces {
+        lo: all["lo"].index,
+        up0: all["up0"].index,
+        cali0: all["cali0"].index,
+    };
+    let model = Model {
+        env: env(ifs),
+        deviations,
+    };
+    let mut k = Kernel::load();
+    let mut state = State {
+        max_services: k.max.0,
+        max_backend_ids: k.max.1,
+        local_addrs: input::LOCAL_ADDRS.iter().map(|a| raw(a)).collect(),
+        ..State::default()
+    };
+    st(&mut state, ifs);
+    k.write(&state);
+    let mut tally = Tally::default();
+    let mut report = Report::default();
+    let result = (|| {
+        for (i, (hook, frame)) in packets.iter().enumerate() {
+            one(
+                &model,
+                &mut k,
+                &mut state,
+                &mut tally,
+                *hook,
+                frame,
+                &mut report,
+            )
+            .map_err(|e| format!("packet {i} through {hook:?}: {e}"))?;
+        }
+        compare_tables(&k, &state)
+    })();
+    k.clear(&state);
+    result
 }

@@ -182,10 +182,19 @@ impl State {
 #[derive(Clone, Copy, Debug)]
 pub struct Deviations {
     /// Length checks the data plane does not make (see `LengthRules`): it rewrites and forwards
-    /// a segment whose lengths do not add up instead of passing it for the stack to judge.
+    /// a segment whose lengths do not add up (IPv4 total length past the frame's end, TCP data
+    /// offset under 5 words or past the datagram, UDP length under 8 or past the datagram)
+    /// instead of passing it for the stack to judge, as `Stat::PassMalformed` says it does. A
+    /// truncated segment whose timestamp option is cut is dropped as `ErrRewrite` instead.
+    /// Shown by `tests/fuzz.rs`, `known_deviation_a_segment_whose_lengths_do_not_add_up...`:
+    /// a SYN to a service whose total length claims 100 bytes more than the frame holds.
     pub lenient_lengths: bool,
     /// FIN/RST and the timestamp decision are marked on the entry at the flow's peer key even
-    /// when that entry belongs to another flow (its peer key is not this entry's key).
+    /// when that entry belongs to another flow (its own peer key is not this entry's key).
+    /// Full NAT: client 10.0.0.2:40000 opens flow A (NAT port 1024), sends FIN, opens flow B
+    /// on the same tuple (A's reply entry stays, reserving 1024); A's task then sends its FIN
+    /// to 10.0.0.1:1024, and B's forward entry turns CLOSING|FIN_BACKEND (10 s to live) though
+    /// B never closed. `tests/fuzz.rs`, `known_deviation_a_late_fin_of_an_old_flow...`.
     pub marks_foreign_peer: bool,
 }
 
