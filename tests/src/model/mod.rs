@@ -895,3 +895,138 @@ impl Tally {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+
+    use lb_common::{PORT_SERVICE, ServiceKey};
+
+    use super::*;
+    use crate::packets::{Pkt, TCP_SYN, read};
+
+    fn raw(s: &str) -> u32 {
+        u32::from(s.parse::<std::net::Ipv4Addr>().unwrap()).to_be()
+    }
+
+    fn model() -> Model {
+        Model {
+            env: Env {
+                ingress: 1,
+                local: vec![raw("10.0.0.1")],
+                routes: vec![(
+                    u32::from_be(raw("192.168.1.11")),
+                    32,
+                    Fib::Neighbour {
+                        ifindex: 3,
+                        smac: [2, 0, 0, 0, 1, 1],
+                        dmac: [2, 0, 0, 0, 1, 11],
+                        mtu: 1500,
+                    },
+                )],
+            },
+            deviations: Deviations::NONE,
+        }
+    }
+
+    fn one_service() -> State {
+        let mut st = State {
+            max_services: 16,
+            max_backend_ids: 16,
+            ..State::default()
+        };
+        let key = ServiceKey {
+            addr: raw("10.0.0.1"),
+            port: 10000u16.to_be(),
+            proto: 6,
+            _pad: 0,
+        };
+        st.services.insert(
+            key,
+            Service {
+                id: 1,
+                count: 1,
+                generation: 0,
+                flags: 0,
+            },
+        );
+        let bkey = BackendKey {
+            service_id: 1,
+            generation: 0,
+            index: 0,
+        };
+        let b = Backend {
+            addr: raw("192.168.1.11"),
+            nat_addr: raw("10.0.0.1"),
+            port: 80u16.to_be(),
+            _pad: 0,
+            id: 2,
+        };
+        st.backends.insert(bkey, b);
+        st.ports.insert((PORT_SERVICE, 6, 10000));
+        st
+    }
+
+    #[test]
+    fn a_syn_to_a_service_opens_both_directions_and_leaves_valid_checksums() {
+        let (m, mut st) = (model(), one_service());
+        let client: SocketAddrV4 = "10.0.0.2:40000".parse().unwrap();
+        let syn = Pkt::tcp(client, "10.0.0.1:10000".parse().unwrap(), TCP_SYN)
+            .with_syn_timestamps(1000, 0);
+        let o = m.step(&st, Hook::Tc, &syn.bytes(), 7 << TS_CLOCK_SHIFT);
+        assert_eq!((o.verdict, o.cause), (Verdict::Redirect, Stat::Redirect));
+        assert_eq!(o.flows.len(), 2, "forward and reply entries: {:?}", o.flows);
+        let seen = read(&o.out);
+        assert!(seen.ip_checksum_ok && seen.l4_checksum_ok, "{seen:?}");
+        assert_eq!(seen.dst, "192.168.1.11:80".parse().unwrap());
+        assert_eq!(seen.src, "10.0.0.1:1024".parse().unwrap());
+        assert_eq!(seen.ttl, 63);
+        assert_eq!(
+            seen.timestamps,
+            Some((7, 0)),
+            "TSval starts at the balancer's clock"
+        );
+        assert_eq!(o.nat_cursor.get(&2), Some(&1));
+        st.apply(&o);
+        // The same SYN again finds the flow: no new entry, the same rewrite.
+        let again = m.step(&st, Hook::Tc, &syn.bytes(), 8 << TS_CLOCK_SHIFT);
+        assert_eq!(read(&again.out).src, seen.src);
+        assert_eq!(again.new_flow, None);
+    }
+
+    #[test]
+    fn what_is_not_for_a_service_passes_untouched() {
+        let (m, st) = (model(), one_service());
+        let other = Pkt::tcp(
+            "10.0.0.2:40000".parse().unwrap(),
+            "10.0.0.1:9999".parse().unwrap(),
+            TCP_SYN,
+        )
+        .bytes();
+        let o = m.step(&st, Hook::Xdp, &other, 0);
+        assert_eq!((o.verdict, o.cause), (Verdict::Pass, Stat::PassNotService));
+        assert_eq!(o.out, other);
+        assert!(o.flows.is_empty());
+        for cut in 14..other.len() {
+            let o = m.step(&st, Hook::Xdp, &other[..cut], 0);
+            assert_eq!(o.verdict, Verdict::Pass, "cut at {cut}");
+            assert_eq!(o.out, &other[..cut]);
+        }
+    }
+
+    #[test]
+    fn a_checksum_set_by_residual_keeps_an_error_as_it_was() {
+        let mut f = Pkt::tcp(
+            "10.0.0.2:1".parse().unwrap(),
+            "10.0.0.1:2".parse().unwrap(),
+            TCP_SYN,
+        )
+        .bytes();
+        f[24] ^= 0x10;
+        let before = frame::ip_residual(&f, 20);
+        f[26] = 99;
+        frame::set_check(&mut f, 24, before, |f| frame::ip_residual(f, 20));
+        assert_eq!(frame::ip_residual(&f, 20), before);
+        assert_ne!(before, 0xffff);
+    }
+}
