@@ -1,8 +1,11 @@
 //! Test support: the Calico-style agent topology in network namespaces (`netns`), traffic
-//! from inside a namespace (`client`), packet builders (`packets`) and a Marathon stand-in.
+//! from inside a namespace (`client`), packet builders (`packets`), a Marathon stand-in, and a
+//! reference model of the data plane (`model`) with the differential fuzzer that uses it (`fuzz`).
 pub mod client;
+pub mod fuzz;
 pub mod lb;
 pub mod marathon_standin;
+pub mod model;
 pub mod netns;
 pub mod packets;
 

@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | test | demo | bench`: the project's own tooling. Every command
+//! `cargo xtask setup | build | test | demo | fuzz | bench`: the project's own tooling. Every command
 //! first brings the machine to a working build (idempotently), so a fresh clone needs nothing else.
 mod bench;
 mod demo;
@@ -36,6 +36,24 @@ enum Cmd {
     },
     /// Show the balancer at work: agent topology, Marathon stand-in, `lb run`, traffic.
     Demo,
+    /// Differential fuzzing of the data plane against its reference model (tests/src/model):
+    /// N packets through each of the XDP and TC programs with BPF_PROG_TEST_RUN. Needs root;
+    /// run it under the kernel-test lock (`flock /tmp/lb-kernel.lock cargo xtask fuzz ...`).
+    Fuzz {
+        /// Program runs per hook (CI runs 1,000,000).
+        #[arg(long, default_value_t = 10_000_000)]
+        packets: u64,
+        /// The run's seed (decimal or 0x-hex), to replay a failure; random if not given.
+        #[arg(long)]
+        seed: Option<String>,
+        /// Report every failing batch rather than stopping at the first.
+        #[arg(long)]
+        keep_going: bool,
+        /// Known deviations of the data plane from the model not to allow: `all`, or a
+        /// comma-separated list of `lengths`, `peer` (see tests/src/model/mod.rs).
+        #[arg(long)]
+        strict: Option<String>,
+    },
     /// Measure the data plane and its peers (HAProxy, nftables) in one run.
     Bench {
         /// A smoke run (shorter measurements, one round) that finishes in about four minutes.
@@ -131,6 +149,42 @@ fn test(host_only: bool, filter: Option<String>) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Runs the fuzz test (tests/tests/fuzz.rs) with the count and seed given.
+fn fuzz(
+    packets: u64,
+    seed: Option<String>,
+    keep_going: bool,
+    strict: Option<String>,
+) -> Result<()> {
+    setup::ensure()?;
+    if !is_root() {
+        bail!("the fuzzer loads BPF programs and makes a network namespace; run as root");
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--package",
+        "lb-tests",
+        "--test",
+        "fuzz",
+        "--",
+        "--test-threads=1",
+        "--nocapture",
+    ])
+    .env("LB_FUZZ_PACKETS", packets.to_string());
+    if let Some(s) = seed {
+        cmd.env("LB_FUZZ_SEED", s);
+    }
+    if keep_going {
+        cmd.env("LB_FUZZ_KEEP_GOING", "1");
+    }
+    if let Some(s) = strict {
+        cmd.env("LB_FUZZ_STRICT", s);
+    }
+    run(&mut cmd)
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc_geteuid() == 0 }
@@ -147,6 +201,12 @@ fn main() -> Result<()> {
         Cmd::Build => build_release().map(|p| eprintln!("built {}", p.display())),
         Cmd::Test { host_only, filter } => test(host_only, filter),
         Cmd::Demo => demo::run(),
+        Cmd::Fuzz {
+            packets,
+            seed,
+            keep_going,
+            strict,
+        } => fuzz(packets, seed, keep_going, strict),
         Cmd::Bench { quick } => bench::run(quick),
     }
 }
