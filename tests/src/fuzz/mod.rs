@@ -24,7 +24,12 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{Config, Counters, Flow, FlowKey, PORT_GATE_WORDS, Stat, port_gate_slot};
-use lb_user::dataplane::{Dataplane, batch, flows::sum_stats, ifaces, loader::Capacities};
+use lb_user::dataplane::{
+    Dataplane, batch,
+    flows::{sum_stats, sum_u64},
+    ifaces,
+    loader::Capacities,
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::{
@@ -250,6 +255,10 @@ impl Kernel {
             &mut self.dp.maps.backend_stats
         };
         m.set(id, zeros, 0).unwrap();
+        if service {
+            let zeros = PerCpuValues::try_from(vec![0u64; nr_cpus().unwrap()]).unwrap();
+            self.dp.maps.service_refused.set(id, zeros, 0).unwrap();
+        }
     }
 
     /// Makes the maps hold exactly `st` (the maps hold nothing of an earlier batch).
@@ -743,6 +752,11 @@ fn check_batch(
         let got = k.counters(true, id);
         if got != want {
             return Err(format!("LB_SVC_STATS[{id}]: {got:?}, model {want:?}"));
+        }
+        let want = tally.refused.get(&id).copied().unwrap_or_default();
+        let got = sum_u64(&k.dp.maps.service_refused, id);
+        if got != want {
+            return Err(format!("LB_SVC_REFUSED[{id}]: {got}, model {want}"));
         }
     }
     for &id in &ids.1 {

@@ -72,7 +72,6 @@ pub fn drops(stat: Stat) -> bool {
     matches!(
         stat,
         Stat::DropFragment
-            | Stat::DropNoBackend
             | Stat::DropNatPorts
             | Stat::DropFlowInsert
             | Stat::ErrBackendLookup
@@ -238,6 +237,8 @@ pub struct Outcome {
     pub stats: Vec<Stat>,
     /// (service id, backend id): a new flow counted.
     pub new_flow: Option<(u32, u32)>,
+    /// Service id: a new connection refused for want of backends (`LB_SVC_REFUSED`).
+    pub refused: Option<u32>,
     /// (service id, backend id, bytes): a forwarded packet counted.
     pub traffic: Option<(u32, u32, u64)>,
 }
@@ -255,6 +256,7 @@ struct Tx<'a> {
     nat_cursor: BTreeMap<u32, u32>,
     stats: Vec<Stat>,
     new_flow: Option<(u32, u32)>,
+    refused: Option<u32>,
     traffic: Option<(u32, u32, u64)>,
 }
 
@@ -359,6 +361,7 @@ impl Model {
             nat_cursor: BTreeMap::new(),
             stats: Vec::new(),
             new_flow: None,
+            refused: None,
             traffic: None,
         };
         let mut out = frame.to_vec();
@@ -387,6 +390,7 @@ impl Model {
             nat_cursor: tx.nat_cursor,
             stats: tx.stats,
             new_flow: tx.new_flow,
+            refused: tx.refused,
             traffic: tx.traffic,
         }
     }
@@ -403,7 +407,7 @@ impl Model {
         if !tx.st.gate(&h.key) {
             return Err(Stat::PassNotService);
         }
-        let t = self.track(tx, &h, now)?;
+        let t = self.track(tx, hook, &h, now)?;
         if h.ttl <= 1 {
             // The stack answers with ICMP time exceeded.
             return Err(Stat::PassTtl);
@@ -443,7 +447,7 @@ impl Model {
 
     // ---- Connection tracking ----------------------------------------------------------
 
-    fn track(&self, tx: &mut Tx, h: &Headers, now: u64) -> Result<Tracked, Stat> {
+    fn track(&self, tx: &mut Tx, hook: Hook, h: &Headers, now: u64) -> Result<Tracked, Stat> {
         let cfg = tx.st.config;
         if let Some(flow) = tx.flow(&h.key) {
             let idle = now.saturating_sub(flow.last_seen_ns);
@@ -475,7 +479,18 @@ impl Model {
         if h.is_tcp() && !h.opens() {
             return Err(Stat::PassMidstream);
         }
-        // Issue 13's admission rules (source ranges, refusing empty services) go here.
+        // Admission (issue 13): a service without backends refuses new connections, by
+        // handing them to the stack, which has no socket there (README). XDP leaves them to
+        // TC, which counts them, so each counts once.
+        if service.count == 0 {
+            return Err(match hook {
+                Hook::Xdp => Stat::PassToTc,
+                Hook::Tc => {
+                    tx.refused = Some(service.id);
+                    Stat::RefusedNoBackend
+                }
+            });
+        }
         let flow = self.create(tx, h, &service, now)?;
         Ok(Tracked { flow, found: false })
     }
@@ -577,9 +592,6 @@ impl Model {
 
     fn pick_backend(&self, tx: &mut Tx, h: &Headers, service: &Service) -> Result<Backend, Stat> {
         let count = service.count;
-        if count == 0 {
-            return Err(Stat::DropNoBackend);
-        }
         if count > MAX_BACKENDS_PER_SERVICE {
             return Err(Stat::ErrBackendLookup);
         }
@@ -863,6 +875,8 @@ pub struct Tally {
     pub stats: Vec<u64>,
     pub services: BTreeMap<u32, Counters>,
     pub backends: BTreeMap<u32, Counters>,
+    /// `LB_SVC_REFUSED` by service id.
+    pub refused: BTreeMap<u32, u64>,
 }
 
 impl Tally {
@@ -880,6 +894,11 @@ impl Tally {
             if b < st.max_backend_ids {
                 self.backends.entry(b).or_default().new_flows += 1;
             }
+        }
+        if let Some(s) = o.refused
+            && s < st.max_services
+        {
+            *self.refused.entry(s).or_default() += 1;
         }
         if let Some((s, b, bytes)) = o.traffic {
             if s < st.max_services {
