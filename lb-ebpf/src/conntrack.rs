@@ -66,7 +66,7 @@ pub fn track<C: Packet>(ctx: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> 
                 } else {
                     side
                 };
-                mark(entry, &flow, p.key.proto, FLOW_F_CLOSING | bits, 0);
+                mark(entry, &p.key, &flow, FLOW_F_CLOSING | bits, 0);
             }
             return Ok(Tracked {
                 flow,
@@ -110,16 +110,28 @@ fn lookup_service(key: &FlowKey) -> Option<Service> {
     unsafe { LB_SERVICES.get(&skey) }.copied()
 }
 
-/// Sets and clears flags on both directions (a FIN or RST, so both expire by the same
-/// timeout; timestamps chosen or declined, so both rewrite them or neither does).
+/// Sets and clears flags on both directions of the flow found at `key` (a FIN or RST, so
+/// both expire by the same timeout; timestamps chosen or declined, so both rewrite them or
+/// neither does).
 #[inline(always)]
-pub fn mark(entry: *mut Flow, flow: &Flow, proto: u8, set: u32, clear: u32) {
+pub fn mark(entry: *mut Flow, key: &FlowKey, flow: &Flow, set: u32, clear: u32) {
     // SAFETY: entry points at a live map element.
     unsafe { (*entry).flags = ((*entry).flags | set) & !clear };
-    if let Some(peer) = LB_FLOWS.get_ptr_mut(FlowKey::peer_of(flow, proto)) {
+    if let Some(peer) = own_peer_mut(key, flow) {
         // SAFETY: as above.
         unsafe { (*peer).flags = ((*peer).flags | set) & !clear };
     }
+}
+
+/// The other direction's entry of `flow` (found under `key`), in place, if it still belongs to
+/// it: after a client reused its tuple, the entry at the old flow's peer key is the new flow's,
+/// and an old flow's late FIN must not close it (the fuzzer found that).
+#[inline(always)]
+pub fn own_peer_mut(key: &FlowKey, flow: &Flow) -> Option<*mut Flow> {
+    let peer = LB_FLOWS.get_ptr_mut(FlowKey::peer_of(flow, key.proto))?;
+    // SAFETY: a live map element, read once.
+    let back = FlowKey::peer_of(unsafe { &*peer }, key.proto);
+    (back == *key).then_some(peer)
 }
 
 /// The other direction's entry of `flow` (found under `key`), if it still belongs to it: a

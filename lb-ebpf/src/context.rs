@@ -16,6 +16,8 @@ pub trait Packet: EbpfContext {
     const PASSES_TO_TC: bool;
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The packet's whole length, also what the hook may hold outside `data..data_end`.
+    fn frame_len(&self) -> usize;
     fn ingress_ifindex(&self) -> u32;
     /// Makes the first `len` bytes directly accessible where the hook may hold them elsewhere.
     fn pull(&mut self, len: u32);
@@ -44,6 +46,11 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        // Not frags-aware: the frame is one buffer.
+        XdpContext::data_end(self) - XdpContext::data(self)
     }
     #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
@@ -82,6 +89,11 @@ impl Packet for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        // skb->len: the pulled head and whatever stays in fragments.
+        self.len() as usize
     }
     #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {

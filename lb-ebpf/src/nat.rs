@@ -7,7 +7,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::mark,
+    conntrack::{mark, own_peer_mut},
     context::{Packet, ptr_at},
     maps::LB_FLOWS,
     parse::{
@@ -136,11 +136,11 @@ fn shift_timestamp<C: Packet>(
         if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
             // SAFETY: a live map element; the reply entry gets the same offset below.
             unsafe { (*entry).ts_off = ts_off };
-            if let Some(peer) = LB_FLOWS.get_ptr_mut(FlowKey::peer_of(flow, p.key.proto)) {
+            if let Some(peer) = own_peer_mut(&p.key, flow) {
                 // SAFETY: as above.
                 unsafe { (*peer).ts_off = ts_off };
             }
-            mark(entry, flow, p.key.proto, set, FLOW_F_TS_INIT);
+            mark(entry, &p.key, flow, set, FLOW_F_TS_INIT);
         }
         if set == 0 {
             return Ok(Diff::NONE);
@@ -152,7 +152,7 @@ fn shift_timestamp<C: Packet>(
         // The backend declined timestamps: nothing to shift, and its TIME_WAIT will judge a
         // reused port by sequence numbers alone, so the reservation stays (Config::timeout_ns).
         if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
-            mark(entry, flow, p.key.proto, 0, FLOW_F_TS);
+            mark(entry, &p.key, flow, 0, FLOW_F_TS);
         }
         return Ok(Diff::NONE);
     }

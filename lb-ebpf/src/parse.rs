@@ -125,6 +125,12 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
         return Err(Stat::PassFragment);
     }
     let first_fragment = frags & IP_MF != 0;
+    // Lengths that do not add up are the stack's to judge (it drops them): a datagram longer
+    // than the frame, then (below) an L4 header longer than the datagram. A first fragment
+    // is judged by its ports alone.
+    if !first_fragment && ETH_LEN + tot_len as usize > ctx.frame_len() {
+        return Err(Stat::PassMalformed);
+    }
     let l4_off = ETH_LEN + ihl;
     let l4_len = if proto == IPPROTO_TCP {
         size_of::<TcpHdr>()
@@ -144,13 +150,25 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
             return Err(Stat::PassMalformed);
         }
         let doff = (read::<C, u8>(ctx, l4_off + TCP_DOFF_OFF).unwrap_or(0) >> 4) as usize * 4;
+        if !first_fragment && (doff < TCP_MIN_LEN || ihl + doff > tot_len as usize) {
+            return Err(Stat::PassMalformed);
+        }
         if doff > TCP_MIN_LEN && ihl + doff <= tot_len as usize {
             tcp_opt_len = doff - TCP_MIN_LEN;
         }
         read::<C, u8>(ctx, l4_off + TCP_FLAGS_OFF).unwrap_or(0)
     } else {
-        if ptr_at::<C, UdpHdr>(ctx, l4_off).is_none() && !first_fragment {
-            return Err(Stat::PassMalformed);
+        match ptr_at::<C, UdpHdr>(ctx, l4_off) {
+            None if !first_fragment => return Err(Stat::PassMalformed),
+            Some(udp) if !first_fragment => {
+                // Through the pointer just checked: the verifier knows its bounds.
+                // SAFETY: ptr_at checked that the whole header lies inside the packet.
+                let ulen = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
+                if ulen < size_of::<UdpHdr>() || ihl + ulen > tot_len as usize {
+                    return Err(Stat::PassMalformed);
+                }
+            }
+            _ => {}
         }
         0
     };

@@ -1,7 +1,7 @@
 //! The differential fuzzer in CI: a bounded run (1,000,000 packets per hook unless
 //! `LB_FUZZ_PACKETS` says otherwise) of `lb_tests::fuzz` against the reference model, and the
-//! known deviations of the data plane from the model, each shown by its minimal packet, so a
-//! fix in lb-ebpf makes its test fail until the deviation switch is turned off.
+//! deviations it found in the data plane, each kept as a regression test with its minimal
+//! packets.
 use std::net::SocketAddrV4;
 
 use lb_common::{
@@ -93,36 +93,35 @@ fn sa(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
 }
 
-/// Runs `packets` with the data plane's deviations, then with `off` switched off: the first must
-/// agree and the second must not, or the deviation is gone (switch it off in
-/// `Deviations::LB_EBPF`) or was never what this test says.
-fn deviation_shows(name: &str, packets: Vec<(Hook, Vec<u8>)>, off: impl Fn(&mut Deviations)) {
+/// Runs `packets` against the model as it holds right and as it was with deviation `on`
+/// switched on: the data plane must agree with the first, and the second must disagree (so
+/// the packets do show what the data plane once got wrong).
+fn fixed(name: &str, packets: Vec<(Hook, Vec<u8>)>, on: impl Fn(&mut Deviations)) {
     let _ns = fuzz::namespace();
-    let mut strict = Deviations::LB_EBPF;
-    off(&mut strict);
-    let (with, without) = in_netns(fuzz::NS, move || {
+    let mut old = Deviations::NONE;
+    on(&mut old);
+    let (right, wrong) = in_netns(fuzz::NS, move || {
         (
             fuzz::replay(one_service, &packets, Deviations::LB_EBPF),
-            fuzz::replay(one_service, &packets, strict),
+            fuzz::replay(one_service, &packets, old),
         )
     });
-    if let Err(e) = with {
-        panic!("{name}: the data plane no longer does what Deviations::LB_EBPF says: {e}");
+    if let Err(e) = right {
+        panic!("{name}: the data plane disagrees with the model: {e}");
     }
-    let Err(e) = without else {
-        panic!(
-            "{name}: the data plane now does what the model holds right; turn the switch off in Deviations::LB_EBPF"
-        );
-    };
-    eprintln!("{name} still deviates, as reported:\n{e}");
+    assert!(
+        wrong.is_err(),
+        "{name}: the packets no longer tell the old behaviour from the right one"
+    );
 }
 
-/// Deviation `marks_foreign_peer`: in full NAT the client reuses its port after its FIN (a new
-/// flow B on the same client tuple; A's reply entry keeps A's NAT port reserved), then A's
-/// backend sends its own FIN on A's NAT port. The data plane marks the entry at A's peer key,
-/// which is now B's: B turns CLOSING (a 10 s life) though B never closed.
+/// Found by the fuzzer (`marks_foreign_peer`): in full NAT the client reuses its port after
+/// its FIN (a new flow B on the same client tuple; A's reply entry keeps A's NAT port
+/// reserved), then A's backend sends its own FIN on A's NAT port. The data plane used to mark
+/// the entry at A's peer key, which is now B's, so B turned CLOSING (a 10 s life) though B
+/// never closed. Now only a flow's own other direction is marked.
 #[test]
-fn known_deviation_a_late_fin_of_an_old_flow_closes_the_new_flow_on_its_tuple() {
+fn a_late_fin_of_an_old_flow_leaves_the_new_flow_on_its_tuple_open() {
     let client = sa("10.0.0.2:40000");
     let vip = sa("10.0.0.1:10000");
     let old_nat = sa("10.0.0.1:1024");
@@ -135,23 +134,23 @@ fn known_deviation_a_late_fin_of_an_old_flow_closes_the_new_flow_on_its_tuple() 
             Pkt::tcp(sa("192.168.1.11:80"), old_nat, TCP_FIN | TCP_ACK).bytes(),
         ),
     ];
-    deviation_shows("marks_foreign_peer", packets, |d| {
-        d.marks_foreign_peer = false
+    fixed("marks_foreign_peer", packets, |d| {
+        d.marks_foreign_peer = true
     });
 }
 
-/// Deviation `lenient_lengths`: a SYN whose IPv4 total length claims 100 bytes more than the
-/// frame holds is balanced (a flow created, the packet rewritten and redirected) instead of
-/// passed for the stack to judge (it drops it).
+/// Found by the fuzzer (`lenient_lengths`): a SYN whose IPv4 total length claims 100 bytes
+/// more than the frame holds used to be balanced (a flow created, the packet rewritten and
+/// redirected); now it passes untouched for the stack to judge, as `pass_malformed` says.
 #[test]
-fn known_deviation_a_segment_whose_lengths_do_not_add_up_is_balanced() {
+fn a_segment_whose_lengths_do_not_add_up_passes_untouched() {
     let mut syn = Pkt::tcp(sa("10.0.0.2:40000"), sa("10.0.0.1:10000"), TCP_SYN).bytes();
     let tot = u16::from_be_bytes([syn[16], syn[17]]) + 100;
     syn[16..18].copy_from_slice(&tot.to_be_bytes());
     syn[24..26].fill(0);
     let c = lb_common::csum::checksum(&syn[14..34]);
     syn[24..26].copy_from_slice(&c.to_ne_bytes());
-    deviation_shows("lenient_lengths", vec![(Hook::Tc, syn)], |d| {
-        d.lenient_lengths = false
+    fixed("lenient_lengths", vec![(Hook::Tc, syn)], |d| {
+        d.lenient_lengths = true
     });
 }
