@@ -189,7 +189,10 @@ fn ask_a(sock: &UdpSocket, server: SocketAddrV4, qname: &str, id: u16) -> Option
 
 /// Pins every thread of `pid` to the servers' core.
 fn pin(topo: &Topology, pid: u32) {
-    topo.sh("agent", &format!("taskset -a -p -c {SERVER_CPU} {pid} >/dev/null"));
+    topo.sh(
+        "agent",
+        &format!("taskset -a -p -c {SERVER_CPU} {pid} >/dev/null"),
+    );
 }
 
 /// The topology with the Marathon stand-in, lb following it, NSD and unbound, all on one core.
@@ -223,16 +226,30 @@ fn setup(ips: &[Vec<Ipv4Addr>]) -> (Topology, NsStandin, String) {
     fs::write(format!("{dir}/mesos.zone"), zone_file(ips)).unwrap();
     fs::write(format!("{dir}/nsd.conf"), nsd_conf(&dir)).unwrap();
     let mut nsd = topo.cmd("agent", Path::new("taskset"));
-    nsd.args(["-c", SERVER_CPU, "nsd", "-d", "-c", &format!("{dir}/nsd.conf")])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(format!("{dir}/nsd.stderr")).unwrap());
+    nsd.args([
+        "-c",
+        SERVER_CPU,
+        "nsd",
+        "-d",
+        "-c",
+        &format!("{dir}/nsd.conf"),
+    ])
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(format!("{dir}/nsd.stderr")).unwrap());
     topo.spawn("nsd", nsd);
 
     fs::write(format!("{dir}/unbound.conf"), unbound_conf(&dir, ips)).unwrap();
     let mut ub = topo.cmd("agent", Path::new("taskset"));
-    ub.args(["-c", SERVER_CPU, "unbound", "-d", "-c", &format!("{dir}/unbound.conf")])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(format!("{dir}/unbound.stderr")).unwrap());
+    ub.args([
+        "-c",
+        SERVER_CPU,
+        "unbound",
+        "-d",
+        "-c",
+        &format!("{dir}/unbound.conf"),
+    ])
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(format!("{dir}/unbound.stderr")).unwrap());
     topo.spawn("unbound", ub);
 
     // Every server answers the same addresses for the same name before anything is measured.
@@ -258,7 +275,9 @@ fn setup(ips: &[Vec<Ipv4Addr>]) -> (Topology, NsStandin, String) {
     }
     fs::write(
         format!("{dir}/queries.txt"),
-        (0..APPS).map(|a| format!("{} A\n", name(a))).collect::<String>(),
+        (0..APPS)
+            .map(|a| format!("{} A\n", name(a)))
+            .collect::<String>(),
     )
     .unwrap();
     (topo, standin, dir)
@@ -294,7 +313,10 @@ fn parse_dnsperf(out: &str) -> Result<Perf, String> {
         .map(|s| s * 1e6)
         .collect();
     if lat.is_empty() {
-        return Err(format!("no per-query latencies in dnsperf's output:\n{}", &out[..out.len().min(2000)]));
+        return Err(format!(
+            "no per-query latencies in dnsperf's output:\n{}",
+            &out[..out.len().min(2000)]
+        ));
     }
     lat.sort_by(f64::total_cmp);
     Ok(Perf {
@@ -307,7 +329,11 @@ fn parse_dnsperf(out: &str) -> Result<Perf, String> {
 }
 
 fn dnsperf(topo: &Topology, dir: &str, s: Server, secs: u32) -> Result<Perf, String> {
-    let (port, secs_s, q) = (s.port().to_string(), secs.to_string(), OUTSTANDING.to_string());
+    let (port, secs_s, q) = (
+        s.port().to_string(),
+        secs.to_string(),
+        OUTSTANDING.to_string(),
+    );
     let file = format!("{dir}/queries.txt");
     let server = AGENT.to_string();
     let out = client_cmd(
@@ -365,7 +391,8 @@ fn event_to_answer(
 pub fn run(effort: &Effort, report: &mut Report) {
     let mut ips = all_ips();
     let (topo, standin, dir) = setup(&ips);
-    let mut samples: Vec<(Server, Vec<Perf>)> = Server::ALL.iter().map(|s| (*s, Vec::new())).collect();
+    let mut samples: Vec<(Server, Vec<Perf>)> =
+        Server::ALL.iter().map(|s| (*s, Vec::new())).collect();
     let mut failures = Vec::new();
     // A warm-up for every server, then interleaved rounds with the order turned each round.
     for s in Server::ALL {
@@ -410,7 +437,13 @@ pub fn run(effort: &Effort, report: &mut Report) {
         ),
     );
     let qps_of = |s: Server| -> Option<Spread> {
-        let v: Vec<f64> = samples.iter().find(|(x, _)| *x == s)?.1.iter().map(|p| p.qps).collect();
+        let v: Vec<f64> = samples
+            .iter()
+            .find(|(x, _)| *x == s)?
+            .1
+            .iter()
+            .map(|p| p.qps)
+            .collect();
         (!v.is_empty()).then(|| Spread::of(&v))
     };
     let best_other = [Server::Nsd, Server::Unbound]
@@ -432,7 +465,15 @@ pub fn run(effort: &Effort, report: &mut Report) {
     for (s, perfs) in &samples {
         let Some(q) = qps_of(*s) else {
             t.row(
-                vec![s.label().into(), "not measured".into(), "—".into(), "—".into(), "—".into(), "—".into(), "—".into()],
+                vec![
+                    s.label().into(),
+                    "not measured".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                ],
                 json!({"server": s.label(), "qps": null}),
             );
             continue;
@@ -476,12 +517,26 @@ pub fn run(effort: &Effort, report: &mut Report) {
 
     let n = if effort.quick { 50 } else { 200 };
     eprintln!("    event to answer, {n} changes");
+    // As the control section measures event to map: lb on both cores, as deployed.
+    let lb_pid = topo.pid("lb").expect("lb's pid");
+    topo.sh(
+        "agent",
+        &format!("taskset -a -p -c 0-1 {lb_pid} >/dev/null"),
+    );
     let (lat, lost) = event_to_answer(&topo, &standin, &mut ips, n);
     let mut e = Table::new(
         "DNS: Marathon event to the new address in lb's answers",
-        &["apps × tasks", "changes", "p50 ms", "p99 ms", "max ms", "not seen in 10 s"],
+        &[
+            "apps × tasks",
+            "changes",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "not seen in 10 s",
+        ],
         &format!(
-            "The same lb (`--marathon`, {APPS} apps × {TASKS_PER_APP} tasks). One change at a time, 20 ms apart: \
+            "The same lb (`--marathon`, {APPS} apps × {TASKS_PER_APP} tasks), no longer pinned (both cores, as the \
+             control section measures event to map). One change at a time, 20 ms apart: \
              the stand-in replaces one task of an app with a new address and announces it as Marathon does (a \
              `status_update_event` naming the app); from that moment the client asks lb for the app's name over \
              UDP in a loop (a query every ~0.5 ms plus its round trip) until the new address is in the answer. \

@@ -158,7 +158,15 @@ fn setup(f: Front) -> (Topology, Option<NsStandin>) {
     let host = format!("Host: {VHOST}");
     let body = client_cmd(
         &topo,
-        &["curl", "-sS", "-m", "5", "-H", &host, &format!("http://{AGENT}/")],
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-H",
+            &host,
+            &format!("http://{AGENT}/"),
+        ],
         10,
     )
     .unwrap_or_else(|e| panic!("{}: {e}", f.label()));
@@ -198,11 +206,7 @@ fn download(topo: &Topology) -> Result<f64, String> {
     Ok(speed * 8.0 / 1e9)
 }
 
-fn measure(
-    f: Front,
-    effort: &Effort,
-    notes: &mut Vec<String>,
-) -> Vec<(Metric, f64)> {
+fn measure(f: Front, effort: &Effort, notes: &mut Vec<String>) -> Vec<(Metric, f64)> {
     let (topo, standin) = setup(f);
     let url = format!("http://{AGENT}/");
     let host = format!("Host: {VHOST}");
@@ -271,7 +275,11 @@ pub fn run(effort: &Effort, report: &mut Report) {
                         .cloned()
                         .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                         .unwrap_or_default();
-                    notes.push(format!("{} round {}: set-up failed: {msg}", f.label(), round + 1));
+                    notes.push(format!(
+                        "{} round {}: set-up failed: {msg}",
+                        f.label(),
+                        round + 1
+                    ));
                 }
             }
         }
@@ -302,7 +310,12 @@ pub fn run(effort: &Effort, report: &mut Report) {
         for m in Metric::ALL {
             let Some(s) = spread(f, m) else {
                 t.row(
-                    vec![f.label().into(), m.label().into(), "not measured".into(), "—".into()],
+                    vec![
+                        f.label().into(),
+                        m.label().into(),
+                        "not measured".into(),
+                        "—".into(),
+                    ],
                     json!({"front_end": f.label(), "metric": m.label(), "value": null}),
                 );
                 continue;
@@ -327,7 +340,12 @@ pub fn run(effort: &Effort, report: &mut Report) {
         match (spread(Front::Lb, m), spread(Front::Haproxy, m)) {
             (Some(l), Some(h)) => report.targets.push(Target {
                 what,
-                got: format!("{:.2}× ({:.0} vs {:.0})", l.median / h.median, l.median, h.median),
+                got: format!(
+                    "{:.2}× ({:.0} vs {:.0})",
+                    l.median / h.median,
+                    l.median,
+                    h.median
+                ),
                 met: Some(l.median >= h.median),
             }),
             _ => report.targets.push(Target {
