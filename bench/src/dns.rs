@@ -187,11 +187,54 @@ fn ask_a(sock: &UdpSocket, server: SocketAddrV4, qname: &str, id: u16) -> Option
     }
 }
 
-/// Pins every thread of `pid` to the servers' core.
-fn pin(topo: &Topology, pid: u32) {
-    topo.sh(
-        "agent",
-        &format!("taskset -a -p -c {SERVER_CPU} {pid} >/dev/null"),
+/// Runs `f` with this thread on the servers' core only, so that the processes it starts inherit
+/// that affinity from their first instruction.
+fn on_server_cpu<T>(f: impl FnOnce() -> T) -> T {
+    let cpu: usize = SERVER_CPU.parse().expect("a core number");
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data; the calls read and write only the sets given, for this
+    // thread (pid 0).
+    let old = unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, size, &mut old),
+            0,
+            "sched_getaffinity"
+        );
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(0, size, &one),
+            0,
+            "sched_setaffinity"
+        );
+        old
+    };
+    let out = f();
+    // SAFETY: as above.
+    let rc = unsafe { libc::sched_setaffinity(0, size, &old) };
+    assert_eq!(rc, 0, "restore this thread's affinity");
+    out
+}
+
+/// `lb run` following the stand-in at `url`, answering DNS on `Server::Lb`'s address.
+fn start_lb(topo: &mut Topology, url: &str, label: &str) {
+    let dns_listen = Server::Lb.addr().to_string();
+    lb::start_within(
+        topo,
+        label,
+        &[
+            "--iface",
+            "eth*",
+            "--hook",
+            "tc",
+            "--marathon",
+            url,
+            "--dns-listen",
+            &dns_listen,
+        ],
+        0,
+        Duration::from_secs(60),
     );
 }
 
@@ -204,24 +247,9 @@ fn setup(ips: &[Vec<Ipv4Addr>]) -> (Topology, NsStandin, String) {
     let standin = NsStandin::start(&topo.ns("agent"));
     standin.standin.set_apps(apps_doc(ips));
     let url = standin.standin.url();
-    let dns_listen = Server::Lb.addr().to_string();
-    lb::start_within(
-        &mut topo,
-        "lb",
-        &[
-            "--iface",
-            "eth*",
-            "--hook",
-            "tc",
-            "--marathon",
-            &url,
-            "--dns-listen",
-            &dns_listen,
-        ],
-        0,
-        Duration::from_secs(60),
-    );
-    pin(&topo, topo.pid("lb").expect("lb's pid"));
+    // Started on the servers' core, so that lb sizes its runtime for one core as NSD and
+    // unbound are configured for one (pinning it afterwards would leave two workers on one core).
+    on_server_cpu(|| start_lb(&mut topo, &url, "lb"));
 
     fs::write(format!("{dir}/mesos.zone"), zone_file(ips)).unwrap();
     fs::write(format!("{dir}/nsd.conf"), nsd_conf(&dir)).unwrap();
@@ -390,7 +418,7 @@ fn event_to_answer(
 
 pub fn run(effort: &Effort, report: &mut Report) {
     let mut ips = all_ips();
-    let (topo, standin, dir) = setup(&ips);
+    let (mut topo, standin, dir) = setup(&ips);
     let mut samples: Vec<(Server, Vec<Perf>)> =
         Server::ALL.iter().map(|s| (*s, Vec::new())).collect();
     let mut failures = Vec::new();
@@ -425,8 +453,8 @@ pub fn run(effort: &Effort, report: &mut Report) {
              (3 addresses, TTL 5) for `app-NNNN.marathon.mesos`: lb from the Marathon stand-in \
              (`lb run --marathon … --dns-listen {AGENT}:53`), NSD 4 from a zone file and unbound 1.17 from \
              `local-data` written from the same apps (checked equal before measuring). All three run in the agent \
-             namespace, each pinned to CPU {SERVER_CPU} (NSD `server-count: 1`, unbound `num-threads: 1`, lb's \
-             whole process by `taskset -a`); `dnsperf -c 4 -q {OUTSTANDING} -l {secs} -v` from the client namespace, \
+             namespace, each pinned to CPU {SERVER_CPU} (NSD `server-count: 1`, unbound `num-threads: 1`, lb \
+             started on that core, so its tokio runtime has one worker); `dnsperf -c 4 -q {OUTSTANDING} -l {secs} -v` from the client namespace, \
              pinned to CPU {CLIENT_CPU}, cycling through the {APPS} names over UDP. Queries/s as dnsperf reports \
              it; latency percentiles from its per-query lines (`-v`; closed loop with {OUTSTANDING} in flight, so \
              at saturation latency is mostly queueing). {rounds} round(s), interleaved, order rotated per round; \
@@ -517,12 +545,13 @@ pub fn run(effort: &Effort, report: &mut Report) {
 
     let n = if effort.quick { 50 } else { 200 };
     eprintln!("    event to answer, {n} changes");
-    // As the control section measures event to map: lb on both cores, as deployed.
-    let lb_pid = topo.pid("lb").expect("lb's pid");
-    topo.sh(
-        "agent",
-        &format!("taskset -a -p -c 0-1 {lb_pid} >/dev/null"),
-    );
+    // As deployed, and as the control section measures event to map: a fresh lb on both cores.
+    let _ = topo.stop("lb");
+    start_lb(&mut topo, &standin.standin.url(), "lb-events");
+    let sock = client_socket(&topo);
+    lb::wait_for("lb answers again", Duration::from_secs(30), || {
+        ask_a(&sock, Server::Lb.addr(), &name(0), 7).as_deref() == Some(&ips[0][..])
+    });
     let (lat, lost) = event_to_answer(&topo, &standin, &mut ips, n);
     let mut e = Table::new(
         "DNS: Marathon event to the new address in lb's answers",
@@ -535,8 +564,8 @@ pub fn run(effort: &Effort, report: &mut Report) {
             "not seen in 10 s",
         ],
         &format!(
-            "The same lb (`--marathon`, {APPS} apps × {TASKS_PER_APP} tasks), no longer pinned (both cores, as the \
-             control section measures event to map). One change at a time, 20 ms apart: \
+            "lb as above (`--marathon`, {APPS} apps × {TASKS_PER_APP} tasks), but restarted unpinned (both cores, as \
+             deployed and as the control section measures event to map). One change at a time, 20 ms apart: \
              the stand-in replaces one task of an app with a new address and announces it as Marathon does (a \
              `status_update_event` naming the app); from that moment the client asks lb for the app's name over \
              UDP in a loop (a query every ~0.5 ms plus its round trip) until the new address is in the answer. \
