@@ -1,7 +1,10 @@
 //! The measurements behind `cargo xtask bench`: per-packet cost (`packet`), real traffic through
 //! the agent against its peers (`traffic`, and a minute of it in `sustained`) and the control
-//! plane (`control`). They report, never judge.
+//! plane (`control`), DNS (`dns`) and HTTP virtual hosts (`http`) against their usual servers.
+//! They report, never judge.
 pub mod control;
+pub mod dns;
+pub mod http;
 pub mod packet;
 pub mod report;
 pub mod sustained;

@@ -1,4 +1,4 @@
-//! `lb-bench [--quick] [--only packet|traffic|sustained|control]`: the benchmarks `cargo xtask bench` runs
+//! `lb-bench [--quick] [--only packet|traffic|sustained|control|dns|http]`: the benchmarks `cargo xtask bench` runs
 //! as root. Prints a markdown report and stores it as JSON under `target/bench/`.
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -6,12 +6,12 @@ use std::{
     time::Instant,
 };
 
-use lb_bench::{Effort, control, packet, report, sustained, traffic};
+use lb_bench::{Effort, control, dns, http, packet, report, sustained, traffic};
 
 /// A part of the benchmark: it adds its tables and targets to the report.
 type Section = fn(&Effort, &mut report::Report);
 
-const USAGE: &str = "usage: lb-bench [--quick] [--only packet|traffic|sustained|control]... \
+const USAGE: &str = "usage: lb-bench [--quick] [--only packet|traffic|sustained|control|dns|http]... \
      [--out DIR] [--seconds N] [--sustained-seconds N (at least 15)]";
 
 fn main() {
@@ -56,11 +56,13 @@ fn main() {
     }
     let machine = report::machine();
     let mut rep = report::Report::default();
-    let sections: [(&str, Section); 4] = [
+    let sections: [(&str, Section); 6] = [
         ("packet", packet::run),
         ("traffic", traffic::run),
         ("sustained", sustained::run),
         ("control", control::run),
+        ("dns", dns::run),
+        ("http", http::run),
     ];
     for (name, section) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {

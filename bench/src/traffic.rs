@@ -23,7 +23,9 @@ const WEB_PORT: u16 = 10000;
 const IPERF_PORT: u16 = 10001;
 const TASK_IPERF: u16 = 5201;
 /// Concurrent connections for the request-rate runs.
-const CONNECTIONS: u32 = 32;
+pub(super) const CONNECTIONS: u32 = 32;
+/// Size of the file every task's nginx serves at `/big/100m`.
+pub(super) const BIG_FILE: u64 = 100 << 20;
 
 /// What carries the client's traffic to the tasks. The traffic section measures the first five;
 /// the sustained section adds `lb`'s DNAT mode.
@@ -122,13 +124,14 @@ impl Metric {
 
 fn nginx_conf(dir: &str) -> String {
     // One process (no master), so killing it leaves nothing behind; a tiny fixed answer, so the
-    // figures are about the path, not the server.
+    // figures are about the path, not the server; `/big/100m` (`BIG_FILE`) for downloads.
     format!(
         "daemon off;\nmaster_process off;\nworker_rlimit_nofile 65536;\npid {dir}/nginx.pid;\n\
          error_log stderr error;\nevents {{ worker_connections 16384; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {dir};\n  \
          proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
-         server {{\n    listen 80 reuseport backlog=4096;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+         server {{\n    listen 80 reuseport backlog=4096;\n    location / {{ return 200 \"ok\\n\"; }}\n    \
+         location /big/ {{ root {dir}; }}\n  }}\n}}\n"
     )
 }
 
@@ -217,6 +220,11 @@ pub(super) fn topology(prefix: &str, c: Contender) -> Topology {
         let tdir = format!("{dir}/{task}");
         fs::create_dir_all(&tdir).unwrap();
         fs::write(format!("{tdir}/nginx.conf"), nginx_conf(&tdir)).unwrap();
+        // Sparse: 100 MB of zeros from the page cache, nothing on disk.
+        fs::create_dir_all(format!("{tdir}/big")).unwrap();
+        fs::File::create(format!("{tdir}/big/100m"))
+            .and_then(|f| f.set_len(BIG_FILE))
+            .expect("the download file");
         let mut ng = topo.cmd(task, Path::new("nginx"));
         ng.stderr(log(&tdir, "nginx"));
         ng.args(["-p", &tdir, "-c", &format!("{tdir}/nginx.conf")]);
@@ -296,11 +304,11 @@ pub(super) fn client_cmd(topo: &Topology, args: &[&str], limit: u32) -> Result<S
 }
 
 /// wrk's `Requests/sec`, its latency percentiles (µs) and any errors it reported.
-struct Wrk {
-    rps: f64,
-    p50_us: Option<f64>,
-    p99_us: Option<f64>,
-    errors: Option<String>,
+pub(super) struct Wrk {
+    pub(super) rps: f64,
+    pub(super) p50_us: Option<f64>,
+    pub(super) p99_us: Option<f64>,
+    pub(super) errors: Option<String>,
 }
 
 fn duration_us(s: &str) -> Option<f64> {
@@ -389,6 +397,18 @@ fn wrk_spread(
 }
 
 fn wrk(topo: &Topology, url: &str, conns: u32, secs: u32, close: bool) -> Result<Wrk, String> {
+    wrk_with(topo, url, conns, secs, close, &[])
+}
+
+/// `wrk` with extra request headers (`-H`), e.g. a virtual host's `Host`.
+pub(super) fn wrk_with(
+    topo: &Topology,
+    url: &str,
+    conns: u32,
+    secs: u32,
+    close: bool,
+    headers: &[&str],
+) -> Result<Wrk, String> {
     let c = conns.to_string();
     let d = format!("{secs}s");
     let mut args = vec![
@@ -404,6 +424,9 @@ fn wrk(topo: &Topology, url: &str, conns: u32, secs: u32, close: bool) -> Result
     ];
     if close {
         args.extend(["-H", "Connection: close"]);
+    }
+    for h in headers {
+        args.extend(["-H", h]);
     }
     args.push(url);
     parse_wrk(&client_cmd(topo, &args, secs + 20)?)

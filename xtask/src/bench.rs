@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--quick]`: builds `lb` and the benchmark binaries, installs the peers it
-//! measures against (HAProxy, nftables, nginx, wrk, iperf3) and runs `lb-bench` as root.
+//! measures against (HAProxy, nftables, nginx, wrk, iperf3, dnsperf, NSD, unbound) and runs `lb-bench` as root.
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -13,6 +13,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("iperf3", "iperf3"),
     ("nginx", "nginx-light"),
+    // The DNS section: the load generator and the servers lb is measured against.
+    ("dnsperf", "dnsperf"),
+    ("nsd", "nsd"),
+    ("unbound", "unbound"),
 ];
 
 pub fn run(quick: bool) -> Result<()> {
