@@ -359,3 +359,23 @@ pub fn run(effort: &Effort, report: &mut Report) {
         report.failures.push(format!("http: {n}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_has_marathon_lbs_vhost_lines() {
+        let c = haproxy_conf("/d");
+        for line in [
+            "  option http-server-close\n",
+            "  mode http\n  acl host_bench_acme_org hdr(host) -i bench.acme.org\n  use_backend nginx_10000 if host_bench_acme_org\n",
+            "  balance roundrobin\n  mode http\n  option forwardfor\n",
+            "  http-request set-header X-Forwarded-Port %[dst_port]\n",
+            "  http-request add-header X-Forwarded-Proto https if { ssl_fc }\n",
+        ] {
+            assert!(c.contains(line), "{line:?} missing from:\n{c}");
+        }
+        assert_eq!(c.matches("  server ").count(), TASKS.len());
+    }
+}
