@@ -603,3 +603,54 @@ pub fn run(effort: &Effort, report: &mut Report) {
     drop(standin);
     drop(topo);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnsperf_output_gives_rate_loss_and_percentiles() {
+        let mut out = String::from(
+            "[Status] Command line: dnsperf -s 10.0.0.1\n  Queries sent:         1000\n  \
+             Queries completed:    998 (99.80%)\n  Queries lost:         2 (0.20%)\n\n  \
+             Queries per second:   12345.678901\n",
+        );
+        for i in 1..=1000 {
+            out.push_str(&format!(
+                "> NOERROR app-0001.marathon.mesos A {:.6}\n",
+                i as f64 * 1e-6
+            ));
+        }
+        let p = parse_dnsperf(&out).expect("parses");
+        assert_eq!(p.qps, 12345.678901);
+        assert_eq!(p.lost, 2);
+        // Nearest rank over 1..=1000 µs (a rank either side where floating point rounds).
+        assert!((499.0..=501.0).contains(&p.p50_us.round()), "{}", p.p50_us);
+        assert!((989.0..=991.0).contains(&p.p99_us.round()), "{}", p.p99_us);
+        assert!(
+            (998.0..=1000.0).contains(&p.p999_us.round()),
+            "{}",
+            p.p999_us
+        );
+        assert!(
+            parse_dnsperf("Queries per second: 1\n").is_err(),
+            "no latencies is an error"
+        );
+    }
+
+    #[test]
+    fn every_server_gets_the_same_records() {
+        let ips = all_ips();
+        let zone = zone_file(&ips);
+        let unbound = unbound_conf("/d", &ips);
+        for (a, v) in ips.iter().enumerate() {
+            for ip in v {
+                assert!(zone.contains(&format!("app-{a:04}.marathon IN A {ip}\n")));
+                assert!(unbound.contains(&format!("\"{} 5 IN A {ip}\"", name(a as u32))));
+            }
+        }
+        let n = (APPS * TASKS_PER_APP) as usize;
+        assert_eq!(zone.matches(" IN A 192.168.").count(), n);
+        assert_eq!(unbound.matches("local-data:").count(), n);
+    }
+}

@@ -1,5 +1,6 @@
 //! HTTP virtual hosts against HAProxy as marathon-lb configures a `HAPROXY_0_VHOST` app: wrk
-//! and a large download from the client, through the agent to the same nginx tasks.
+//! (plain and TLS) and a large download from the client, through the agent to the same nginx
+//! tasks.
 use std::{fs, net::SocketAddrV4, path::Path, thread, time::Duration};
 
 use lb_tests::{
@@ -17,6 +18,9 @@ use super::{
 const PREFIX: &str = "lbbh";
 const VHOST: &str = "bench.acme.org";
 const SERVICE_PORT: u16 = 10000;
+/// The vhost's certificate and key (PEM), for both front ends: RSA 2048, as marathon-lb's
+/// `run` script makes its default one.
+const CERT: &str = "bench.pem";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Front {
@@ -38,15 +42,19 @@ impl Front {
 enum Metric {
     KeepAlive,
     NewConn,
+    TlsKeepAlive,
+    TlsNewConn,
     P50,
     P99,
     Download,
 }
 
 impl Metric {
-    const ALL: [Metric; 5] = [
+    const ALL: [Metric; 7] = [
         Metric::KeepAlive,
         Metric::NewConn,
+        Metric::TlsKeepAlive,
+        Metric::TlsNewConn,
         Metric::P50,
         Metric::P99,
         Metric::Download,
@@ -55,6 +63,8 @@ impl Metric {
         match self {
             Metric::KeepAlive => "requests/s, keep-alive",
             Metric::NewConn => "requests/s, new connection each",
+            Metric::TlsKeepAlive => "TLS requests/s, keep-alive",
+            Metric::TlsNewConn => "TLS requests/s, new connection (handshake) each",
             Metric::P50 => "latency p50 µs, keep-alive, 32 connections",
             Metric::P99 => "latency p99 µs, keep-alive, 32 connections",
             Metric::Download => "100 MB download, Gbit/s",
@@ -84,6 +94,8 @@ fn haproxy_conf(dir: &str) -> String {
          option http-server-close\n  option redispatch\n\
          frontend marathon_http_in\n  bind *:80\n  mode http\n  \
          acl host_{acl} hdr(host) -i {VHOST}\n  use_backend nginx_{SERVICE_PORT} if host_{acl}\n\
+         frontend marathon_https_in\n  bind *:443 ssl crt {dir}/{CERT}\n  mode http\n  \
+         use_backend nginx_{SERVICE_PORT} if {{ ssl_fc_sni {VHOST} }}\n\
          frontend nginx_{SERVICE_PORT}\n  bind *:{SERVICE_PORT}\n  mode http\n  use_backend nginx_{SERVICE_PORT}\n\
          backend nginx_{SERVICE_PORT}\n  balance roundrobin\n  mode http\n  option forwardfor\n  \
          http-request set-header X-Forwarded-Port %[dst_port]\n  \
@@ -112,6 +124,23 @@ fn apps_doc() -> Value {
 fn setup(f: Front) -> (Topology, Option<NsStandin>) {
     let mut topo = traffic::topology(PREFIX, Contender::Plain);
     let dir = format!("/tmp/{PREFIX}-run");
+    topo.sh(
+        "agent",
+        &format!(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={VHOST} \
+             -addext subjectAltName=DNS:{VHOST} -keyout {dir}/key.pem -out {dir}/cert.pem 2>/dev/null && \
+             cat {dir}/cert.pem {dir}/key.pem > {dir}/{CERT}"
+        ),
+    );
+    // The client finds the vhost by name (so TLS clients send it as SNI): `ip netns exec`
+    // mounts /etc/netns/<ns>/hosts over /etc/hosts.
+    let etc = format!("/etc/netns/{}", topo.ns("client"));
+    fs::create_dir_all(&etc).expect("/etc/netns directory");
+    fs::write(
+        format!("{etc}/hosts"),
+        format!("127.0.0.1 localhost\n{AGENT} {VHOST}\n"),
+    )
+    .expect("the client's hosts file");
     let standin = match f {
         Front::Haproxy => {
             let cfg = format!("{dir}/haproxy-http.cfg");
@@ -127,6 +156,7 @@ fn setup(f: Front) -> (Topology, Option<NsStandin>) {
             let m = NsStandin::start(&topo.ns("agent"));
             m.standin.set_apps(apps_doc());
             let url = m.standin.url();
+            let cert = format!("{dir}/{CERT}");
             lb::start(
                 &mut topo,
                 "lb",
@@ -143,6 +173,8 @@ fn setup(f: Front) -> (Topology, Option<NsStandin>) {
                     "0.0.0.0:80",
                     "--https-listen",
                     "0.0.0.0:443",
+                    "--ssl-certs",
+                    &cert,
                 ],
                 1,
             );
@@ -171,6 +203,13 @@ fn setup(f: Front) -> (Topology, Option<NsStandin>) {
     )
     .unwrap_or_else(|e| panic!("{}: {e}", f.label()));
     assert_eq!(body, "ok\n", "{} answers the vhost", f.label());
+    let body = client_cmd(
+        &topo,
+        &["curl", "-sS", "-k", "-m", "5", &format!("https://{VHOST}/")],
+        10,
+    )
+    .unwrap_or_else(|e| panic!("{} over TLS: {e}", f.label()));
+    assert_eq!(body, "ok\n", "{} answers the vhost over TLS", f.label());
     (topo, standin)
 }
 
@@ -234,6 +273,18 @@ fn measure(f: Front, effort: &Effort, notes: &mut Vec<String>) -> Vec<(Metric, f
         }
         Err(e) => note("new connections", e),
     }
+    let tls = format!("https://{VHOST}/");
+    for (m, close) in [(Metric::TlsKeepAlive, false), (Metric::TlsNewConn, true)] {
+        match wrk_with(&topo, &tls, CONNECTIONS, secs, close, &[]) {
+            Ok(w) => {
+                got.push((m, w.rps));
+                if let Some(e) = w.errors {
+                    note(m.label(), e);
+                }
+            }
+            Err(e) => note(m.label(), e),
+        }
+    }
     let downloads: Vec<f64> = (0..3)
         .filter_map(|_| match download(&topo) {
             Ok(g) => Some(g),
@@ -246,6 +297,7 @@ fn measure(f: Front, effort: &Effort, notes: &mut Vec<String>) -> Vec<(Metric, f
     if !downloads.is_empty() {
         got.push((Metric::Download, Spread::of(&downloads).median));
     }
+    let _ = fs::remove_dir_all(format!("/etc/netns/{}", topo.ns("client")));
     drop(topo);
     drop(standin);
     thread::sleep(Duration::from_millis(500));
@@ -284,6 +336,8 @@ pub fn run(effort: &Effort, report: &mut Report) {
             }
         }
     }
+    // Also after a set-up that panicked.
+    let _ = fs::remove_dir_all(format!("/etc/netns/{PREFIX}-client"));
     let spread = |f: Front, m: Metric| samples.get(&(f, m)).map(|v| Spread::of(v));
     let mut t = Table::new(
         "HTTP virtual host: lb's front end against HAProxy as marathon-lb configures it",
@@ -298,7 +352,9 @@ pub fn run(effort: &Effort, report: &mut Report) {
              per core). lb: `lb run --marathon … --hook tc --http-listen 0.0.0.0:80` following the Marathon \
              stand-in serving that app. Both open a new connection to a task per request. From the client: \
              `wrk -t1 -c{CONNECTIONS} -d{secs}s -H 'Host: {VHOST}'`, keep-alive, then with `Connection: close` \
-             (a TCP connection per request); latency is wrk's distribution in the keep-alive run (closed loop, \
+             (a TCP connection per request); then the same over TLS to `https://{VHOST}/` (SNI {VHOST}; one \
+             RSA 2048 certificate for both, HAProxy's `frontend marathon_https_in` with `bind *:443 ssl crt …` \
+             and `use_backend … if {{ ssl_fc_sni {VHOST} }}`, lb's `--ssl-certs`); latency is wrk's distribution in the keep-alive run (closed loop, \
              32 connections: at saturation, not a fixed rate). Download: `curl` of a 100 MB file from nginx \
              through the vhost, median of 3 per round. {rounds} round(s), each front end on a fresh topology, \
              interleaved, order rotated per round; median (min–max) over rounds.",
@@ -335,7 +391,12 @@ pub fn run(effort: &Effort, report: &mut Report) {
         }
     }
     report.tables.push(t);
-    for m in [Metric::KeepAlive, Metric::NewConn] {
+    for m in [
+        Metric::KeepAlive,
+        Metric::NewConn,
+        Metric::TlsKeepAlive,
+        Metric::TlsNewConn,
+    ] {
         let what = format!("HTTP vhost {}, lb ≥ 1.0× HAProxy", m.label());
         match (spread(Front::Lb, m), spread(Front::Haproxy, m)) {
             (Some(l), Some(h)) => report.targets.push(Target {
@@ -357,5 +418,25 @@ pub fn run(effort: &Effort, report: &mut Report) {
     }
     for n in notes {
         report.failures.push(format!("http: {n}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_has_marathon_lbs_vhost_lines() {
+        let c = haproxy_conf("/d");
+        for line in [
+            "  option http-server-close\n",
+            "  mode http\n  acl host_bench_acme_org hdr(host) -i bench.acme.org\n  use_backend nginx_10000 if host_bench_acme_org\n",
+            "  balance roundrobin\n  mode http\n  option forwardfor\n",
+            "  http-request set-header X-Forwarded-Port %[dst_port]\n",
+            "  http-request add-header X-Forwarded-Proto https if { ssl_fc }\n",
+        ] {
+            assert!(c.contains(line), "{line:?} missing from:\n{c}");
+        }
+        assert_eq!(c.matches("  server ").count(), TASKS.len());
     }
 }
