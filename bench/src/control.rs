@@ -40,6 +40,11 @@ fn task_ip(app: u32, task: u32) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, (n / 250) as u8, (n % 250 + 1) as u8)
 }
 
+/// App `i`'s service port.
+fn service_port(i: u32) -> u16 {
+    u16::try_from(10_000 + i).expect("fewer than 55,535 apps")
+}
+
 /// One Calico (container network) app as Marathon 1.5+ lists it with `embed=apps.tasks`.
 fn app_json(i: u32, ips: &[Ipv4Addr]) -> Value {
     json!({
@@ -48,7 +53,7 @@ fn app_json(i: u32, ips: &[Ipv4Addr]) -> Value {
         "labels": {"HAPROXY_GROUP": "external"},
         "networks": [{"mode": "container", "name": "calico"}],
         "container": {"type": "MESOS", "portMappings": [
-            {"containerPort": 80, "servicePort": 10_000 + i, "protocol": "tcp", "name": "http"}
+            {"containerPort": 80, "servicePort": service_port(i), "protocol": "tcp", "name": "http"}
         ]},
         "tasks": ips.iter().enumerate().map(|(t, ip)| json!({
             "id": format!("bench_app-{i:05}.{t}"),
@@ -218,22 +223,26 @@ fn translate_and_apply(effort: &Effort, report: &mut Report) {
     let _ = Command::new("ip").args(["netns", "del", NS]).output();
 }
 
-/// Addresses of the backends each service currently points at (its current generation).
-fn current_backends(
+/// Whether the service on `key` currently points at a backend with address `addr` (network
+/// order): a handful of lookups, so that the watcher measures the daemon, not its own reading
+/// of 50,000 entries.
+fn points_at(
     services: &HashMap<MapData, ServiceKey, Service>,
     backends: &HashMap<MapData, BackendKey, Backend>,
-) -> std::collections::HashSet<u32> {
-    let gens: StdHashMap<u32, u32> = services
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(_, s)| (s.id, s.generation))
-        .collect();
-    backends
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, _)| gens.get(&k.service_id) == Some(&k.generation))
-        .map(|(_, b)| b.addr)
-        .collect()
+    key: &ServiceKey,
+    addr: u32,
+) -> bool {
+    let Ok(s) = services.get(key, 0) else {
+        return false;
+    };
+    (0..s.count).any(|index| {
+        let k = BackendKey {
+            service_id: s.id,
+            generation: s.generation,
+            index,
+        };
+        backends.get(&k, 0).is_ok_and(|b| b.addr == addr)
+    })
 }
 
 /// The daemon's peak resident memory (VmHWM) in MiB, from /proc.
@@ -288,30 +297,43 @@ fn event_latency(effort: &Effort, apps: u32, report: &mut Report) -> Option<(Vec
             MapData::from_pin(pins.join(MAP_BACKENDS)).expect("pinned backends"),
         ))
         .unwrap();
+    // Each app's service key, by service port (they stay while tasks move).
+    let keys: StdHashMap<u16, ServiceKey> = services
+        .keys()
+        .filter_map(Result::ok)
+        .map(|k| (u16::from_be(k.port), k))
+        .collect();
     // The watcher polls the pinned maps and reports when each awaited address becomes current.
-    let (want_tx, want_rx) = mpsc::channel::<(u32, Instant)>();
+    let (want_tx, want_rx) = mpsc::channel::<(u16, u32, Instant)>();
     let (seen_tx, seen_rx) = mpsc::channel::<f64>();
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
     let watcher = thread::spawn(move || {
-        let mut waiting: BTreeMap<u32, Instant> = BTreeMap::new();
+        let mut waiting: BTreeMap<(u16, u32), Instant> = BTreeMap::new();
         let mut polls = 0u64;
         let mut poll_time = Duration::ZERO;
         while !stop2.load(Ordering::Relaxed) || !waiting.is_empty() {
-            while let Ok((addr, at)) = want_rx.try_recv() {
-                waiting.insert(addr, at);
+            while let Ok((port, addr, at)) = want_rx.try_recv() {
+                waiting.insert((port, addr), at);
             }
             if waiting.is_empty() {
                 thread::sleep(Duration::from_millis(1));
                 continue;
             }
             let t = Instant::now();
-            let current = current_backends(&services, &backends);
+            let current: Vec<bool> = waiting
+                .keys()
+                .map(|(port, addr)| {
+                    keys.get(port)
+                        .is_some_and(|k| points_at(&services, &backends, k, *addr))
+                })
+                .collect();
             let now = Instant::now();
             poll_time += now - t;
             polls += 1;
-            waiting.retain(|addr, at| {
-                if current.contains(addr) {
+            let mut current = current.into_iter();
+            waiting.retain(|_, at| {
+                if current.next().expect("one answer per waiting address") {
                     let _ = seen_tx.send((now - *at).as_secs_f64() * 1e3);
                     false
                 } else if now - *at > Duration::from_secs(10) {
@@ -337,7 +359,7 @@ fn event_latency(effort: &Effort, apps: u32, report: &mut Report) -> Option<(Vec
         standin
             .standin
             .set_app(&format!("/bench/app-{app:05}"), Some(body));
-        let _ = want_tx.send((u32::from(new).to_be(), at));
+        let _ = want_tx.send((service_port(app), u32::from(new).to_be(), at));
         let next = start + interval * (k + 1);
         if let Some(d) = next.checked_duration_since(Instant::now()) {
             thread::sleep(d);
@@ -355,7 +377,7 @@ fn event_latency(effort: &Effort, apps: u32, report: &mut Report) -> Option<(Vec
         let body = doc(&ips);
         let at = Instant::now();
         standin.standin.set_apps(body);
-        let _ = want_tx.send((u32::from(new).to_be(), at));
+        let _ = want_tx.send((service_port(0), u32::from(new).to_be(), at));
         thread::sleep(Duration::from_secs(3));
     }
     stop.store(true, Ordering::Relaxed);

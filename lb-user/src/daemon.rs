@@ -19,7 +19,7 @@ use lb_common::{CFG_F_PRESERVE_CLIENT_IP, Config};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, watch},
-    time::{Interval, MissedTickBehavior, interval, sleep},
+    time::{Interval, MissedTickBehavior, interval, sleep, sleep_until},
 };
 use tracing::{debug, error, info, warn};
 
@@ -54,6 +54,8 @@ use crate::{
 };
 
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// The state file is written at most this often while Marathon changes keep coming.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Daemon {
     dp: Dataplane,
@@ -69,6 +71,8 @@ pub struct Daemon {
     /// How old the last successful sync may be for /healthz to stay 200.
     sync_max_age: Duration,
     last_saved: Option<Instant>,
+    /// A state file write put off by `save_state_soon`, and when it is due.
+    save_due: Option<tokio::time::Instant>,
     /// The HTTP routes of the last update, for the HTTP front end (when it runs).
     routes: watch::Sender<Arc<Routes>>,
     /// The DNS server's zone (None until the first Marathon state), and where it listens.
@@ -243,6 +247,7 @@ impl Daemon {
             .0,
             sync_max_age,
             last_saved: None,
+            save_due: None,
             routes: watch::channel(Arc::default()).0,
             dns_zone: watch::channel(None).0,
             dns: None,
@@ -292,6 +297,9 @@ impl Daemon {
                     self.or_record(|d| d.dp.maps.bump_route_gen());
                 }
                 _ = inputs.ticker.tick() => self.or_record(Self::sweep),
+                () = sleep_until(self.save_due.unwrap_or_else(tokio::time::Instant::now)), if self.save_due.is_some() => {
+                    self.save_state();
+                }
                 _ = inputs.hup.recv() => self.reload(config_file.as_deref()),
                 Some(update) = inputs.updates.recv() => self.on_update(update),
                 Ok(()) = inputs.sync.changed() => {
@@ -339,7 +347,7 @@ impl Daemon {
             changed
         });
         match self.apply(u.desired) {
-            Ok(changed) => {
+            Ok(_) => {
                 self.state.sync.last_full_sync = Some(unix(u.fetched_at));
                 self.state.sync.skipped = u.skipped;
                 if let Some(received) = u.event_received {
@@ -347,16 +355,7 @@ impl Daemon {
                     self.metrics.observe_event_to_map(took);
                     debug!(ms = took.as_secs_f64() * 1e3, "event reached the maps");
                 }
-                // The state file (names, draining backends for `lb status`) on every change,
-                // otherwise at most once a second; metrics at the next sweep.
-                if changed
-                    || self
-                        .last_saved
-                        .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
-                {
-                    self.save_state();
-                    self.last_saved = Some(Instant::now());
-                }
+                self.save_state_soon();
             }
             Err(e) => self.record_error(&e),
         }
@@ -416,7 +415,22 @@ impl Daemon {
         });
     }
 
+    /// The state file (names, draining backends for `lb status`) at once when it was last
+    /// written more than `SAVE_EVERY` ago, else when that much has passed: with 10,000 services
+    /// it is megabytes, and 100 Marathon changes a second must not rewrite it 100 times.
+    fn save_state_soon(&mut self) {
+        match self.last_saved {
+            Some(t) if t.elapsed() < SAVE_EVERY => {
+                let due = tokio::time::Instant::from_std(t + SAVE_EVERY);
+                self.save_due = Some(self.save_due.map_or(due, |d| d.min(due)));
+            }
+            _ => self.save_state(),
+        }
+    }
+
     fn save_state(&mut self) {
+        self.save_due = None;
+        self.last_saved = Some(Instant::now());
         self.state.updated_at = unix_now();
         self.state.interfaces = self.attacher.attached.clone();
         self.state.services = self.dp.planner.services.values().cloned().collect();
