@@ -2,8 +2,10 @@
 //! lookup that turns a question into the sections of an answer (pure: no sockets, so the
 //! rules — NODATA, NXDOMAIN with the SOA, rotation, glue — are tested on the host).
 use std::{
+    cmp::Ordering,
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use hickory_proto::{
@@ -16,7 +18,7 @@ use hickory_proto::{
 
 use super::{
     names::DCOS_DOMAIN,
-    zone::{Zone, existing_names},
+    zone::{Records, Zone},
 };
 
 /// One apex `lb` is authoritative for, with its SOA and NS records.
@@ -26,7 +28,7 @@ struct Apex {
     ns: Record,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Node {
     a: Vec<Record>,
     srv: Vec<Record>,
@@ -34,10 +36,15 @@ struct Node {
 
 /// The zone as records, ready to answer from.
 pub struct Answers {
+    ttl: u32,
     apexes: Vec<Apex>,
-    nodes: HashMap<LowerName, Node>,
-    /// Names that exist without records of their own (`marathon.mesos`): NOERROR, no data.
-    existing: HashSet<LowerName>,
+    /// Shared with the answers of the zone before: a change copies the table, not the records.
+    nodes: HashMap<LowerName, Arc<Node>>,
+    /// Names that exist (NOERROR), with how many names of the zone are at or below each; the
+    /// apexes count once more, so they always exist.
+    existing: HashMap<LowerName, u32>,
+    /// The zone these answers are of: the next one is compared with it.
+    zone: Arc<Zone>,
     pub names: usize,
     pub records: usize,
     pub serial: u32,
@@ -60,75 +67,137 @@ fn name(s: &str) -> Option<Name> {
     Some(n)
 }
 
+/// The apexes of `domain`, with their SOA (carrying `serial`) and NS records.
+fn apexes(domain: &str, ttl: u32, serial: u32) -> Vec<Apex> {
+    [
+        (
+            domain,
+            format!("ns1.{domain}"),
+            format!("root.ns1.{domain}"),
+        ),
+        (
+            DCOS_DOMAIN,
+            "ns.spartan".to_owned(),
+            "support.mesosphere.com".to_owned(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(apex, mname, rname)| {
+        let apex = name(apex)?;
+        let (mname, rname) = (name(&mname)?, name(&rname)?);
+        // The SOA's minimum bounds how long resolvers cache NXDOMAIN: the records' TTL,
+        // so a new app's name is not refused for longer than a changed one is stale.
+        let soa = SOA::new(mname.clone(), rname, serial, 60, 180, 86400, ttl);
+        Some(Apex {
+            name: LowerName::from(&apex),
+            soa: Record::from_rdata(apex.clone(), ttl, RData::SOA(soa)),
+            ns: Record::from_rdata(apex, ttl, RData::NS(NS(mname))),
+        })
+    })
+    .collect()
+}
+
+/// `records` of the name `owner` as hickory records.
+fn node(owner: &Name, records: &Records, ttl: u32) -> Node {
+    Node {
+        a: records
+            .a
+            .iter()
+            .map(|ip| Record::from_rdata(owner.clone(), ttl, RData::A(A(*ip))))
+            .collect(),
+        srv: records
+            .srv
+            .iter()
+            .filter_map(|s| {
+                let target = name(&s.target)?;
+                Some(Record::from_rdata(
+                    owner.clone(),
+                    ttl,
+                    RData::SRV(SRV::new(0, 0, s.port, target)),
+                ))
+            })
+            .collect(),
+    }
+}
+
 impl Answers {
     /// Records for `zone`, with `ttl` on every record and `serial` in the SOAs. Names that are
     /// not valid DNS names (a cleaned label plus the task suffix over 63 characters) are left
     /// out.
     pub fn new(zone: &Zone, ttl: u32, serial: u32) -> Self {
-        let domain = zone.domain.as_str();
-        let apexes = [
-            (
-                domain,
-                format!("ns1.{domain}"),
-                format!("root.ns1.{domain}"),
-            ),
-            (
-                DCOS_DOMAIN,
-                "ns.spartan".to_owned(),
-                "support.mesosphere.com".to_owned(),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(apex, mname, rname)| {
-            let apex = name(apex)?;
-            let (mname, rname) = (name(&mname)?, name(&rname)?);
-            // The SOA's minimum bounds how long resolvers cache NXDOMAIN: the records' TTL,
-            // so a new app's name is not refused for longer than a changed one is stale.
-            let soa = SOA::new(mname.clone(), rname, serial, 60, 180, 86400, ttl);
-            Some(Apex {
-                name: LowerName::from(&apex),
-                soa: Record::from_rdata(apex.clone(), ttl, RData::SOA(soa)),
-                ns: Record::from_rdata(apex, ttl, RData::NS(NS(mname))),
-            })
-        })
-        .collect();
-        let mut nodes: HashMap<LowerName, Node> = HashMap::with_capacity(zone.names.len());
-        let mut records = 0;
-        for (n, r) in &zone.names {
-            let Some(owner) = name(n) else { continue };
-            let node = Node {
-                a: r.a
-                    .iter()
-                    .map(|ip| Record::from_rdata(owner.clone(), ttl, RData::A(A(*ip))))
-                    .collect(),
-                srv: r
-                    .srv
-                    .iter()
-                    .filter_map(|s| {
-                        let target = name(&s.target)?;
-                        Some(Record::from_rdata(
-                            owner.clone(),
-                            ttl,
-                            RData::SRV(SRV::new(0, 0, s.port, target)),
-                        ))
-                    })
-                    .collect(),
-            };
-            records += node.a.len() + node.srv.len();
-            nodes.insert(LowerName::from(&owner), node);
-        }
-        let existing = existing_names(zone)
-            .iter()
-            .filter_map(|n| name(n).map(|n| LowerName::from(&n)))
-            .collect();
-        Self {
+        Self::of(Arc::new(zone.clone()), ttl, serial)
+    }
+
+    /// As `new`, for a zone that is shared.
+    pub fn of(zone: Arc<Zone>, ttl: u32, serial: u32) -> Self {
+        let empty = Zone {
+            domain: zone.domain.clone(),
+            ..Zone::default()
+        };
+        let apexes = apexes(&empty.domain, ttl, serial);
+        let existing = apexes.iter().map(|a| (a.name.clone(), 1)).collect();
+        let start = Self {
+            ttl,
             apexes,
+            nodes: HashMap::new(),
+            existing,
+            zone: Arc::new(empty),
+            names: 0,
+            records: 0,
+            serial,
+        };
+        start.next(zone, serial)
+    }
+
+    /// The answers for `zone`, built from these: only the names whose records differ are
+    /// made again.
+    pub fn next(&self, zone: Arc<Zone>, serial: u32) -> Self {
+        if zone.domain != self.zone.domain {
+            return Self::of(zone, self.ttl, serial);
+        }
+        let mut nodes = self.nodes.clone();
+        let mut existing = self.existing.clone();
+        let mut records = self.records;
+        let apexes = zone.apexes();
+        for (n, old, new) in differences(&self.zone, &zone) {
+            // The names above a name exist even when the name itself is not a valid one.
+            let delta: i64 = i64::from(new.is_some()) - i64::from(old.is_some());
+            if delta != 0 {
+                for up in ancestry(n, apexes).filter_map(name) {
+                    let up = LowerName::from(&up);
+                    let count = existing.entry(up.clone()).or_default();
+                    *count = count.saturating_add_signed(delta as i32);
+                    if *count == 0 {
+                        existing.remove(&up);
+                    }
+                }
+            }
+            let Some(owner) = name(n) else { continue };
+            let key = LowerName::from(&owner);
+            if let Some(gone) = nodes.remove(&key) {
+                records -= gone.a.len() + gone.srv.len();
+            }
+            if let Some(new) = new {
+                let made = node(&owner, new, self.ttl);
+                records += made.a.len() + made.srv.len();
+                nodes.insert(key, Arc::new(made));
+            }
+        }
+        Self {
+            ttl: self.ttl,
+            apexes: self::apexes(&zone.domain, self.ttl, serial),
             names: nodes.len(),
             nodes,
             existing,
+            zone,
             records,
             serial,
         }
+    }
+
+    /// The zone these answers are of.
+    pub fn zone(&self) -> &Arc<Zone> {
+        &self.zone
     }
 
     /// Whether `qname` is under one of the zones.
@@ -149,7 +218,7 @@ impl Answers {
             ..Lookup::default()
         };
         let node = self.nodes.get(qname);
-        let exists = node.is_some() || self.existing.contains(qname);
+        let exists = node.is_some() || self.existing.contains_key(qname);
         if !exists {
             out.code = ResponseCode::NXDomain;
             out.authorities.push(apex.soa.clone());
@@ -157,7 +226,7 @@ impl Answers {
         }
         let at_apex = &apex.name == qname;
         let empty = Node::default();
-        let node = node.unwrap_or(&empty);
+        let node = node.map_or(&empty, |n| &**n);
         match qtype {
             RecordType::A => out.answers = rotated(&node.a, turn),
             RecordType::SRV => {
@@ -199,6 +268,54 @@ impl Answers {
         }
         out
     }
+}
+
+/// The names whose records differ between `old` and `new`, with the records of each side
+/// (`None`: not there), in name order.
+fn differences<'z>(
+    old: &'z Zone,
+    new: &'z Zone,
+) -> impl Iterator<Item = (&'z str, Option<&'z Records>, Option<&'z Records>)> {
+    let mut a = old.names.iter().peekable();
+    let mut b = new.names.iter().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let step = match (a.peek(), b.peek()) {
+                (None, None) => return None,
+                (Some((n, r)), None) => (n.as_str(), Some(*r), None, true, false),
+                (None, Some((n, r))) => (n.as_str(), None, Some(*r), false, true),
+                (Some((na, ra)), Some((nb, rb))) => match na.cmp(nb) {
+                    Ordering::Less => (na.as_str(), Some(*ra), None, true, false),
+                    Ordering::Greater => (nb.as_str(), None, Some(*rb), false, true),
+                    Ordering::Equal => (na.as_str(), Some(*ra), Some(*rb), true, true),
+                },
+            };
+            let (n, ra, rb, take_a, take_b) = step;
+            if take_a {
+                a.next();
+            }
+            if take_b {
+                b.next();
+            }
+            if ra != rb {
+                return Some((n, ra, rb));
+            }
+        }
+    })
+}
+
+/// `name` and the names above it, up to the apex it is under (or the top).
+fn ancestry<'n>(name: &'n str, apexes: [&str; 2]) -> impl Iterator<Item = &'n str> {
+    let mut next = Some(name);
+    std::iter::from_fn(move || {
+        let n = next?;
+        next = if apexes.contains(&n) {
+            None
+        } else {
+            n.split_once('.').map(|(_, parent)| parent)
+        };
+        Some(n)
+    })
 }
 
 /// `records` starting at `turn` (modulo their number): each query gets the next rotation, as
@@ -332,5 +449,67 @@ mod tests {
         assert_eq!(l.code, ResponseCode::NXDomain);
         assert!(a.lookup(&q("example.com."), RecordType::A, 0).is_none());
         assert!(a.lookup(&q("notmesos."), RecordType::A, 0).is_none());
+    }
+
+    #[test]
+    fn answers_made_from_the_last_equal_answers_made_afresh() {
+        use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
+        use crate::dns::zone::existing_names;
+        // Few names, deep and shallow, so that names appear, change, vanish and share parents.
+        const NAMES: [&str; 7] = [
+            "web.marathon.mesos",
+            "web-abcde-s1.marathon.mesos",
+            "_web._tcp.marathon.mesos",
+            "api.prod.marathon.mesos",
+            "x.y.prod.marathon.mesos",
+            "web.marathon.containerip.dcos.thisdcos.directory",
+            "bad..name.mesos",
+        ];
+        for seed in 0..100 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut z = Zone {
+                domain: "mesos".into(),
+                ..Zone::default()
+            };
+            let mut answers = Answers::new(&z, 5, 0);
+            for step in 1..30 {
+                for _ in 0..rng.random_range(1..3) {
+                    let n = NAMES[rng.random_range(0..NAMES.len())];
+                    if rng.random_bool(0.3) {
+                        z.names.remove(n);
+                    } else {
+                        let records = Records {
+                            a: (0..rng.random_range(0..3))
+                                .map(|i| Ipv4Addr::new(10, 0, 0, i + rng.random_range(0..2)))
+                                .collect(),
+                            srv: (0..rng.random_range(0..2))
+                                .map(|_| SrvTarget {
+                                    target: NAMES[1].into(),
+                                    port: 80,
+                                })
+                                .collect(),
+                        };
+                        z.names.insert(n.into(), records);
+                    }
+                }
+                answers = answers.next(Arc::new(z.clone()), step);
+                let fresh = Answers::new(&z, 5, step);
+                let at = format!("seed {seed}, step {step}");
+                assert_eq!(answers.nodes, fresh.nodes, "{at}");
+                assert_eq!(answers.existing, fresh.existing, "{at}");
+                assert_eq!(
+                    (answers.names, answers.records),
+                    (fresh.names, fresh.records),
+                    "{at}"
+                );
+                let want: HashSet<LowerName> = existing_names(&z)
+                    .iter()
+                    .filter_map(|n| name(n).map(|n| LowerName::from(&n)))
+                    .collect();
+                let have: HashSet<LowerName> = answers.existing.keys().cloned().collect();
+                assert_eq!(have, want, "{at}");
+            }
+        }
     }
 }

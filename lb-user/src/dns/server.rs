@@ -90,11 +90,18 @@ pub fn spawn(
     let prep_stats = stats.clone();
     tokio::spawn(async move {
         let mut serial: u32 = 0;
+        let mut last: Option<Arc<Answers>> = None;
         loop {
             let zone = zones.borrow_and_update().clone();
-            if let Some(zone) = zone {
+            if let Some(zone) = zone
+                && last.as_ref().is_none_or(|a| !Arc::ptr_eq(a.zone(), &zone))
+            {
                 serial = serial.wrapping_add(1);
-                let a = Answers::new(&zone, ttl, serial);
+                // Only the names that changed since the last zone are made again.
+                let a = match &last {
+                    Some(prev) => prev.next(zone, serial),
+                    None => Answers::of(zone, ttl, serial),
+                };
                 prep_stats.zone(a.names, a.records, serial);
                 debug!(
                     names = a.names,
@@ -102,7 +109,9 @@ pub fn spawn(
                     serial,
                     "DNS zone updated"
                 );
-                answers_tx.send_replace(Some(Arc::new(a)));
+                let a = Arc::new(a);
+                last = Some(Arc::clone(&a));
+                answers_tx.send_replace(Some(a));
             }
             if zones.changed().await.is_err() {
                 return;

@@ -97,9 +97,10 @@ impl Zone {
     ) -> Zone {
         let mut resolver = Resolver::new(resolve);
         let mut b = Builder {
-            domain: zone.domain.trim_matches('.').to_ascii_lowercase(),
+            domain: clean_domain(zone),
             names: BTreeMap::new(),
             skipped: Vec::new(),
+            unresolved: false,
         };
         for app in apps {
             b.app(app, opts, &mut resolver);
@@ -119,6 +120,58 @@ impl Zone {
     }
 }
 
+/// One app's names with its records (unsorted, perhaps repeated), and why parts of it got none:
+/// a zone is the union of its apps' fragments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fragment {
+    pub names: BTreeMap<String, Records>,
+    pub skipped: Vec<String>,
+    /// A serving task's agent did not resolve: worth building again later.
+    pub unresolved: bool,
+}
+
+impl Fragment {
+    /// `app`'s names under `domain` (already trimmed and lowercase).
+    pub(crate) fn of(
+        app: &App,
+        opts: &TranslateOptions,
+        domain: &str,
+        resolver: &mut Resolver<'_>,
+    ) -> Fragment {
+        let mut b = Builder {
+            domain: domain.to_owned(),
+            names: BTreeMap::new(),
+            skipped: Vec::new(),
+            unresolved: false,
+        };
+        b.app(app, opts, resolver);
+        Fragment {
+            names: b.names,
+            skipped: b.skipped,
+            unresolved: b.unresolved,
+        }
+    }
+}
+
+/// The records of one name from the records several fragments give it: sorted, no duplicates.
+pub(crate) fn merged<'r>(parts: impl IntoIterator<Item = &'r Records>) -> Records {
+    let mut out = Records::default();
+    for r in parts {
+        out.a.extend_from_slice(&r.a);
+        out.srv.extend_from_slice(&r.srv);
+    }
+    out.a.sort();
+    out.a.dedup();
+    out.srv.sort();
+    out.srv.dedup();
+    out
+}
+
+/// The domain as names are built under it: no dots at the ends, lowercase.
+pub(crate) fn clean_domain(opts: &ZoneOptions) -> String {
+    opts.domain.trim_matches('.').to_ascii_lowercase()
+}
+
 /// `a.b.c` in DNS wire format: `\x01a\x01b\x01c\x00`.
 pub fn wire(name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);
@@ -134,6 +187,7 @@ struct Builder {
     domain: String,
     names: BTreeMap<String, Records>,
     skipped: Vec<String>,
+    unresolved: bool,
 }
 
 impl Builder {
@@ -168,6 +222,7 @@ impl Builder {
                 continue;
             }
             let agent = resolver.get(&task.host);
+            self.unresolved |= agent.is_none();
             let container: Vec<Ipv4Addr> = task
                 .ip_addresses
                 .iter()
@@ -297,5 +352,6 @@ pub fn existing_names(zone: &Zone) -> BTreeSet<String> {
     out
 }
 
+pub mod live;
 #[cfg(test)]
 mod tests;

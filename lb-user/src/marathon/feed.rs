@@ -2,7 +2,7 @@
 //! into the catalog, whose services are handed to the daemon as `Update`s. Skipped apps and L7-only
 //! labels are reported once (not at every sync) so logs stay readable on a busy cluster.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{Ipv4Addr, ToSocketAddrs},
     sync::Arc,
     time::{Instant, SystemTime},
@@ -17,7 +17,7 @@ use super::{
     translate::TranslateOptions,
 };
 use crate::{
-    dns::zone::{Zone, ZoneOptions},
+    dns::zone::{Zone, ZoneOptions, live::LiveZone},
     http::routes::{self, Routes},
     services::Desired,
 };
@@ -54,13 +54,12 @@ pub struct Update {
 /// here (the controller records it): the daemon keeps serving the last good state.
 pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Sender<SyncState>) {
     let (snap_tx, mut snapshots) = mpsc::channel::<Snapshot>(4);
-    let dns = cfg.dns;
     tokio::spawn(async move {
         if let Err(e) = controller::run(cfg.controller, snap_tx, sync).await {
             error!("Marathon controller stopped: {e:#}");
         }
     });
-    let mut translator = Translator::new(cfg.translate);
+    let mut translator = Translator::new(cfg.translate, cfg.dns.as_ref());
     while let Some(first) = snapshots.recv().await {
         let mut trigger = first.trigger;
         let mut fetched_at = first.fetched_at;
@@ -79,7 +78,7 @@ pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Se
                 Trigger::Event { received } => Some(received),
                 _ => None,
             },
-            zone: dns.as_ref().map(|z| Arc::new(translator.zone(z))),
+            zone: translator.zone(),
         };
         if updates.send(update).await.is_err() {
             return;
@@ -90,6 +89,8 @@ pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Se
 /// Turns Marathon reads into desired services; remembers what it already reported.
 pub struct Translator {
     catalog: Catalog,
+    /// The DNS zone of the catalog's apps, when DNS is on.
+    zone: Option<LiveZone>,
     dns: HashMap<String, Option<Ipv4Addr>>,
     reported: BTreeSet<String>,
     /// Reasons for skipped apps, ports or tasks in the last translation (for `lb status`).
@@ -99,9 +100,10 @@ pub struct Translator {
 }
 
 impl Translator {
-    pub fn new(opts: TranslateOptions) -> Self {
+    pub fn new(opts: TranslateOptions, dns: Option<&ZoneOptions>) -> Self {
         Self {
             catalog: Catalog::new(opts),
+            zone: dns.map(LiveZone::new),
             dns: HashMap::new(),
             reported: BTreeSet::new(),
             skipped: Vec::new(),
@@ -109,30 +111,58 @@ impl Translator {
         }
     }
 
-    /// Folds one read into the catalog.
+    /// Folds one read into the catalog (and the zone).
     pub fn apply(&mut self, read: Read) {
         let dns = &mut self.dns;
         let mut resolve = |host: &str| resolve_cached(dns, host);
         match read {
-            Read::Full(parsed) => self.catalog.replace(parsed, &mut resolve),
+            Read::Full(parsed) => {
+                // The zone is kept app by app: only the apps this read changes are built again.
+                let changed: BTreeSet<String> = match &self.zone {
+                    None => BTreeSet::new(),
+                    Some(zone) => {
+                        let old = self.catalog.apps();
+                        let now: HashSet<&str> =
+                            parsed.apps.iter().map(|a| a.id.as_str()).collect();
+                        let mut ids: BTreeSet<String> = old
+                            .keys()
+                            .filter(|id| !now.contains(id.as_str()))
+                            .cloned()
+                            .collect();
+                        ids.extend(
+                            parsed
+                                .apps
+                                .iter()
+                                .filter(|a| old.get(&a.id) != Some(*a))
+                                .map(|a| a.id.clone()),
+                        );
+                        ids.extend(zone.unresolved().map(str::to_owned));
+                        ids
+                    }
+                };
+                self.catalog.replace(parsed, &mut resolve);
+                if let Some(zone) = &mut self.zone {
+                    for id in changed {
+                        let app = self.catalog.apps().get(&id);
+                        zone.set_app(&id, app, self.catalog.options(), &mut resolve);
+                    }
+                }
+            }
             Read::Apps(apps) => {
                 for AppRead { id, app } in apps {
                     self.catalog.set_app(&id, app, &mut resolve);
+                    if let Some(zone) = &mut self.zone {
+                        let app = self.catalog.apps().get(&id);
+                        zone.set_app(&id, app, self.catalog.options(), &mut resolve);
+                    }
                 }
             }
         }
     }
 
-    /// The DNS zone of the catalog's apps (every app, whatever its group).
-    pub fn zone(&mut self, opts: &ZoneOptions) -> Zone {
-        let dns = &mut self.dns;
-        let mut resolve = |host: &str| resolve_cached(dns, host);
-        Zone::build(
-            self.catalog.apps().values(),
-            self.catalog.options(),
-            opts,
-            &mut resolve,
-        )
+    /// The DNS zone of the catalog's apps (every app, whatever its group), when DNS is on.
+    pub fn zone(&mut self) -> Option<Arc<Zone>> {
+        self.zone.as_mut().map(LiveZone::zone)
     }
 
     /// The services the catalog translates to (and, in `routes`, the HTTP routes); reports what is new among the skipped apps,
