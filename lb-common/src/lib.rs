@@ -52,6 +52,13 @@ pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 pub const MAP_SERVICE_REFUSED: &str = "LB_SVC_REFUSED";
 /// Per-CPU `Stat as u32 -> u64`: drops, errors and passes by cause.
 pub const MAP_STATS: &str = "LB_STATS";
+/// `DnsName -> DnsAddrs`: the A records the XDP fast path answers with, written by the
+/// daemon from the DNS zone (names of at most `DNS_NAME_MAX` wire bytes with at most
+/// `DNS_ADDRS_MAX` addresses; the userspace server answers the rest).
+pub const MAP_DNS_A: &str = "LB_DNS_A";
+/// Per-CPU `DnsStat as u32 -> u64`: queries the fast path answered, and those it left to the
+/// userspace server.
+pub const MAP_DNS_STATS: &str = "LB_DNS_STATS";
 
 /// Every map's name, in the order of `MAPS` (the order `lb status` and the README list them).
 pub const ALL_MAPS: [&str; MAPS.len()] = {
@@ -441,7 +448,56 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::LocalAddr {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::DnsName {}
+    unsafe impl aya::Pod for super::DnsAddrs {}
 }
+
+// ---- The DNS fast path -----------------------------------------------------------
+
+/// Longest query name the XDP fast path answers, in wire format with the root label.
+pub const DNS_NAME_MAX: usize = 64;
+/// Most A records in one answer of the fast path.
+pub const DNS_ADDRS_MAX: usize = 8;
+/// Names the fast path can hold.
+pub const MAX_DNS_NAMES: u32 = 65_536;
+
+/// A name in DNS wire format (lowercase labels behind their length bytes, the root's zero),
+/// zero-padded to `DNS_NAME_MAX`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DnsName {
+    pub wire: [u8; DNS_NAME_MAX],
+}
+const _: () = assert!(size_of::<DnsName>() == DNS_NAME_MAX);
+
+impl Default for DnsName {
+    fn default() -> Self {
+        Self {
+            wire: [0; DNS_NAME_MAX],
+        }
+    }
+}
+
+/// The A records of one name: `count` addresses (network order) in `addrs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsAddrs {
+    pub count: u32,
+    pub addrs: [Be32; DNS_ADDRS_MAX],
+}
+const _: () = assert!(size_of::<DnsAddrs>() == 4 + 4 * DNS_ADDRS_MAX);
+
+/// Slots of `LB_DNS_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsStat {
+    /// Answered in place by the XDP program.
+    Answered = 0,
+    /// A query to the DNS address and port the fast path did not answer (another type, a
+    /// name it does not hold, EDNS options it does not echo, ...): left to the server.
+    ToServer,
+}
+pub const DNS_STAT_COUNT: u32 = DnsStat::ToServer as u32 + 1;
 
 // ---- The map table -------------------------------------------------------------
 
@@ -477,7 +533,7 @@ const fn def<K, V>(name: &'static str, size: MapSize) -> MapDef {
 }
 
 /// Every map the data plane declares.
-pub const MAPS: [MapDef; 13] = [
+pub const MAPS: [MapDef; 15] = [
     def::<ServiceKey, Service>(MAP_SERVICES, MapSize::Services),
     def::<BackendKey, Backend>(MAP_BACKENDS, MapSize::BackendSlots),
     def::<FlowKey, Flow>(MAP_FLOWS, MapSize::FlowEntries),
@@ -491,6 +547,8 @@ pub const MAPS: [MapDef; 13] = [
     def::<u32, Counters>(MAP_BACKEND_STATS, MapSize::BackendIds),
     def::<u32, u64>(MAP_STATS, MapSize::Fixed(STAT_COUNT)),
     def::<u32, u64>(MAP_SERVICE_REFUSED, MapSize::Services),
+    def::<DnsName, DnsAddrs>(MAP_DNS_A, MapSize::Fixed(MAX_DNS_NAMES)),
+    def::<u32, u64>(MAP_DNS_STATS, MapSize::Fixed(DNS_STAT_COUNT)),
 ];
 
 #[cfg(test)]

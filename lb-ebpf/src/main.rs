@@ -12,6 +12,8 @@ mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod context;
 #[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -5,9 +5,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendKey, Config, Counters, Flow, FlowKey, LocalAddr, MAX_BACKEND_IDS,
-    MAX_BACKEND_SLOTS, MAX_FLOW_ENTRIES, MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_XDP_TX, PORT_BACKEND,
-    PORT_GATE_WORDS, PORT_SERVICE, STAT_COUNT, Service, ServiceKey, Stat, port_gate_slot,
+    Backend, BackendKey, Config, Counters, DNS_STAT_COUNT, DnsAddrs, DnsName, DnsStat, Flow,
+    FlowKey, LocalAddr, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_DNS_NAMES, MAX_FLOW_ENTRIES,
+    MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_XDP_TX, PORT_BACKEND, PORT_GATE_WORDS, PORT_SERVICE,
+    STAT_COUNT, Service, ServiceKey, Stat, port_gate_slot,
 };
 
 #[btf_map]
@@ -49,6 +50,20 @@ pub static LB_SVC_REFUSED: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuA
 
 #[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static LB_DNS_A: HashMap<DnsName, DnsAddrs, { MAX_DNS_NAMES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static LB_DNS_STATS: PerCpuArray<u64, { DNS_STAT_COUNT as usize }> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn count_dns(stat: DnsStat) {
+    if let Some(c) = LB_DNS_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
+        unsafe { *c += 1 };
+    }
+}
 
 /// The port gate: false when neither the destination is a service port nor the source a
 /// backend port (of this protocol), so the packet can be no flow's and no service's.

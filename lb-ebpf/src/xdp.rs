@@ -11,6 +11,7 @@ use lb_common::Stat;
 use crate::{
     conntrack,
     context::Packet,
+    dns,
     forward::{self, Route},
     maps::{count, count_traffic, may_be_ours},
     nat::{self, Hop},
@@ -35,6 +36,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb_xdp(mut ctx: XdpContext) -> Result<u32, Stat> {
     let p = parse(&ctx)?;
+    // Queries to the DNS server (a comparison with constants; compiled out while it is off).
+    if dns::for_server(&p) {
+        return dns::answer(&mut ctx, &p);
+    }
     // The port gate first: the agent's other traffic leaves before any clock read or lookup.
     if !may_be_ours(&p.key) {
         return Err(Stat::PassNotService);

@@ -30,9 +30,10 @@ use crate::{
     dataplane::{
         Dataplane,
         attach::Attacher,
+        fast_dns::{self, FastRecords},
         flows::{self, Sweeper},
         ifaces,
-        loader::Capacities,
+        loader::{Capacities, FastDns},
         monotonic_ns,
         pins::PinLayout,
     },
@@ -77,6 +78,8 @@ pub struct Daemon {
     last_saved: Option<Instant>,
     /// Flow table entries at the last sweep.
     flow_entries: Option<u64>,
+    /// The DNS fast path's records, when it is on.
+    fast_records: Option<FastRecords>,
     /// Writes the state file and refreshes /metrics off the daemon's task.
     observer: Option<Observer>,
     /// A state file write put off by `save_state_soon`, and when it is due.
@@ -203,11 +206,20 @@ fn initial_state(args: &RunArgs, source: &Source) -> DaemonState {
 
 impl Daemon {
     /// Loads or adopts the data plane and attaches it; nothing of the services yet.
-    fn start(args: &RunArgs, source: &Source) -> Result<Self> {
+    fn start(args: &RunArgs, source: &Source, fast_dns: Option<FastDns>) -> Result<Self> {
         let layout = PinLayout::new(&args.pin.pin_path);
         layout.ensure()?;
         let adopting = layout.exists();
-        let mut dp = Dataplane::load(capacities(args), Some(&layout))?;
+        let mut dp = Dataplane::load_with_dns(capacities(args), Some(&layout), fast_dns)?;
+        // Names an earlier daemon left for the fast path stay until the first zone replaces
+        // them; with the fast path off they go now.
+        let mut fast_records = FastRecords::adopt(&dp.maps);
+        if fast_dns.is_none() {
+            fast_records.sync(&mut dp.maps, &Zone::default())?;
+        }
+        if let Some(f) = fast_dns {
+            info!(addr = ?f.addr, port = f.port, "DNS fast path: A queries answered by the XDP program");
+        }
         forward_bpf_logs(&mut dp.ebpf);
         let cfg = data_plane_config(args);
         dp.maps.write_config(&cfg)?;
@@ -264,6 +276,7 @@ impl Daemon {
             last_saved: None,
             flow_entries: None,
             observer: Some(observer),
+            fast_records: fast_dns.map(|_| fast_records),
             save_due: None,
             routes: watch::channel(Arc::default()).0,
             dns_zone: watch::channel(None).0,
@@ -359,6 +372,15 @@ impl Daemon {
     fn on_update(&mut self, mut u: Update) {
         // Names first: DNS does not wait for the maps.
         if let Some(zone) = u.zone.take() {
+            if let Some(fast) = &mut self.fast_records {
+                match fast.sync(&mut self.dp.maps, &zone) {
+                    Ok((written, removed)) if written + removed > 0 => {
+                        debug!(written, removed, "DNS fast path records")
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.record_error(&e),
+                }
+            }
             self.dns_zone.send_replace(Some(zone));
         }
         // Independent of the maps: the front end routes by name, whatever the kernel says.
@@ -442,6 +464,11 @@ impl Daemon {
         self.state.interfaces = self.attacher.attached.clone();
         self.state.services = self.dp.planner.services.values().cloned().collect();
         self.state.draining = self.dp.planner.draining.values().cloned().collect();
+        if self.fast_records.is_some() {
+            self.metrics
+                .dns
+                .fast_answers(fast_dns::answered(&self.dp.maps));
+        }
         self.state.dns = self
             .dns
             .as_ref()
@@ -534,7 +561,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics)
         .await
         .with_context(|| format!("binding --metrics {}", args.metrics))?;
-    let mut d = Daemon::start(&args, &source)?;
+    let fast_dns = dns_bound
+        .as_ref()
+        .and_then(|b| args.dns.fast_path(&b.addrs));
+    let mut d = Daemon::start(&args, &source, fast_dns)?;
     info!(addr = %listener.local_addr()?, "metrics and /healthz");
     tokio::spawn(http::serve(
         listener,

@@ -1,6 +1,8 @@
 //! Loads the BPF object, its maps sized and pinned by the map table of `lb-common`: maps
 //! already pinned (by an earlier `lb run`) are adopted with their contents, so flows and
 //! counters survive restarts.
+use std::net::Ipv4Addr;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapData,
@@ -87,10 +89,40 @@ fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> 
     Ok(())
 }
 
+/// Where the DNS server listens, for the XDP program to answer A queries there itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastDns {
+    /// `None`: any local address.
+    pub addr: Option<Ipv4Addr>,
+    pub port: u16,
+    /// Of every record it answers.
+    pub ttl: u32,
+}
+
 /// Loads both programs into the kernel (not yet attached), sized by `caps`, with every map
-/// pinned under `pins` (or unpinned: tests and the benchmark).
-pub fn load(pins: Option<&PinLayout>, caps: &Capacities) -> Result<Ebpf, LoadError> {
+/// pinned under `pins` (or unpinned: tests and the benchmark), and the DNS fast path on when
+/// `dns` says where the server listens (set as constants: while it is off, the verifier
+/// removes the path from the program).
+pub fn load(
+    pins: Option<&PinLayout>,
+    caps: &Capacities,
+    dns: Option<FastDns>,
+) -> Result<Ebpf, LoadError> {
+    // The loader borrows the values until it loads.
+    let (port, addr, ttl) = dns.map_or((0, 0, 0), |d| {
+        (
+            d.port.to_be(),
+            d.addr.map_or(0, |a| u32::from(a).to_be()),
+            d.ttl,
+        )
+    });
     let mut loader = EbpfLoader::new();
+    if dns.is_some() {
+        loader
+            .override_global("LB_DNS_PORT", &port, true)
+            .override_global("LB_DNS_ADDR", &addr, true)
+            .override_global("LB_DNS_TTL", &ttl, true);
+    }
     let paths: Vec<_> = match pins {
         Some(layout) => {
             check_pinned(layout, caps)?;

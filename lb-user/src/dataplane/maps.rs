@@ -11,10 +11,10 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendKey, Config, Counters, Flow, FlowKey, LocalAddr, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR,
-    MAP_SERVICE_REFUSED, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAPS, MapDef,
-    Service, ServiceKey,
+    Backend, BackendKey, Config, Counters, DnsAddrs, DnsName, Flow, FlowKey, LocalAddr,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_DNS_A, MAP_DNS_STATS, MAP_FLOWS,
+    MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR, MAP_SERVICE_REFUSED, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAPS, MapDef, Service, ServiceKey,
 };
 
 use super::{
@@ -38,6 +38,8 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub stats: PerCpuArray<MapData, u64>,
     pub service_refused: PerCpuArray<MapData, u64>,
+    pub dns_a: HashMap<MapData, DnsName, DnsAddrs>,
+    pub dns_stats: PerCpuArray<MapData, u64>,
 }
 
 /// How a map as the kernel holds it differs from its row of the table; `caps` also checks
@@ -122,6 +124,8 @@ impl Maps {
             backend_stats: PerCpuArray::try_from(get(MAP_BACKEND_STATS)?)?,
             stats: PerCpuArray::try_from(get(MAP_STATS)?)?,
             service_refused: PerCpuArray::try_from(get(MAP_SERVICE_REFUSED)?)?,
+            dns_a: HashMap::try_from(get(MAP_DNS_A)?)?,
+            dns_stats: PerCpuArray::try_from(get(MAP_DNS_STATS)?)?,
         };
         for def in &MAPS {
             if let Some(m) = mismatch(def, maps.data(def.name), caps) {
@@ -153,6 +157,8 @@ impl Maps {
             MAP_BACKEND_STATS => self.backend_stats.map(),
             MAP_STATS => self.stats.map(),
             MAP_SERVICE_REFUSED => self.service_refused.map(),
+            MAP_DNS_A => self.dns_a.map(),
+            MAP_DNS_STATS => self.dns_stats.map(),
             other => unreachable!("{other} is not in the map table"),
         }
     }

@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod batch;
 pub mod convert;
+pub mod fast_dns;
 pub mod flows;
 pub mod ifaces;
 pub mod loader;

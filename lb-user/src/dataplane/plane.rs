@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::{
     ifaces,
-    loader::{self, Capacities},
+    loader::{self, Capacities, FastDns},
     maps::{self, Maps},
     pins::PinLayout,
     plan::{ApplyReport, Planner},
@@ -34,7 +34,16 @@ impl Dataplane {
     /// Loads the programs with maps sized by `caps`, pinned under `pins` (adopting what an
     /// earlier daemon left there) or unpinned, and rebuilds the applied state from the maps.
     pub fn load(caps: Capacities, pins: Option<&PinLayout>) -> Result<Self> {
-        let mut ebpf = loader::load(pins, &caps).context("loading the data plane")?;
+        Self::load_with_dns(caps, pins, None)
+    }
+
+    /// As `load`, with the XDP program answering DNS A queries at `dns` from `LB_DNS_A`.
+    pub fn load_with_dns(
+        caps: Capacities,
+        pins: Option<&PinLayout>,
+        dns: Option<FastDns>,
+    ) -> Result<Self> {
+        let mut ebpf = loader::load(pins, &caps, dns).context("loading the data plane")?;
         if let Some(layout) = pins {
             layout.make_maps_private()?;
         }

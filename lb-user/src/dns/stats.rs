@@ -62,6 +62,16 @@ impl DnsStats {
             .or_default() += 1;
     }
 
+    /// The A queries the XDP fast path has answered in all (it counts in `LB_DNS_STATS`; the
+    /// daemon copies the sum here): `path="xdp"` beside the userspace server's.
+    pub fn fast_answers(&self, n: u64) {
+        if n > 0 {
+            self.inner()
+                .queries
+                .insert(("xdp", "A".to_owned(), "NOERROR".to_owned()), n);
+        }
+    }
+
     /// A new zone is being served.
     pub fn zone(&self, names: usize, records: usize, serial: u32) {
         let mut i = self.inner();

@@ -1,0 +1,349 @@
+//! The DNS fast path of the XDP program, through `BPF_PROG_TEST_RUN`: A queries for names in
+//! `LB_DNS_A` answered in place (parsed back with hickory-proto), everything else passed
+//! byte-identical to the userspace server, and nothing at all while the fast path is off.
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use hickory_proto::{
+    op::{Message, MessageType, ResponseCode},
+    rr::{RData, RecordType},
+};
+use lb_common::DnsStat;
+use lb_tests::packets::{
+    Pkt, read,
+    verdict::{XDP_PASS, XDP_TX},
+};
+use lb_user::{
+    dataplane::{
+        Dataplane,
+        fast_dns::FastRecords,
+        loader::{Capacities, FastDns},
+    },
+    dns::zone::{Records, Zone},
+};
+
+const SERVER: &str = "10.0.0.1:53";
+const CLIENT: &str = "10.0.0.2:41000";
+/// `BPF_PROG_TEST_RUN` runs XDP programs as if on the loopback interface.
+const LO: u32 = 1;
+
+struct Fast {
+    dp: Dataplane,
+}
+
+fn addrs(n: u8) -> Vec<Ipv4Addr> {
+    (1..=n).map(|i| Ipv4Addr::new(192, 168, 0, i)).collect()
+}
+
+impl Fast {
+    fn new(dns: Option<FastDns>) -> Self {
+        let mut dp = Dataplane::load_with_dns(Capacities::default(), None, dns)
+            .expect("the verifier accepts both programs with the DNS fast path");
+        dp.maps.xdp_tx.insert(LO, 1, 0).unwrap();
+        let mut zone = Zone {
+            domain: "mesos".into(),
+            ..Zone::default()
+        };
+        for (name, n) in [
+            ("web.marathon.mesos", 3),
+            ("one.marathon.mesos", 1),
+            ("eight.marathon.mesos", 8),
+            ("nine.marathon.mesos", 9),
+            ("nginx.marathon.containerip.dcos.thisdcos.directory", 3),
+        ] {
+            zone.names.insert(
+                name.into(),
+                Records {
+                    a: addrs(n),
+                    srv: vec![],
+                },
+            );
+        }
+        let mut fast = FastRecords::adopt(&dp.maps);
+        assert_eq!(
+            fast.sync(&mut dp.maps, &zone).unwrap(),
+            (4, 0),
+            "nine addresses stay out"
+        );
+        Self { dp }
+    }
+
+    fn on() -> Self {
+        Self::new(Some(FastDns {
+            addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            port: 53,
+            ttl: 5,
+        }))
+    }
+
+    fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 512];
+        let p: &mut Xdp = self
+            .dp
+            .ebpf
+            .program_mut("lb_xdp")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let res = p
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .expect("lb_xdp test run");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn dns_stat(&self, s: DnsStat) -> u64 {
+        self.dp
+            .maps
+            .dns_stats
+            .get(&(s as u32), 0)
+            .unwrap()
+            .iter()
+            .sum()
+    }
+}
+
+/// A DNS query: header, one question, and an OPT record when `edns` gives its version and
+/// option bytes.
+fn query(id: u16, name: &str, qtype: u16, edns: Option<(u8, &[u8])>) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend([0x01, 0x20]); // RD, AD (as dig sends)
+    q.extend([0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.push(0);
+    q.extend(qtype.to_be_bytes());
+    q.extend([0, 1]);
+    if let Some((version, options)) = edns {
+        q.extend([0, 0, 41, 0x10, 0x00, 0, version, 0x80, 0]);
+        q.extend((options.len() as u16).to_be_bytes());
+        q.extend(options);
+    }
+    q
+}
+
+fn frame(payload: Vec<u8>, to: &str) -> Vec<u8> {
+    let mut p = Pkt::udp(CLIENT.parse().unwrap(), to.parse().unwrap());
+    p.payload = payload;
+    p.bytes()
+}
+
+/// The answer's DNS message, after checking the frame around it: addresses, ports and MACs
+/// swapped, valid IP checksum, lengths that add up, UDP checksum zero (IPv4 allows it).
+fn answer_of(input: &[u8], out: &[u8]) -> Message {
+    let seen = read(out);
+    let asked = read(input);
+    assert_eq!((seen.src, seen.dst), (asked.dst, asked.src));
+    assert_eq!((seen.src_mac, seen.dst_mac), (asked.dst_mac, asked.src_mac));
+    assert!(seen.ip_checksum_ok, "IP checksum");
+    assert_eq!(seen.l4_checksum, 0, "UDP checksum left out");
+    let tot = u16::from_be_bytes([out[16], out[17]]) as usize;
+    assert_eq!(tot + 14, out.len(), "IP total length is the frame's");
+    let udp_len = u16::from_be_bytes([out[38], out[39]]) as usize;
+    assert_eq!(udp_len, tot - 20, "UDP length");
+    Message::from_vec(&out[42..]).expect("the answer parses")
+}
+
+fn a_records(m: &Message) -> Vec<Ipv4Addr> {
+    m.answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::A(a) => a.0,
+            other => panic!("not an A record: {other:?}"),
+        })
+        .collect()
+}
+
+/// With the fast path on, lb_xdp has more to verify; it must stay as far from the limit as
+/// `prog_test_run`'s headroom test asks of the programs without it.
+#[test]
+fn the_verifier_accepts_the_fast_path_with_headroom() {
+    let f = Fast::on();
+    let info = f.dp.ebpf.program("lb_xdp").unwrap().info().unwrap();
+    let n = info
+        .verified_instruction_count()
+        .expect("the kernel reports verified instructions");
+    eprintln!("lb_xdp with the DNS fast path: {n} verified instructions");
+    assert!(
+        n < 600_000,
+        "{n} verified instructions of the 1,000,000 limit"
+    );
+}
+
+#[test]
+fn a_queries_for_held_names_are_answered_in_place() {
+    let mut f = Fast::on();
+    let input = frame(query(0x1234, "WeB.Marathon.MESOS", 1, None), SERVER);
+    let (verdict, out) = f.run(&input);
+    assert_eq!(verdict, XDP_TX);
+    let m = answer_of(&input, &out);
+    assert_eq!(m.metadata.id, 0x1234);
+    assert_eq!(m.metadata.message_type, MessageType::Response);
+    assert!(m.metadata.authoritative && m.metadata.recursion_desired);
+    assert!(!m.metadata.recursion_available && !m.metadata.truncation);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.queries.len(), 1);
+    assert_eq!(
+        m.queries[0].name().to_string(),
+        "WeB.Marathon.MESOS.",
+        "the question as asked"
+    );
+    assert_eq!(m.queries[0].query_type(), RecordType::A);
+    let mut got = a_records(&m);
+    assert!(
+        m.answers
+            .iter()
+            .all(|r| r.ttl == 5 && r.name == *m.queries[0].name())
+    );
+    got.sort();
+    assert_eq!(got, addrs(3));
+    assert!(m.additionals.is_empty() && m.authorities.is_empty() && m.edns.is_none());
+    // One and eight addresses: the smallest and the largest answer.
+    for (name, n) in [("one.marathon.mesos", 1), ("eight.marathon.mesos", 8)] {
+        let input = frame(query(7, name, 1, None), SERVER);
+        let (verdict, out) = f.run(&input);
+        assert_eq!(verdict, XDP_TX, "{name}");
+        let mut got = a_records(&answer_of(&input, &out));
+        got.sort();
+        assert_eq!(got, addrs(n), "{name}");
+    }
+    assert_eq!(f.dns_stat(DnsStat::Answered), 3);
+    assert_eq!(f.dns_stat(DnsStat::ToServer), 0);
+}
+
+#[test]
+fn edns_queries_get_an_opt_record_without_their_options() {
+    let mut f = Fast::on();
+    // dig's default: a client cookie.
+    let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    let long = "nginx.marathon.containerip.dcos.thisdcos.directory";
+    for (name, options) in [
+        ("web.marathon.mesos", &[][..]),
+        ("web.marathon.mesos", &cookie[..]),
+        (long, &cookie[..]),
+    ] {
+        let input = frame(query(9, name, 1, Some((0, options))), SERVER);
+        let (verdict, out) = f.run(&input);
+        assert_eq!(verdict, XDP_TX, "{name}, options {options:?}");
+        let m = answer_of(&input, &out);
+        let edns = m.edns.as_ref().expect("an OPT record");
+        assert_eq!(edns.max_payload(), 1232);
+        assert_eq!(edns.version(), 0);
+        assert!(edns.options().as_ref().is_empty(), "no option echoed");
+        assert_eq!(a_records(&m).len(), 3);
+    }
+}
+
+#[test]
+fn answers_rotate_from_a_random_start() {
+    let mut f = Fast::on();
+    let mut firsts = std::collections::BTreeSet::new();
+    for id in 0..64 {
+        let input = frame(query(id, "web.marathon.mesos", 1, None), SERVER);
+        let (_, out) = f.run(&input);
+        let got = a_records(&answer_of(&input, &out));
+        // A rotation of the sorted list, whatever its start.
+        let at = got.iter().position(|a| *a == addrs(3)[0]).unwrap();
+        let mut turned = got.clone();
+        turned.rotate_left(at);
+        assert_eq!(turned, addrs(3), "{got:?} is a rotation");
+        firsts.insert(got[0]);
+    }
+    assert_eq!(firsts.len(), 3, "every address comes first sometimes");
+}
+
+#[test]
+fn everything_else_to_the_server_passes_untouched() {
+    let mut f = Fast::on();
+    let web = |id| query(id, "web.marathon.mesos", 1, None);
+    let mut compressed = query(1, "web.marathon.mesos", 1, None);
+    compressed.truncate(12);
+    compressed.extend([3, b'w', b'e', b'b', 0xc0, 12, 0, 1, 0, 1]);
+    let mut response = web(2);
+    response[2] |= 0x80;
+    let mut two_questions = web(3);
+    two_questions[5] = 2;
+    let mut trailing = web(4);
+    trailing.push(0);
+    let mut opcode = web(5);
+    opcode[2] |= 0x28; // UPDATE
+    let long = format!("{}.marathon.mesos", "x".repeat(50));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("AAAA", query(10, "web.marathon.mesos", 28, None)),
+        ("SRV", query(11, "web.marathon.mesos", 33, None)),
+        (
+            "a name it does not hold",
+            query(12, "nope.marathon.mesos", 1, None),
+        ),
+        (
+            "a name with nine addresses",
+            query(13, "nine.marathon.mesos", 1, None),
+        ),
+        ("a name longer than the key", query(14, &long, 1, None)),
+        ("compression in the question", compressed),
+        ("a response", response),
+        ("two questions", two_questions),
+        ("bytes after the question", trailing),
+        ("another opcode", opcode),
+        (
+            "EDNS version 1",
+            query(15, "web.marathon.mesos", 1, Some((1, &[]))),
+        ),
+    ];
+    for (what, payload) in &cases {
+        let input = frame(payload.clone(), SERVER);
+        let (verdict, out) = f.run(&input);
+        assert_eq!((verdict, &out), (XDP_PASS, &input), "{what}");
+    }
+    let counted = f.dns_stat(DnsStat::ToServer);
+    assert_eq!(counted, cases.len() as u64, "each counted once");
+    // Not to the server: another port, another address. Not counted as DNS.
+    for to in ["10.0.0.1:5353", "10.0.0.9:53"] {
+        let input = frame(web(20), to);
+        let (verdict, out) = f.run(&input);
+        assert_eq!((verdict, &out), (XDP_PASS, &input), "to {to}");
+    }
+    // Cut short at every length: never answered, never changed.
+    let whole = frame(web(21), SERVER);
+    for len in 14..whole.len() {
+        let (verdict, out) = f.run(&whole[..len]);
+        assert_eq!(
+            (verdict, &out[..]),
+            (XDP_PASS, &whole[..len]),
+            "cut at {len}"
+        );
+    }
+    // An interface whose peer may not take XDP frames: the server answers.
+    f.dp.maps.xdp_tx.remove(&LO).unwrap();
+    let (verdict, out) = f.run(&whole);
+    assert_eq!((verdict, &out), (XDP_PASS, &whole), "not in LB_XDP_TX");
+    assert_eq!(f.dns_stat(DnsStat::Answered), 0);
+}
+
+#[test]
+fn with_the_fast_path_off_nothing_is_answered_or_counted() {
+    let mut f = Fast::new(None);
+    let input = frame(query(1, "web.marathon.mesos", 1, None), SERVER);
+    let (verdict, out) = f.run(&input);
+    assert_eq!((verdict, &out), (XDP_PASS, &input));
+    assert_eq!(
+        f.dns_stat(DnsStat::Answered) + f.dns_stat(DnsStat::ToServer),
+        0
+    );
+}
+
+#[test]
+fn a_cleared_zone_empties_the_map() {
+    let mut f = Fast::on();
+    let mut fast = FastRecords::adopt(&f.dp.maps);
+    assert_eq!(fast.sync(&mut f.dp.maps, &Zone::default()).unwrap(), (0, 4));
+    let input = frame(query(1, "web.marathon.mesos", 1, None), SERVER);
+    let (verdict, out) = f.run(&input);
+    assert_eq!((verdict, &out), (XDP_PASS, &input), "no longer held");
+}
