@@ -4,7 +4,7 @@
 //! counters of 10,000 services takes about 200 ms and the state file is then 6 MB: done on the
 //! daemon's task, every two seconds, it held up Marathon changes behind it (p99 event to map
 //! 477 ms at 10,000 apps).
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use tokio::{sync::watch, task::JoinHandle};
@@ -19,6 +19,10 @@ use crate::{
     dataplane::{maps::Maps, pins::PinLayout},
     marathon::controller::SyncState,
 };
+
+/// The observer works at most this often: under a stream of Marathon changes the daemon sends
+/// a state per change, and a scrape every few seconds needs no more.
+const EVERY: Duration = Duration::from_secs(1);
 
 /// What the daemon knows that the maps do not, as of one moment.
 pub struct Observation {
@@ -43,8 +47,14 @@ impl Observer {
         let (latest, mut rx) = watch::channel(None::<Arc<Observation>>);
         let task = tokio::spawn(async move {
             let mut maps = maps;
-            // Observations that arrive while one is being written fold into the newest.
+            let mut last: Option<tokio::time::Instant> = None;
+            // Observations that arrive while one is being written, or within `EVERY` of the
+            // last, fold into the newest.
             while rx.changed().await.is_ok() {
+                if let Some(t) = last {
+                    tokio::time::sleep_until(t + EVERY).await;
+                }
+                last = Some(tokio::time::Instant::now());
                 let Some(obs) = rx.borrow_and_update().clone() else {
                     continue;
                 };
