@@ -373,6 +373,7 @@ fn small_plane() -> Plane {
         app_id: None,
         port_index: None,
         backends: vec![sa("192.168.1.11:80")],
+        allow: Vec::new(),
     };
     Plane::load(Capacities::default(), |dp| {
         let services = vec![svc(10000, Protocol::Tcp), svc(10001, Protocol::Udp)];

@@ -52,6 +52,14 @@ pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 pub const MAP_SERVICE_REFUSED: &str = "LB_SVC_REFUSED";
 /// Per-CPU `Stat as u32 -> u64`: drops, errors and passes by cause.
 pub const MAP_STATS: &str = "LB_STATS";
+/// LPM trie `AclKey -> u32`: the client ranges allowed to open flows to a service whose
+/// flags carry `SVC_F_ALLOW_LIST` (marathon-lb's `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`,
+/// the `allow` of a static file, `--allow`). Written by the daemon, read on new flows.
+pub const MAP_ACL: &str = "LB_ACL";
+/// Per-CPU `service id -> u64`: packets to the service dropped because their client is
+/// outside its allowed ranges (`Stat::DropDenied`). Written by the data plane, summed by the
+/// daemon. A map of its own, so that pins of earlier builds are adopted as they are.
+pub const MAP_SERVICE_DENIED: &str = "LB_SVC_DENIED";
 /// `DnsName -> DnsAddrs`: the A records the XDP fast path answers with, written by the
 /// daemon from the DNS zone (names of at most `DNS_NAME_MAX` wire bytes with at most
 /// `DNS_ADDRS_MAX` addresses; the userspace server answers the rest).
@@ -86,6 +94,8 @@ pub const MAX_BACKEND_IDS: u32 = 65_536;
 pub const MAX_FLOW_ENTRIES: u32 = 524_288;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_XDP_TX: u32 = 1_024;
+/// Allowed ranges across all services (`LB_ACL`; its nodes are allocated as they are used).
+pub const MAX_ACL_ENTRIES: u32 = 65_536;
 /// Backends one service may have; bounds the data plane's index arithmetic.
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 4_096;
 /// NAT source ports probed for a new flow before giving up. Probes follow a per-backend
@@ -126,6 +136,10 @@ const _: () = assert!(size_of::<ServiceKey>() == 8);
 /// `Service::flags`: pick the backend from a hash of the client address
 /// (HAProxy's `balance source`) instead of round-robin.
 pub const SVC_F_AFFINITY_SOURCE: u32 = 1;
+/// `Service::flags`: only clients inside the service's ranges in `LB_ACL` may open flows to
+/// it; packets from others are dropped and counted in `LB_SVC_DENIED`. Without the flag,
+/// every client may (no lookup at all).
+pub const SVC_F_ALLOW_LIST: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -164,6 +178,43 @@ pub struct Backend {
     pub id: u32,
 }
 const _: () = assert!(size_of::<Backend>() == 16);
+
+// ---- Access control ----------------------------------------------------------
+
+/// What `LB_ACL` matches on: the service (all 32 bits always part of the prefix) then the
+/// client's address (network order, so the prefix covers its leading bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AclData {
+    pub service_id: u32,
+    pub addr: Be32,
+}
+const _: () = assert!(size_of::<AclData>() == 8);
+
+/// An `LB_ACL` key as the kernel lays out LPM trie keys: the prefix length in bits, then
+/// the data (`aya`'s `lpm_trie::Key<AclData>` on both sides has this layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclKey {
+    pub prefix_len: u32,
+    pub data: AclData,
+}
+const _: () = assert!(size_of::<AclKey>() == 12);
+
+impl AclKey {
+    /// The entry allowing `addr/len` (network order) to reach `service_id`.
+    pub const fn range(service_id: u32, addr: Be32, len: u8) -> Self {
+        Self {
+            prefix_len: 32 + len as u32,
+            data: AclData { service_id, addr },
+        }
+    }
+
+    /// The key a new flow's client is looked up with.
+    pub const fn client(service_id: u32, addr: Be32) -> Self {
+        Self::range(service_id, addr, 32)
+    }
+}
 
 // ---- Flows -----------------------------------------------------------------
 
@@ -385,8 +436,14 @@ pub enum Stat {
     FlowReplaced,
     /// A packet the program could not rewrite (helper failure): dropped.
     ErrRewrite,
+    /// A packet to a service from a client outside its allowed ranges: dropped. Counted per
+    /// service in `LB_SVC_DENIED` only, outside `LB_STATS` (`STAT_COUNT` stops before it): a
+    /// slot there would change that map's size, and pins of earlier builds would no longer be
+    /// adopted.
+    DropDenied,
 }
 
+/// Slots of `LB_STATS`: every `Stat` before `DropDenied`.
 pub const STAT_COUNT: u32 = Stat::ErrRewrite as u32 + 1;
 
 impl Stat {
@@ -432,6 +489,7 @@ impl Stat {
             Self::FlowCreated => "flow_created",
             Self::FlowReplaced => "flow_replaced",
             Self::ErrRewrite => "error_rewrite",
+            Self::DropDenied => "drop_denied",
         }
     }
 }
@@ -450,6 +508,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::DnsName {}
     unsafe impl aya::Pod for super::DnsAddrs {}
+    unsafe impl aya::Pod for super::AclData {}
 }
 
 // ---- The DNS fast path -----------------------------------------------------------
@@ -533,7 +592,7 @@ const fn def<K, V>(name: &'static str, size: MapSize) -> MapDef {
 }
 
 /// Every map the data plane declares.
-pub const MAPS: [MapDef; 15] = [
+pub const MAPS: [MapDef; 17] = [
     def::<ServiceKey, Service>(MAP_SERVICES, MapSize::Services),
     def::<BackendKey, Backend>(MAP_BACKENDS, MapSize::BackendSlots),
     def::<FlowKey, Flow>(MAP_FLOWS, MapSize::FlowEntries),
@@ -549,6 +608,8 @@ pub const MAPS: [MapDef; 15] = [
     def::<u32, u64>(MAP_SERVICE_REFUSED, MapSize::Services),
     def::<DnsName, DnsAddrs>(MAP_DNS_A, MapSize::Fixed(MAX_DNS_NAMES)),
     def::<u32, u64>(MAP_DNS_STATS, MapSize::Fixed(DNS_STAT_COUNT)),
+    def::<AclKey, u32>(MAP_ACL, MapSize::Fixed(MAX_ACL_ENTRIES)),
+    def::<u32, u64>(MAP_SERVICE_DENIED, MapSize::Services),
 ];
 
 #[cfg(test)]

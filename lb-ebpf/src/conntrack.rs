@@ -8,14 +8,14 @@ use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_BACKEND_CLOSED_FIRST,
     FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, FLOW_F_TS,
     FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES,
-    SVC_F_AFFINITY_SOURCE, Service, ServiceKey, Stat,
+    SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, Service, ServiceKey, Stat,
 };
 
 use crate::{
     context::Packet,
     maps::{
         LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_NAT_CURSOR, LB_RR, LB_SERVICES,
-        LB_SVC_REFUSED, LB_SVC_STATS, config, count,
+        LB_SVC_REFUSED, LB_SVC_STATS, allowed, config, count, count_denied,
     },
     parse::{Parsed, TCP_RST},
 };
@@ -81,6 +81,12 @@ pub fn track<C: Packet>(ctx: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> 
     }
 
     let service = lookup_service(&p.key).ok_or(Stat::PassNotService)?;
+    // Before anything else about the packet: a client outside the service's ranges gets
+    // nothing from it (HAProxy's `tcp-request connection reject`), not even a refusal.
+    if service.flags & SVC_F_ALLOW_LIST != 0 && !allowed(service.id, p.key.src) {
+        count_denied(service.id);
+        return Err(Stat::DropDenied);
+    }
     if p.first_fragment {
         return Err(Stat::DropFragment);
     }

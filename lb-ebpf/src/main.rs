@@ -48,6 +48,6 @@ const fn drops(stat: lb_common::Stat) -> bool {
     use lb_common::Stat::*;
     matches!(
         stat,
-        DropFragment | DropNatPorts | DropFlowInsert | ErrBackendLookup | ErrRewrite
+        DropFragment | DropNatPorts | DropFlowInsert | ErrBackendLookup | ErrRewrite | DropDenied
     )
 }

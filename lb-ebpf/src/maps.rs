@@ -1,14 +1,14 @@
 //! Every map of the data plane, declared with BTF so `bpftool map dump` prints field names.
 //! Who writes and who reads each one is documented on its name in `lb-common`.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendKey, Config, Counters, DNS_STAT_COUNT, DnsAddrs, DnsName, DnsStat, Flow,
-    FlowKey, LocalAddr, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_DNS_NAMES, MAX_FLOW_ENTRIES,
-    MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_XDP_TX, PORT_BACKEND, PORT_GATE_WORDS, PORT_SERVICE,
-    STAT_COUNT, Service, ServiceKey, Stat, port_gate_slot,
+    AclData, Backend, BackendKey, Config, Counters, DNS_STAT_COUNT, DnsAddrs, DnsName, DnsStat,
+    Flow, FlowKey, LocalAddr, MAX_ACL_ENTRIES, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_DNS_NAMES,
+    MAX_FLOW_ENTRIES, MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_XDP_TX, PORT_BACKEND, PORT_GATE_WORDS,
+    PORT_SERVICE, STAT_COUNT, Service, ServiceKey, Stat, port_gate_slot,
 };
 
 #[btf_map]
@@ -57,6 +57,34 @@ pub static LB_DNS_A: HashMap<DnsName, DnsAddrs, { MAX_DNS_NAMES as usize }> = Ha
 #[btf_map]
 pub static LB_DNS_STATS: PerCpuArray<u64, { DNS_STAT_COUNT as usize }> = PerCpuArray::new();
 
+#[btf_map]
+pub static LB_ACL: LpmTrie<AclData, u32, { MAX_ACL_ENTRIES as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static LB_SVC_DENIED: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Whether `client` (network order) is inside one of the allowed ranges of `service_id`.
+#[inline(always)]
+pub fn allowed(service_id: u32, client: u32) -> bool {
+    let key = Key::new(
+        64,
+        AclData {
+            service_id,
+            addr: client,
+        },
+    );
+    LB_ACL.get(&key).is_some()
+}
+
+/// Counts a packet refused by a service's allowed ranges.
+#[inline(always)]
+pub fn count_denied(service_id: u32) {
+    if let Some(c) = LB_SVC_DENIED.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+}
+
 #[inline(always)]
 pub fn count_dns(stat: DnsStat) {
     if let Some(c) = LB_DNS_STATS.get_ptr_mut(stat as u32) {
@@ -76,8 +104,12 @@ pub fn may_be_ours(key: &FlowKey) -> bool {
     set(PORT_SERVICE, key.dport) || set(PORT_BACKEND, key.sport)
 }
 
+/// Counts `stat` in `LB_STATS` (`DropDenied` has no slot there and is counted per service).
 #[inline(always)]
 pub fn count(stat: Stat) {
+    if stat as u32 >= STAT_COUNT {
+        return;
+    }
     if let Some(c) = LB_STATS.get_ptr_mut(stat as u32) {
         // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
         unsafe { *c += 1 };

@@ -14,6 +14,7 @@ use crate::{
         feed::FeedConfig,
         translate::{IpSource, PortRange, TranslateOptions},
     },
+    services::Cidr,
 };
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
@@ -111,6 +112,13 @@ pub struct RunArgs {
     /// accepts XDP frames (runs XDP or has GRO on).
     #[arg(long = "xdp-redirect", value_name = "GLOB")]
     pub xdp_redirect: Vec<String>,
+
+    /// Client addresses or ranges (`10.0.0.0/8`, repeatable) allowed to open connections to
+    /// every service that sets none of its own (marathon-lb's
+    /// HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL, a static file's `allow`). Others' packets are
+    /// dropped and counted per service. Default: every client.
+    #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
+    pub allow: Vec<Cidr>,
 
     /// Source ports for full NAT, `MIN-MAX`, kept apart from the kernel's ephemeral range
     /// (32768-60999) so the agent's own connections to tasks never share a tuple with a flow.
@@ -372,7 +380,12 @@ fn translate_options(args: &MarathonArgs) -> Result<TranslateOptions> {
         strict_mode: args.strict_mode,
         ip_sources,
         ip_per_task_ports,
+        allow: Vec::new(),
     })
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

@@ -9,7 +9,7 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::services::{Balance, Desired, Listener, Protocol, ServiceSpec};
+use crate::services::{Balance, Cidr, Desired, Listener, Protocol, ServiceSpec};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -49,6 +49,9 @@ struct RawService {
     #[serde(default)]
     balance: Option<String>,
     backends: Vec<String>,
+    /// Client ranges allowed; absent or empty: `--allow`, else every client.
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 pub fn load(path: &Path) -> Result<Desired, ConfigError> {
@@ -136,6 +139,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Desired, ConfigError> {
         }
         backends.sort();
         backends.dedup();
+        let mut allow = Vec::with_capacity(raw.allow.len());
+        for (j, a) in raw.allow.iter().enumerate() {
+            allow.push(
+                a.parse::<Cidr>()
+                    .map_err(|e| invalid(format!("services[{i}].allow[{j}]"), e))?,
+            );
+        }
         let listener = Listener {
             bind,
             port,
@@ -154,6 +164,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Desired, ConfigError> {
             app_id: None,
             port_index: None,
             backends,
+            allow: Cidr::normalize(allow),
         });
     }
     services.sort_by_key(|s| s.listener);
@@ -193,6 +204,25 @@ mod tests {
         assert_eq!(
             (dns.listener.bind, dns.listener.protocol),
             (None, Protocol::Udp)
+        );
+    }
+
+    #[test]
+    fn allowed_ranges_are_read_and_bad_ones_named() {
+        let d = parse(
+            r#"{"services": [{"name": "db", "port": 5432, "backends": [],
+                "allow": ["10.0.0.0/8", "192.168.1.7", "10.0.0.0/8"]}]}"#,
+            "t.json",
+        )
+        .unwrap();
+        let allow: Vec<String> = d.services[0].allow.iter().map(|c| c.to_string()).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "192.168.1.7/32"]);
+        assert!(
+            err(
+                r#"{"services": [{"name": "db", "port": 5432, "backends": [],
+                "allow": ["10.0.0.0/8", "10.0.0.0/99"]}]}"#
+            )
+            .contains("services[0].allow[1]: \"10.0.0.0/99\": prefix length 99 is over 32")
         );
     }
 

@@ -52,7 +52,7 @@ use crate::{
         observer::{Observation, Observer},
         state::{DaemonState, SyncView, unix, unix_now},
     },
-    services::Desired,
+    services::{Cidr, Desired},
 };
 
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -89,6 +89,8 @@ pub struct Daemon {
     /// The DNS server's zone (None until the first Marathon state), and where it listens.
     dns_zone: watch::Sender<Option<Arc<Zone>>>,
     dns: Option<(Vec<SocketAddr>, String)>,
+    /// `--allow`: the ranges of static services that set none (SIGHUP reloads use it).
+    allow: Vec<Cidr>,
 }
 
 /// Where the services come from; checked before anything touches the kernel.
@@ -107,8 +109,12 @@ impl Source {
             (Some(_), false) => {
                 bail!("--config and --marathon are exclusive: services come from one source")
             }
-            (Some(path), true) => Ok(Self::File(load_config_file(path)?)),
-            (None, false) => Ok(Self::Marathon(Box::new(args.marathon.feed_config()?))),
+            (Some(path), true) => Ok(Self::File(load_config_file(path, &args.allow)?)),
+            (None, false) => {
+                let mut feed = args.marathon.feed_config()?;
+                feed.translate.allow = Cidr::normalize(args.allow.clone());
+                Ok(Self::Marathon(Box::new(feed)))
+            }
         }
     }
 }
@@ -281,6 +287,7 @@ impl Daemon {
             routes: watch::channel(Arc::default()).0,
             dns_zone: watch::channel(None).0,
             dns: None,
+            allow: args.allow.clone(),
         })
     }
 
@@ -358,7 +365,7 @@ impl Daemon {
     /// SIGHUP: the static file again. A file that does not load changes nothing.
     fn reload(&mut self, path: Option<&Path>) {
         let Some(path) = path else { return };
-        match load_config_file(path) {
+        match load_config_file(path, &self.allow) {
             Ok(desired) => {
                 info!(file = %path.display(), "reloading services");
                 self.or_record(|d| d.apply_file(desired));
@@ -532,8 +539,9 @@ fn forward_bpf_logs(ebpf: &mut Ebpf) {
     });
 }
 
-fn load_config_file(path: &Path) -> Result<Desired> {
-    Ok(config::load(path)?)
+/// The static file's services, with `--allow` for those that allow no ranges of their own.
+fn load_config_file(path: &Path, allow: &[Cidr]) -> Result<Desired> {
+    Ok(config::load(path)?.allow_by_default(allow))
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {

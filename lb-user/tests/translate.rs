@@ -670,6 +670,11 @@ fn l7_labels_are_reported_and_the_port_still_balanced() {
     );
     assert_eq!(service(&t, "*:10095/tcp").balance, Balance::Source);
     assert_eq!(
+        ranges(service(&t, "*:10094/tcp")),
+        ["10.0.0.0/8"],
+        "an allow-list is honoured"
+    );
+    assert_eq!(
         service(&t, "*:10097/udp").backends,
         addrs(&["10.7.0.2:38011"])
     );
@@ -699,17 +704,69 @@ fn l7_labels_are_reported_and_the_port_still_balanced() {
         Unsupported {
             app_id: "/l7/site".into(),
             port_index: 1,
-            labels: [
-                "HAPROXY_1_BACKEND_NETWORK_ALLOWED_ACL",
-                "HAPROXY_1_BALANCE",
-                "HAPROXY_1_STICKY",
-            ]
-            .map(String::from)
-            .to_vec(),
+            labels: ["HAPROXY_1_BALANCE", "HAPROXY_1_STICKY"]
+                .map(String::from)
+                .to_vec(),
         },
     ];
     assert_eq!(t.unsupported, want);
     assert!(t.skipped.is_empty(), "{:#?}", t.skipped);
+}
+
+fn ranges(s: &ServiceSpec) -> Vec<String> {
+    s.allow.iter().map(|c| c.to_string()).collect()
+}
+
+#[test]
+fn allowed_networks_label_limits_clients_and_a_bad_range_skips_only_its_port() {
+    let parsed = apps(own_fixture("acl.json"));
+    let t = run(&parsed, &TranslateOptions::default());
+    assert_sorted(&t);
+    assert_eq!(
+        listeners(&t),
+        ["*:10110/tcp", "*:10111/tcp", "*:10111/udp", "*:10112/tcp"],
+        "{:#?}",
+        t.skipped
+    );
+    // Separated by any run of spaces; an address alone is a /32; host bits cleared, as
+    // HAProxy reads `src 10.1.2.3/8` (and marathon-lb's own example, 167.114.238.0/22).
+    assert_eq!(
+        ranges(service(&t, "*:10110/tcp")),
+        ["10.0.0.0/8", "167.114.236.0/22", "167.114.239.226/32"]
+    );
+    // Both protocols of a port take its list.
+    for l in ["*:10111/tcp", "*:10111/udp"] {
+        assert_eq!(ranges(service(&t, l)), ["192.168.0.0/16"], "{l}");
+    }
+    assert!(
+        service(&t, "*:10112/tcp").allow.is_empty(),
+        "blank: every client"
+    );
+    assert_skipped(
+        &t,
+        "/acl/bad",
+        Some(0),
+        None,
+        "\"10.0.0.0/33\": prefix length 33 is over 32",
+    );
+    assert_skipped(
+        &t,
+        "/acl/bad",
+        Some(1),
+        None,
+        "HAPROXY_1_BACKEND_NETWORK_ALLOWED_ACL",
+    );
+    assert_skipped(&t, "/acl/bad", Some(2), None, "is not an IPv4 address");
+    assert!(t.unsupported.is_empty(), "{:?}", t.unsupported);
+
+    // `--allow`: the ranges of every port without its own.
+    let with_default = TranslateOptions {
+        allow: vec!["10.9.0.0/16".parse().unwrap()],
+        ..TranslateOptions::default()
+    };
+    let t = run(&parsed, &with_default);
+    assert_eq!(ranges(service(&t, "*:10112/tcp")), ["10.9.0.0/16"]);
+    assert_eq!(ranges(service(&t, "*:10111/udp")), ["192.168.0.0/16"]);
 }
 
 // ---- Zero-downtime deployments ----

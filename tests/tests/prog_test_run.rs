@@ -20,7 +20,7 @@ use lb_user::{
         ifaces,
         loader::Capacities,
     },
-    services::{Balance, Desired, Listener, Protocol, ServiceSpec},
+    services::{Balance, Cidr, Desired, Listener, Protocol, ServiceSpec},
 };
 
 const NS: &str = "lbp-env";
@@ -69,6 +69,7 @@ fn service(
         app_id: None,
         port_index: None,
         backends: backends.iter().map(|b| sa(b)).collect(),
+        allow: Vec::new(),
     }
 }
 
@@ -581,6 +582,123 @@ fn unresolved_neighbour_goes_through_the_kernel() {
             want.bytes(),
             "rewritten, TTL decremented, MACs left to the kernel"
         );
+    });
+}
+
+#[test]
+fn only_clients_inside_a_services_allowed_ranges_open_flows() {
+    let _env = env();
+    in_netns(NS, || {
+        let range = |s: &str| s.parse::<Cidr>().unwrap();
+        let mut lb = Lb::new(
+            vec![
+                ServiceSpec {
+                    allow: vec![range("10.0.0.0/30"), range("10.9.0.7")],
+                    ..service("db", None, 10000, Protocol::Tcp, &["192.168.1.11:80"])
+                },
+                ServiceSpec {
+                    allow: vec![range("10.0.0.128/25")],
+                    ..service("dns", None, 10001, Protocol::Udp, &["192.168.1.11:53"])
+                },
+                service("open", None, 10003, Protocol::Tcp, &["192.168.1.11:80"]),
+            ],
+            false,
+        );
+        let id = |lb: &mut Lb, port: u16, proto| {
+            let k = ServiceKey {
+                addr: 0,
+                port: port.to_be(),
+                proto,
+                _pad: 0,
+            };
+            lb.dp.maps.services.get(&k, 0).unwrap().id
+        };
+        let (db, dns, open) = (
+            id(&mut lb, 10000, IPPROTO_TCP),
+            id(&mut lb, 10001, lb_common::IPPROTO_UDP),
+            id(&mut lb, 10003, IPPROTO_TCP),
+        );
+        let denied = |lb: &mut Lb, id| sum_u64(&lb.dp.maps.service_denied, id);
+        let mut port = 42000;
+        // (client, service, allowed): the edges of each range, and a service with no list.
+        let cases = [
+            ("10.0.0.0", 10000, true),
+            ("10.0.0.3", 10000, true),
+            ("10.0.0.4", 10000, false),
+            ("9.255.255.255", 10000, false),
+            ("10.9.0.7", 10000, true),
+            ("10.9.0.6", 10000, false),
+            ("10.9.0.8", 10000, false),
+            ("10.0.0.128", 10001, true),
+            ("10.0.0.255", 10001, true),
+            ("10.0.0.127", 10001, false),
+            ("10.0.0.4", 10003, true),
+            ("9.255.255.255", 10003, true),
+        ];
+        for prog in ["lb_xdp", "lb_tc"] {
+            for (client, svc, allowed) in cases {
+                port += 1;
+                let src = SocketAddrV4::new(client.parse().unwrap(), port);
+                let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), svc);
+                let pkt = if svc == 10001 {
+                    Pkt::udp(src, dst)
+                } else {
+                    Pkt::tcp(src, dst, TCP_SYN)
+                };
+                let service = [(10000, db), (10001, dns), (10003, open)]
+                    .iter()
+                    .find(|(p, _)| *p == svc)
+                    .unwrap()
+                    .1;
+                let before = denied(&mut lb, service);
+                let (v, out) = lb.run(prog, &pkt.bytes());
+                let what = format!("{prog}: {client} to {svc}");
+                if allowed {
+                    assert!(lb.flow(key(&pkt)).is_some(), "{what}: no flow");
+                    assert_eq!(denied(&mut lb, service), before, "{what}: counted");
+                } else {
+                    let drop = if prog == "lb_xdp" {
+                        XDP_DROP
+                    } else {
+                        TC_ACT_SHOT
+                    };
+                    assert_eq!(
+                        (v, out),
+                        (drop, pkt.bytes()),
+                        "{what}: not dropped as it was"
+                    );
+                    assert!(lb.flow(key(&pkt)).is_none(), "{what}: a flow was made");
+                    assert_eq!(denied(&mut lb, service), before + 1, "{what}: not counted");
+                }
+            }
+        }
+        // Any packet of a refused client is dropped, not only the one that opens a flow.
+        let ack = Pkt::tcp(sa("10.0.0.4:43000"), sa("10.0.0.1:10000"), TCP_ACK);
+        assert_eq!(lb.tc(&ack.bytes()).0, TC_ACT_SHOT);
+        assert_eq!(denied(&mut lb, db), 9);
+        assert_eq!(denied(&mut lb, dns), 2);
+        assert_eq!(denied(&mut lb, open), 0);
+        // Denials are counted per service only; `LB_STATS` keeps its size for older pins.
+        assert!(
+            sum_stats(&lb.dp.maps.stats).len() == lb_common::STAT_COUNT as usize
+                && (Stat::DropDenied as u32) >= lb_common::STAT_COUNT
+        );
+        // Opened to everyone: the flag goes and the refused client gets through.
+        lb.dp
+            .apply(&Desired {
+                services: vec![service(
+                    "db",
+                    None,
+                    10000,
+                    Protocol::Tcp,
+                    &["192.168.1.11:80"],
+                )],
+            })
+            .unwrap();
+        let syn = Pkt::tcp(sa("10.0.0.4:43001"), sa("10.0.0.1:10000"), TCP_SYN);
+        lb.tc(&syn.bytes());
+        assert!(lb.flow(key(&syn)).is_some(), "open again");
+        assert_eq!(lb.dp.maps.acl.keys().count(), 1, "only dns's range is left");
     });
 }
 

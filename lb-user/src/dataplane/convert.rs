@@ -2,9 +2,10 @@
 //! one place where bytes are swapped and flags are decoded.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use lb_common::{Backend, SVC_F_AFFINITY_SOURCE, ServiceKey};
+use aya::maps::lpm_trie::Key;
+use lb_common::{AclData, Backend, SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, ServiceKey};
 
-use crate::services::{Balance, Listener, Protocol};
+use crate::services::{Balance, Cidr, Listener, Protocol};
 
 /// An address and port as the maps hold them.
 pub fn sock(addr: u32, port: u16) -> SocketAddrV4 {
@@ -50,11 +51,32 @@ pub fn backend_addr(b: &Backend) -> SocketAddrV4 {
     sock(b.addr, b.port)
 }
 
-pub fn service_flags(balance: Balance) -> u32 {
-    match balance {
+/// A service entry's flags: how it balances, and whether its clients are checked against
+/// allowed ranges (`allow` not empty).
+pub fn service_flags(balance: Balance, allow: &[Cidr]) -> u32 {
+    let balance = match balance {
         Balance::Source => SVC_F_AFFINITY_SOURCE,
         Balance::RoundRobin => 0,
+    };
+    if allow.is_empty() {
+        balance
+    } else {
+        balance | SVC_F_ALLOW_LIST
     }
+}
+
+/// The `LB_ACL` key allowing `range` to reach service `id`.
+pub fn acl_key(id: u32, range: &Cidr) -> Key<AclData> {
+    let k = lb_common::AclKey::range(id, be_ip(range.addr()), range.prefix_len());
+    Key::new(k.prefix_len, k.data)
+}
+
+/// The service id and range of an `LB_ACL` key (`None` for a key no daemon writes).
+pub fn acl_range(key: &Key<AclData>) -> Option<(u32, Cidr)> {
+    let data = key.data();
+    let len = u8::try_from(key.prefix_len().checked_sub(32)?).ok()?;
+    let range = Cidr::new(ip(data.addr), len).ok()?;
+    (be_ip(range.addr()) == data.addr).then_some((data.service_id, range))
 }
 
 pub fn balance_of(flags: u32) -> Balance {
@@ -70,6 +92,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn acl_keys_carry_the_service_and_the_range() {
+        let range: Cidr = "10.1.0.0/16".parse().unwrap();
+        let key = acl_key(7, &range);
+        assert_eq!(key.prefix_len(), 48);
+        assert_eq!(key.data().service_id, 7);
+        assert_eq!(key.data().addr, u32::from_ne_bytes([10, 1, 0, 0]));
+        assert_eq!(acl_range(&key), Some((7, range)));
+        assert_eq!(acl_range(&Key::new(31, key.data())), None);
+        assert_eq!(acl_range(&Key::new(65, key.data())), None);
+    }
+
+    #[test]
     fn keys_and_backends_round_trip() {
         let l = Listener {
             bind: Some(Ipv4Addr::new(10, 0, 0, 1)),
@@ -83,10 +117,13 @@ mod tests {
         let b = backend_value(a, Ipv4Addr::new(10, 0, 0, 9), 7);
         assert_eq!(backend_addr(&b), a);
         assert_eq!(ip(b.nat_addr), Ipv4Addr::new(10, 0, 0, 9));
-        assert_eq!(balance_of(service_flags(Balance::Source)), Balance::Source);
-        assert_eq!(
-            balance_of(service_flags(Balance::RoundRobin)),
-            Balance::RoundRobin
-        );
+        let some: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        for allow in [&[][..], &some] {
+            let flags = service_flags(Balance::Source, allow);
+            assert_eq!(balance_of(flags), Balance::Source);
+            assert_eq!(flags & SVC_F_ALLOW_LIST != 0, !allow.is_empty());
+            let flags = service_flags(Balance::RoundRobin, allow);
+            assert_eq!(balance_of(flags), Balance::RoundRobin);
+        }
     }
 }

@@ -7,22 +7,25 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::LpmTrie,
+    },
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendKey, Config, Counters, DnsAddrs, DnsName, Flow, FlowKey, LocalAddr,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_DNS_A, MAP_DNS_STATS, MAP_FLOWS,
-    MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR, MAP_SERVICE_REFUSED, MAP_SERVICE_STATS,
-    MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAPS, MapDef, Service, ServiceKey,
+    AclData, Backend, BackendKey, Config, Counters, DnsAddrs, DnsName, Flow, FlowKey, LocalAddr,
+    MAP_ACL, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_DNS_A, MAP_DNS_STATS, MAP_FLOWS,
+    MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR, MAP_SERVICE_DENIED, MAP_SERVICE_REFUSED,
+    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAPS, MapDef, Service, ServiceKey,
 };
 
 use super::{
-    convert::{be_ip, ip},
+    convert::{acl_key, acl_range, be_ip, ip},
     loader::Capacities,
     pins::PinLayout,
     plan::Op,
 };
+use crate::services::Cidr;
 
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, Service>,
@@ -40,6 +43,8 @@ pub struct Maps {
     pub service_refused: PerCpuArray<MapData, u64>,
     pub dns_a: HashMap<MapData, DnsName, DnsAddrs>,
     pub dns_stats: PerCpuArray<MapData, u64>,
+    pub acl: LpmTrie<MapData, AclData, u32>,
+    pub service_denied: PerCpuArray<MapData, u64>,
 }
 
 /// How a map as the kernel holds it differs from its row of the table; `caps` also checks
@@ -126,6 +131,8 @@ impl Maps {
             service_refused: PerCpuArray::try_from(get(MAP_SERVICE_REFUSED)?)?,
             dns_a: HashMap::try_from(get(MAP_DNS_A)?)?,
             dns_stats: PerCpuArray::try_from(get(MAP_DNS_STATS)?)?,
+            acl: LpmTrie::try_from(get(MAP_ACL)?)?,
+            service_denied: PerCpuArray::try_from(get(MAP_SERVICE_DENIED)?)?,
         };
         for def in &MAPS {
             if let Some(m) = mismatch(def, maps.data(def.name), caps) {
@@ -159,6 +166,8 @@ impl Maps {
             MAP_SERVICE_REFUSED => self.service_refused.map(),
             MAP_DNS_A => self.dns_a.map(),
             MAP_DNS_STATS => self.dns_stats.map(),
+            MAP_ACL => self.acl.map(),
+            MAP_SERVICE_DENIED => self.service_denied.map(),
             other => unreachable!("{other} is not in the map table"),
         }
     }
@@ -222,6 +231,8 @@ pub trait LbMaps {
     fn backend(&self, key: &BackendKey) -> Option<Backend>;
     fn backend_keys(&self) -> Vec<BackendKey>;
     fn for_each_flow(&self, f: &mut dyn FnMut(&FlowKey, &Flow));
+    /// Every allowed range in `LB_ACL`, with its service id.
+    fn allowed(&self) -> Vec<(u32, Cidr)>;
 }
 
 /// Runs `ops` in order; stops at the first that fails.
@@ -242,6 +253,10 @@ impl LbMaps for Maps {
                 .and_then(|()| {
                     zero_counters(&mut self.service_refused, *id)
                         .with_context(|| format!("{MAP_SERVICE_REFUSED}[{id}]"))
+                })
+                .and_then(|()| {
+                    zero_counters(&mut self.service_denied, *id)
+                        .with_context(|| format!("{MAP_SERVICE_DENIED}[{id}]"))
                 }),
             Op::ZeroBackendCounters(id) => zero_counters(&mut self.backend_stats, *id)
                 .with_context(|| format!("{MAP_BACKEND_STATS}[{id}]")),
@@ -266,6 +281,14 @@ impl LbMaps for Maps {
                 self.services.remove(k).ok();
                 Ok(())
             }
+            Op::PutAllow(id, range) => self
+                .acl
+                .insert(&acl_key(*id, range), 1, 0)
+                .with_context(|| format!("writing {MAP_ACL}: service {id} allows {range}")),
+            Op::DeleteAllow(id, range) => {
+                self.acl.remove(&acl_key(*id, range)).ok();
+                Ok(())
+            }
         }
     }
 
@@ -285,5 +308,13 @@ impl LbMaps for Maps {
         for (k, v) in self.flows.iter().filter_map(Result::ok) {
             f(&k, &v);
         }
+    }
+
+    fn allowed(&self) -> Vec<(u32, Cidr)> {
+        self.acl
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|k| acl_range(&k))
+            .collect()
     }
 }

@@ -21,7 +21,7 @@ use super::{
     maps::LbMaps,
     ports::PortGate,
 };
-use crate::services::{Desired, Listener, ServiceSpec};
+use crate::services::{Cidr, Desired, Listener, ServiceSpec};
 
 /// How long a replaced backend generation stays readable for packets already in flight.
 pub const GRACE: Duration = Duration::from_secs(1);
@@ -38,6 +38,9 @@ pub enum Op {
     PutPortWord(u32, u64),
     PutService(ServiceKey, Service),
     DeleteService(ServiceKey),
+    /// A client range allowed to reach the service with this id (`LB_ACL`).
+    PutAllow(u32, Cidr),
+    DeleteAllow(u32, Cidr),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,11 +166,16 @@ impl Planner {
             ports: PortGate::default(),
         };
         let mut orphan_slots = maps.backend_keys();
+        let mut allowed: BTreeMap<u32, Vec<Cidr>> = BTreeMap::new();
+        for (id, range) in maps.allowed() {
+            allowed.entry(id).or_default().push(range);
+        }
         for (key, svc) in maps.services() {
             let Some(listener) = listener_of(&key) else {
                 continue;
             };
-            p.adopt_service(maps, listener, svc);
+            let allow = allowed.remove(&svc.id).unwrap_or_default();
+            p.adopt_service(maps, listener, svc, allow);
             orphan_slots.retain(|k| !(k.service_id == svc.id && k.generation == svc.generation));
         }
         // Backends that left their set before the restart but still carry flows: keep their ids
@@ -211,7 +219,11 @@ impl Planner {
             p.ports
                 .add_service(&a.spec.listener, a.backends.iter().map(|b| b.addr));
         }
-        let ops = p.ports.flush(true);
+        let mut ops = p.ports.flush(true);
+        // Ranges of services that are gone: a later service with the same id must not inherit them.
+        for (id, ranges) in allowed {
+            ops.extend(ranges.into_iter().map(|r| Op::DeleteAllow(id, r)));
+        }
         // Slots of generations no service points at: leftovers of an interrupted swap.
         if !orphan_slots.is_empty() {
             p.pending_deletes.push_back((now, orphan_slots));
@@ -219,7 +231,13 @@ impl Planner {
         (p, ops)
     }
 
-    fn adopt_service(&mut self, maps: &impl LbMaps, listener: Listener, svc: Service) {
+    fn adopt_service(
+        &mut self,
+        maps: &impl LbMaps,
+        listener: Listener,
+        svc: Service,
+        allow: Vec<Cidr>,
+    ) {
         let mut applied = Vec::new();
         for index in 0..svc.count {
             let k = BackendKey {
@@ -246,6 +264,7 @@ impl Planner {
             app_id: None,
             port_index: None,
             backends: applied.iter().map(|b| b.addr).collect(),
+            allow: Cidr::normalize(allow),
         };
         self.services.insert(
             listener,
@@ -278,6 +297,9 @@ impl Planner {
         for listener in gone {
             let old = self.services.remove(&listener).expect("listed above");
             plan.ops.push(Op::DeleteService(service_key(&listener)));
+            // After the service: no new flow looks its ranges up any more.
+            plan.ops
+                .extend(old.spec.allow.iter().map(|r| Op::DeleteAllow(old.id, *r)));
             self.retire(&old, &[], now);
             // Its id (and counter slot) stays taken while its flows drain.
             self.retired_services.insert(old.id);
@@ -325,7 +347,7 @@ impl Planner {
                     .zip(&addrs)
                     .zip(&nats)
                     .all(|((b, a), n)| b.addr == *a && b.nat == *n);
-            if same_set && cur.spec.balance == spec.balance {
+            if same_set && cur.spec.balance == spec.balance && cur.spec.allow == spec.allow {
                 cur.spec = ServiceSpec {
                     backends: addrs,
                     ..spec.clone()
@@ -336,7 +358,8 @@ impl Planner {
         }
         let old = self.services.get(&listener).cloned();
         let applied = self.take_ids(plan, listener, spec, addrs, &nats, old.as_ref())?;
-        self.write(plan, listener, &applied);
+        let old_allow = old.as_ref().map_or(&[][..], |o| &o.spec.allow[..]);
+        self.write(plan, listener, &applied, old_allow);
         match old {
             Some(old) => {
                 self.retire(&old, &applied.backends, now);
@@ -404,9 +427,17 @@ impl Planner {
         })
     }
 
-    /// The writes of `applied`'s generation: its backend slots, the port gate, then the
-    /// service entry that switches to them in one update.
-    fn write(&mut self, plan: &mut Plan, listener: Listener, applied: &AppliedService) {
+    /// The writes of `applied`'s generation: its backend slots, the port gate, its new allowed
+    /// ranges, then the service entry that switches to them in one update, then the removal
+    /// of the ranges it no longer allows (`old_allow`, those of the generation it replaces).
+    fn write(
+        &mut self,
+        plan: &mut Plan,
+        listener: Listener,
+        applied: &AppliedService,
+        old_allow: &[Cidr],
+    ) {
+        let allow = &applied.spec.allow;
         for (index, b) in applied.backends.iter().enumerate() {
             let key = BackendKey {
                 service_id: applied.id,
@@ -420,13 +451,25 @@ impl Planner {
         self.ports
             .add_service(&listener, applied.backends.iter().map(|b| b.addr));
         plan.ops.extend(self.ports.flush(false));
+        plan.ops.extend(
+            allow
+                .iter()
+                .filter(|r| !old_allow.contains(r))
+                .map(|r| Op::PutAllow(applied.id, *r)),
+        );
         let svc = Service {
             id: applied.id,
             count: applied.backends.len() as u32,
             generation: applied.generation,
-            flags: service_flags(applied.spec.balance),
+            flags: service_flags(applied.spec.balance, allow),
         };
         plan.ops.push(Op::PutService(service_key(&listener), svc));
+        plan.ops.extend(
+            old_allow
+                .iter()
+                .filter(|r| !allow.contains(r))
+                .map(|r| Op::DeleteAllow(applied.id, *r)),
+        );
         debug!(service = %applied.spec.name, %listener, backends = applied.backends.len(), generation = applied.generation, "planned");
     }
 

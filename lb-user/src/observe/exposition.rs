@@ -141,7 +141,7 @@ impl Collector for SnapshotCollector {
             }),
         )?;
         type Field = fn(&ServiceView) -> u64;
-        let service_counters: [(&str, &str, Field); 4] = [
+        let service_counters: [(&str, &str, Field); 5] = [
             (
                 "lb_service_packets",
                 "Packets balanced for the service.",
@@ -159,6 +159,11 @@ impl Collector for SnapshotCollector {
                 "lb_service_refused",
                 "New connections refused (TCP reset, ICMP port unreachable) because the service had no backends.",
                 |s| s.refused,
+            ),
+            (
+                "lb_service_denied",
+                "Packets dropped because their client was outside the service's allowed ranges.",
+                |s| s.denied,
             ),
         ];
         for (name, help, field) in service_counters {

@@ -138,6 +138,12 @@ pub fn render_status(v: &StatusView) -> String {
             s.bytes.to_string(),
             s.new_flows.to_string(),
             s.refused.to_string(),
+            if s.allow.is_empty() {
+                "*".into()
+            } else {
+                s.allow.join(",")
+            },
+            s.denied.to_string(),
         ]);
         for b in &s.backends {
             rows.push(vec![
@@ -150,6 +156,8 @@ pub fn render_status(v: &StatusView) -> String {
                 b.packets.to_string(),
                 b.bytes.to_string(),
                 b.new_flows.to_string(),
+                "".into(),
+                "".into(),
                 "".into(),
             ]);
         }
@@ -166,6 +174,8 @@ pub fn render_status(v: &StatusView) -> String {
             "BYTES",
             "NEW FLOWS",
             "REFUSED",
+            "ALLOW",
+            "DENIED",
         ],
         &rows,
     ));

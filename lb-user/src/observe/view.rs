@@ -9,7 +9,9 @@ use std::{
 };
 
 use aya::maps::IterableMap as _;
-use lb_common::{Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Service, ServiceKey, Stat};
+use lb_common::{
+    Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, SVC_F_ALLOW_LIST, Service, ServiceKey, Stat,
+};
 use serde::Serialize;
 
 use super::state::{DaemonState, SyncView, unix_now};
@@ -19,7 +21,7 @@ use crate::{
         batch,
         convert::{backend_addr, balance_of, listener_of},
         flows,
-        maps::Maps,
+        maps::{LbMaps as _, Maps},
         pins::PinLayout,
         plan::{AppliedService, DrainingBackend},
     },
@@ -51,6 +53,11 @@ pub struct ServiceView {
     pub new_flows: u64,
     /// New connections refused while the service had no backends.
     pub refused: u64,
+    /// The client ranges allowed (empty: every client).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Packets dropped because their client was outside `allow`.
+    pub denied: u64,
     pub backends: Vec<BackendView>,
 }
 
@@ -128,6 +135,11 @@ pub fn status_of(
             new_flows: c.new_flows,
         }
     };
+    let mut allowed: HashMap<u32, Vec<String>> = HashMap::new();
+    for (id, range) in maps.allowed() {
+        allowed.entry(id).or_default().push(range.to_string());
+    }
+    let mut denied_total = 0;
     let mut services = Vec::with_capacity(listed.len());
     for (key, svc) in listed {
         let Some(listener) = listener_of(&key) else {
@@ -135,6 +147,8 @@ pub fn status_of(
         };
         let known = known.get(&svc.id);
         let c = flows::sum_counters(&maps.service_stats, svc.id);
+        let denied = flows::sum_u64(&maps.service_denied, svc.id);
+        denied_total += denied;
         let mut backends: Vec<BackendView> = (0..svc.count)
             .filter_map(|index| {
                 slots.get(&BackendKey {
@@ -161,6 +175,12 @@ pub fn status_of(
             bytes: c.bytes,
             new_flows: c.new_flows,
             refused: flows::sum_u64(&maps.service_refused, svc.id),
+            allow: if svc.flags & SVC_F_ALLOW_LIST != 0 {
+                allowed.remove(&svc.id).unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            denied,
             backends,
         });
     }
@@ -197,6 +217,8 @@ pub fn status_of(
         dataplane: Stat::ALL
             .iter()
             .map(|s| (s.name().to_owned(), totals[*s as usize]))
+            // Counted per service only (see `Stat::DropDenied`); the total of those listed.
+            .chain([(Stat::DropDenied.name().to_owned(), denied_total)])
             .collect(),
         sync: state.map(|s| s.sync.clone()),
         dns: state.and_then(|s| s.dns.clone()),

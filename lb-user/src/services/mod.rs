@@ -3,6 +3,7 @@
 use std::{
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
+    str::FromStr,
 };
 
 use serde::{Deserialize, Serialize};
@@ -90,10 +91,147 @@ pub struct ServiceSpec {
     pub port_index: Option<usize>,
     /// Backends in a stable order (sorted), without duplicates.
     pub backends: Vec<SocketAddrV4>,
+    /// The client ranges allowed to open connections (sorted, without duplicates); empty
+    /// means every client, as in marathon-lb without `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Cidr>,
+}
+
+/// An IPv4 range of client addresses: `10.0.0.0/8`, or one address (`10.1.2.3`, a /32), as
+/// HAProxy's `src` ACL reads them. Bits past the prefix are cleared, as HAProxy does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    addr: Ipv4Addr,
+    len: u8,
+}
+
+impl Cidr {
+    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Self, String> {
+        if len > 32 {
+            return Err(format!("prefix length {len} is over 32"));
+        }
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        Ok(Self {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            len,
+        })
+    }
+
+    pub const fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub const fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        Self::new(ip, self.len).is_ok_and(|c| c.addr == self.addr)
+    }
+
+    /// Sorted and deduplicated, as `ServiceSpec::allow` keeps them.
+    pub fn normalize(mut ranges: Vec<Self>) -> Vec<Self> {
+        ranges.sort();
+        ranges.dedup();
+        ranges
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (
+                a,
+                l.parse::<u8>()
+                    .map_err(|_| format!("{s:?}: prefix length {l:?} is not a number 0-32"))?,
+            ),
+            None => (s, 32),
+        };
+        let addr = addr
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
+        Self::new(addr, len).map_err(|e| format!("{s:?}: {e}"))
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> Self {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
 }
 
 /// The complete desired state. Two services never share a listener.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
     pub services: Vec<ServiceSpec>,
+}
+
+impl Desired {
+    /// Gives `ranges` (`--allow`) to every service that has no allowed ranges of its own.
+    pub fn allow_by_default(mut self, ranges: &[Cidr]) -> Self {
+        if !ranges.is_empty() {
+            let ranges = Cidr::normalize(ranges.to_vec());
+            for s in self.services.iter_mut().filter(|s| s.allow.is_empty()) {
+                s.allow = ranges.clone();
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_as_haproxy_reads_them() {
+        let c: Cidr = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert!(c.contains("10.255.0.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let one: Cidr = "167.114.239.226".parse().unwrap();
+        assert_eq!(one.to_string(), "167.114.239.226/32");
+        assert!(one.contains("167.114.239.226".parse().unwrap()));
+        assert!(!one.contains("167.114.239.227".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "::1/128",
+            "10.0.0.0/8/8",
+            "x",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn ranges_round_trip_through_json() {
+        let spec: Vec<Cidr> = serde_json::from_str(r#"["10.0.0.0/8", "1.2.3.4"]"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&spec).unwrap(),
+            r#"["10.0.0.0/8","1.2.3.4/32"]"#
+        );
+        assert!(serde_json::from_str::<Vec<Cidr>>(r#"["10.0.0.0/40"]"#).is_err());
+    }
 }

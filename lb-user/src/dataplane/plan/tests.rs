@@ -7,7 +7,7 @@ use lb_common::{Flow, FlowKey};
 use super::*;
 use crate::{
     dataplane::{convert::be_ip, maps::execute},
-    services::Protocol,
+    services::{Cidr, Protocol},
 };
 
 /// The maps as plain collections: what `Maps` does to the kernel's, without a kernel.
@@ -18,6 +18,7 @@ struct Fake {
     ports: BTreeMap<u32, u64>,
     zeroed: Vec<Op>,
     flows: Vec<(FlowKey, Flow)>,
+    acl: BTreeSet<(u32, Cidr)>,
 }
 
 impl LbMaps for Fake {
@@ -39,6 +40,12 @@ impl LbMaps for Fake {
             Op::DeleteService(k) => {
                 self.services.remove(k);
             }
+            Op::PutAllow(id, r) => {
+                self.acl.insert((*id, *r));
+            }
+            Op::DeleteAllow(id, r) => {
+                self.acl.remove(&(*id, *r));
+            }
         }
         Ok(())
     }
@@ -55,6 +62,9 @@ impl LbMaps for Fake {
         for (k, v) in &self.flows {
             f(k, v);
         }
+    }
+    fn allowed(&self) -> Vec<(u32, Cidr)> {
+        self.acl.iter().copied().collect()
     }
 }
 
@@ -76,7 +86,22 @@ fn spec(port: u16, backends: &[&str]) -> ServiceSpec {
         app_id: None,
         port_index: None,
         backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+        allow: Vec::new(),
     }
+}
+
+fn allowing(spec: ServiceSpec, ranges: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        allow: Cidr::normalize(ranges.iter().map(|r| r.parse().unwrap()).collect()),
+        ..spec
+    }
+}
+
+/// The index of the first op matching `f`.
+fn at(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
+    ops.iter()
+        .position(f)
+        .unwrap_or_else(|| panic!("not in {ops:?}"))
 }
 
 fn desired(specs: &[ServiceSpec]) -> Desired {
@@ -373,4 +398,106 @@ fn a_service_without_free_ids_is_refused_alone_and_takes_nothing() {
     );
     assert!(plan.refused.is_empty(), "{:?}", plan.refused);
     assert_eq!(p.services[&listener(10002)].id, 1);
+}
+
+#[test]
+fn allowed_ranges_are_in_place_before_the_service_checks_them_and_leave_after() {
+    let (mut p, mut maps) = fresh(&Capacities::default());
+    let t0 = Instant::now();
+    let r = |s: &str| s.parse::<Cidr>().unwrap();
+    let open = spec(10000, &["192.168.0.1:80"]);
+    // From open to closed: the ranges first, then the entry with the flag.
+    let plan = apply(
+        &mut p,
+        &mut maps,
+        &desired(&[allowing(open.clone(), &["10.0.0.0/8", "1.2.3.4"])]),
+        t0,
+    );
+    let put = at(
+        &plan.ops,
+        |o| matches!(o, Op::PutAllow(_, c) if *c == r("1.2.3.4/32")),
+    );
+    let svc = at(&plan.ops, |o| matches!(o, Op::PutService(..)));
+    assert!(put < svc, "{:?}", plan.ops);
+    let id = p.services[&listener(10000)].id;
+    assert_eq!(
+        maps.acl,
+        BTreeSet::from([(id, r("1.2.3.4/32")), (id, r("10.0.0.0/8"))])
+    );
+    assert_ne!(
+        maps.services[&service_key(&listener(10000))].flags & lb_common::SVC_F_ALLOW_LIST,
+        0
+    );
+    // The same again: nothing.
+    let same = apply(
+        &mut p,
+        &mut maps,
+        &desired(&[allowing(open.clone(), &["1.2.3.4", "10.0.0.0/8"])]),
+        t0,
+    );
+    assert!(same.ops.is_empty(), "{:?}", same.ops);
+    // One range swapped: the new one before the entry, the old one after it.
+    let plan = apply(
+        &mut p,
+        &mut maps,
+        &desired(&[allowing(open.clone(), &["10.0.0.0/8", "5.6.7.0/24"])]),
+        t0,
+    );
+    let put = at(
+        &plan.ops,
+        |o| matches!(o, Op::PutAllow(_, c) if *c == r("5.6.7.0/24")),
+    );
+    let svc = at(&plan.ops, |o| matches!(o, Op::PutService(..)));
+    let del = at(
+        &plan.ops,
+        |o| matches!(o, Op::DeleteAllow(_, c) if *c == r("1.2.3.4/32")),
+    );
+    assert!(put < svc && svc < del, "{:?}", plan.ops);
+    assert!(
+        !plan
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::PutAllow(_, c) if *c == r("10.0.0.0/8")))
+    );
+    assert_eq!(
+        maps.acl,
+        BTreeSet::from([(id, r("10.0.0.0/8")), (id, r("5.6.7.0/24"))])
+    );
+    // A restart adopts the ranges and rewrites nothing.
+    let (mut again, ops) = Planner::adopt(&maps, &Capacities::default(), t0);
+    execute(&mut maps, &ops).unwrap();
+    let want = desired(&[allowing(open.clone(), &["10.0.0.0/8", "5.6.7.0/24"])]);
+    let plan = apply(&mut again, &mut maps, &want, t0);
+    assert!(plan.ops.is_empty(), "{:?}", plan.ops);
+    // Open again: the flag goes first, then the ranges.
+    let plan = apply(&mut again, &mut maps, &desired(std::slice::from_ref(&open)), t0);
+    let svc = at(&plan.ops, |o| matches!(o, Op::PutService(..)));
+    let del = at(&plan.ops, |o| matches!(o, Op::DeleteAllow(..)));
+    assert!(svc < del, "{:?}", plan.ops);
+    assert!(maps.acl.is_empty());
+    assert_eq!(
+        maps.services[&service_key(&listener(10000))].flags & lb_common::SVC_F_ALLOW_LIST,
+        0
+    );
+}
+
+#[test]
+fn a_removed_service_takes_its_ranges_and_a_restart_clears_orphans() {
+    let c = Capacities::default();
+    let (mut p, mut maps) = fresh(&c);
+    let t0 = Instant::now();
+    let closed = allowing(spec(10000, &["192.168.0.1:80"]), &["10.0.0.0/8"]);
+    apply(&mut p, &mut maps, &desired(&[closed]), t0);
+    assert_eq!(maps.acl.len(), 1);
+    let plan = apply(&mut p, &mut maps, &desired(&[]), t0);
+    let svc = at(&plan.ops, |o| matches!(o, Op::DeleteService(..)));
+    let del = at(&plan.ops, |o| matches!(o, Op::DeleteAllow(..)));
+    assert!(svc < del, "{:?}", plan.ops);
+    assert!(maps.acl.is_empty());
+    // Ranges whose service is gone (a daemon stopped between the two writes) go at adoption,
+    // so a later service given the same id does not inherit them.
+    maps.acl.insert((7, "10.0.0.0/8".parse().unwrap()));
+    let (_, ops) = Planner::adopt(&maps, &c, t0);
+    execute(&mut maps, &ops).unwrap();
+    assert!(maps.acl.is_empty(), "{:?}", maps.acl);
 }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     marathon::api::{App, Task},
-    services::{Balance, Listener, Protocol, ServiceSpec},
+    services::{Balance, Cidr, Listener, Protocol, ServiceSpec},
 };
 
 /// Task states marathon-lb leaves out. TASK_LOST and TASK_UNREACHABLE stay: the task may well
@@ -84,6 +84,7 @@ struct Port {
     bind: Option<Ipv4Addr>,
     protocols: Vec<Protocol>,
     balance: Balance,
+    allow: Vec<Cidr>,
     unsupported: Vec<String>,
 }
 
@@ -156,6 +157,7 @@ impl Cx<'_, '_, '_> {
                         app_id: Some(app.id.clone()),
                         port_index: Some(port.index),
                         backends: backends.clone(),
+                        allow: port.allow.clone(),
                     },
                     unsupported: port.unsupported.clone(),
                 });
@@ -264,12 +266,31 @@ impl Cx<'_, '_, '_> {
             _ => Balance::RoundRobin,
         };
 
+        // marathon-lb's allow-list: addresses and ranges separated by spaces; one bad entry
+        // would make HAProxy refuse its whole configuration, so here it refuses only the port.
+        let allow = match label("BACKEND_NETWORK_ALLOWED_ACL").map(|v| v.trim()) {
+            None | Some("") => self.opts.allow.clone(),
+            Some(v) => match v.split_whitespace().map(str::parse).collect() {
+                Ok(ranges) => Cidr::normalize(ranges),
+                Err(e) => {
+                    self.skip(
+                        &app.id,
+                        Some(i),
+                        None,
+                        format!("HAPROXY_{i}_BACKEND_NETWORK_ALLOWED_ACL: {e}"),
+                    );
+                    return None;
+                }
+            },
+        };
+
         Some(Port {
             index: i,
             service_port,
             bind,
             protocols,
             balance,
+            allow,
             unsupported: unsupported_labels(app, i),
         })
     }

@@ -19,7 +19,7 @@ use std::{
 use serde::Serialize;
 
 use super::api::App;
-use crate::services::{Desired, Listener, ServiceSpec};
+use crate::services::{Cidr, Desired, Listener, ServiceSpec};
 
 mod assign;
 mod backends;
@@ -49,6 +49,9 @@ pub struct TranslateOptions {
     /// Where service ports for IP-per-task apps without any come from (marathon-lb's
     /// `--min/max-serv-port-ip-per-task`); `None`: such ports are not served.
     pub ip_per_task_ports: Option<PortRange>,
+    /// The client ranges allowed on ports without `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`
+    /// (`--allow`); empty: every client.
+    pub allow: Vec<Cidr>,
 }
 
 impl Default for TranslateOptions {
@@ -59,6 +62,7 @@ impl Default for TranslateOptions {
             strict_mode: false,
             ip_sources: vec![IpSource::Netinfo, IpSource::Host],
             ip_per_task_ports: Some(PortRange::default()),
+            allow: Vec::new(),
         }
     }
 }

@@ -18,8 +18,6 @@ const L7_LABELS: &[&str] = &[
     "HTTP_BACKEND_REVPROXY_PATH",
     "HTTP_BACKEND_REDIR",
     "BACKEND_WEIGHT",
-    // A TCP allow-list: it matters, since without it the port is open to every client.
-    "BACKEND_NETWORK_ALLOWED_ACL",
     // Steers HAProxy's own active checks, which this balancer does not run.
     "BACKEND_HEALTHCHECK_PORT_INDEX",
     // Template overrides: raw HAProxy configuration.
