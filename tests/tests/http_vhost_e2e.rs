@@ -463,3 +463,47 @@ fn redirects_scale_down_and_no_vhost() {
     let (code, _, _) = curl(&topo, &[&format!("http://{AGENT}:10000/")]);
     assert_eq!(code, 200, "L4 still serves the service port");
 }
+
+/// marathon-lb applies `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL` to HTTP backends too
+/// (`http-request deny`): a virtual host answers 403 to clients outside the ranges.
+#[test]
+fn an_allowed_networks_label_guards_the_virtual_host_too() {
+    let mut topo = Topology::new("lbh4");
+    topo.start_tasks();
+    topo.sh("client", "ip addr add 10.0.0.3/24 dev eth0");
+    let mut other = topo.cmd("t1", &server_bin());
+    other.arg("other").arg(OTHER_PORT.to_string());
+    topo.spawn("other", other);
+    let m = NsStandin::start(&topo.ns("agent"));
+    m.standin.set_apps(apps(
+        &[0],
+        json!({"HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.0.0.3"}),
+    ));
+    let url = m.standin.url();
+    lb::start(
+        &mut topo,
+        "lb",
+        &["--iface", "eth*", "--iface", "cali*", "--marathon", &url],
+        2,
+    );
+    wait_for("the front end answers on :80", T, || {
+        curl(&topo, &["-H", "Host: mytask.acme.org", &agent_url("/")]).0 == 200
+    });
+    let (code, body, _) = curl(&topo, &["-H", "Host: other.acme.org", &agent_url("/")]);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("Request forbidden by administrative rules."),
+        "{body}"
+    );
+    let (code, body, _) = curl(
+        &topo,
+        &[
+            "--interface",
+            "10.0.0.3",
+            "-H",
+            "Host: other.acme.org",
+            &agent_url("/"),
+        ],
+    );
+    assert_eq!((code, body.starts_with("other ")), (200, true), "{body}");
+}

@@ -11,7 +11,7 @@ use lb_tests::{
     client::{http_get, tcp_ask},
     lb::{self, NsStandin, wait_for},
     marathon_standin::Mode,
-    netns::{AGENT, TASKS, Topology, in_netns},
+    netns::{AGENT, CLIENT, TASKS, Topology, in_netns},
 };
 use serde_json::{Value, json};
 
@@ -579,4 +579,165 @@ fn an_ip_per_task_app_without_service_ports_is_served_on_marathon_lbs_port() {
         "round-robin over both tasks"
     );
     lb::assert_no_drops(&topo, &[]);
+}
+
+/// An app whose TCP and UDP ports allow `allowed` only (marathon-lb's
+/// `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`), and an app whose range is not one.
+fn guarded_apps(allowed: &str) -> Value {
+    let mut app = echo_app(&[0]);
+    app["apps"][0]["labels"] = json!({
+        "HAPROXY_GROUP": "external",
+        "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": allowed,
+        "HAPROXY_1_BACKEND_NETWORK_ALLOWED_ACL": allowed,
+    });
+    let mut bad = echo_app(&[1]);
+    bad["apps"][0]["id"] = json!("/typo");
+    bad["apps"][0]["container"]["portMappings"] =
+        json!([{"containerPort": 80, "servicePort": 10002, "protocol": "tcp"}]);
+    bad["apps"][0]["labels"] = json!({
+        "HAPROXY_GROUP": "external",
+        "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.0.0.0/8,10.1.0.0/16",
+    });
+    let bad_app = bad["apps"][0].take();
+    app["apps"].as_array_mut().unwrap().push(bad_app);
+    app
+}
+
+/// The client namespace's second address, outside the allowed range.
+const OTHER_CLIENT: &str = "10.0.0.3";
+
+/// Whether a TCP connection from `from` to the service port is accepted (and answered) within
+/// `wait`: shorter than the first SYN retransmit, so a refused client sends exactly one SYN.
+fn connects_from(topo: &Topology, from: &'static str, port: u16, wait: Duration) -> bool {
+    in_netns(&topo.ns("client"), move || {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddrV4::new(from.parse().unwrap(), 0).into())
+            .unwrap();
+        match sock.connect_timeout(&SocketAddrV4::new(AGENT, port).into(), wait) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) => panic!("connecting from {from}: {e}"),
+        }
+    })
+}
+
+/// Whether a UDP question from `from` gets an answer within `wait`.
+fn answered_from(topo: &Topology, from: &'static str, port: u16, wait: Duration) -> bool {
+    in_netns(&topo.ns("client"), move || {
+        let s = UdpSocket::bind(SocketAddrV4::new(from.parse().unwrap(), 0)).unwrap();
+        s.connect(SocketAddrV4::new(AGENT, port)).unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        s.send(b"anyone?").unwrap();
+        s.recv(&mut [0u8; 2048]).is_ok()
+    })
+}
+
+/// Only the allowed client reaches the app, on both protocols; the refused one's packets are
+/// dropped (it waits, as behind a firewall) and counted per service; a label change opens
+/// the port within a second; a bad range costs only its own port, with the reason given.
+#[test]
+fn an_allowed_networks_label_lets_in_only_its_clients() {
+    let mut topo = Topology::new("lbm5");
+    topo.start_tasks();
+    topo.sh("client", &format!("ip addr add {OTHER_CLIENT}/24 dev eth0"));
+    let m = NsStandin::start(&topo.ns("agent"));
+    m.standin.set_apps(guarded_apps(&format!("{CLIENT}")));
+    let url = m.standin.url();
+    lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--marathon",
+            &url,
+            "--group",
+            "external",
+        ],
+        2,
+    );
+    let wait = Duration::from_millis(500);
+    let client: &'static str = "10.0.0.2";
+    assert_eq!(CLIENT.to_string(), client);
+    for _ in 0..3 {
+        assert!(
+            connects_from(&topo, client, 10000, T),
+            "the allowed client connects"
+        );
+        assert!(
+            answered_from(&topo, client, 10001, T),
+            "the allowed client is answered"
+        );
+        assert!(
+            !connects_from(&topo, OTHER_CLIENT, 10000, wait),
+            "the other is let in"
+        );
+        assert!(
+            !answered_from(&topo, OTHER_CLIENT, 10001, wait),
+            "the other is answered"
+        );
+    }
+    let st = lb::status(&topo).unwrap();
+    let service = |st: &Value, port: u16| {
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["port"] == port)
+            .cloned()
+            .unwrap_or_else(|| panic!("no service on {port}: {st}"))
+    };
+    assert_eq!(service(&st, 10000)["allow"], json!(["10.0.0.2/32"]));
+    assert_eq!(
+        service(&st, 10000)["denied"],
+        3,
+        "one SYN per refused attempt"
+    );
+    assert_eq!(
+        service(&st, 10001)["denied"],
+        3,
+        "one datagram per refused question"
+    );
+    assert_eq!(st["dataplane"]["drop_denied"], 6);
+    // The bad range: that port is not served, and `lb status` says why.
+    assert!(
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["port"] != 10002),
+        "{st}"
+    );
+    let skipped = st["sync"]["skipped"].to_string();
+    assert!(
+        skipped.contains("/typo") && skipped.contains("\\\"10.0.0.0/8,10.1.0.0/16\\\""),
+        "{skipped}"
+    );
+
+    // The label widened to the whole subnet: the other client gets in, within a second.
+    m.standin.set_apps(guarded_apps("10.0.0.0/24"));
+    wait_for("the wider range applies", Duration::from_secs(1), || {
+        lb::status(&topo).is_some_and(|st| service(&st, 10000)["allow"] == json!(["10.0.0.0/24"]))
+    });
+    assert!(
+        connects_from(&topo, OTHER_CLIENT, 10000, T),
+        "let in after the change"
+    );
+    assert!(answered_from(&topo, OTHER_CLIENT, 10001, T));
+    // The label removed: everyone.
+    m.standin.set_apps(echo_app(&[0]));
+    wait_for("the list goes", Duration::from_secs(1), || {
+        lb::status(&topo).is_some_and(|st| service(&st, 10000).get("allow").is_none())
+    });
+    assert!(connects_from(&topo, OTHER_CLIENT, 10000, T));
+    let st = lb::status(&topo).unwrap();
+    assert_eq!(
+        service(&st, 10000)["denied"],
+        3,
+        "no denial after the change"
+    );
+    lb::assert_no_drops(&topo, &["drop_denied"]);
 }

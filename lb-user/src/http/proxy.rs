@@ -101,6 +101,9 @@ pub async fn handle(
         Route::Rule(i) => i,
     };
     let rule = &table.routes.rules[i];
+    if !rule.admits(conn.client.ip()) {
+        return Ok(error_page(StatusCode::FORBIDDEN));
+    }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare(&mut req, &conn, upgrade);
@@ -273,6 +276,7 @@ fn empty() -> Body {
 pub fn error_page(status: StatusCode) -> Response<Body> {
     let text = match status {
         StatusCode::BAD_REQUEST => "Your browser sent an invalid request.",
+        StatusCode::FORBIDDEN => "Request forbidden by administrative rules.",
         StatusCode::BAD_GATEWAY => "The server returned an invalid or incomplete response.",
         StatusCode::GATEWAY_TIMEOUT => "The server didn't respond in time.",
         _ => "No server is available to handle this request.",
@@ -307,6 +311,27 @@ mod tests {
             redirect_to_https: false,
             weight: 0,
             backends: vec![],
+            allow: vec![],
+        }
+    }
+
+    #[test]
+    fn a_rule_with_allowed_ranges_admits_only_their_clients() {
+        let open = rule("open");
+        let closed = Rule {
+            allow: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "192.168.1.7".parse().unwrap(),
+            ],
+            ..rule("closed")
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        for client in ["10.1.2.3", "192.168.1.7", "::ffff:10.0.0.1"] {
+            assert!(closed.admits(ip(client)), "{client}");
+        }
+        for client in ["11.0.0.1", "192.168.1.8", "::1", "::ffff:11.0.0.1"] {
+            assert!(!closed.admits(ip(client)), "{client}");
+            assert!(open.admits(ip(client)), "{client}");
         }
     }
 
@@ -365,5 +390,6 @@ mod tests {
         let r = error_page(StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::CONNECTION], "close");
         assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html");
+        assert_eq!(error_page(StatusCode::FORBIDDEN).status(), 403);
     }
 }

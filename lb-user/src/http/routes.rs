@@ -14,14 +14,14 @@
 //! leaves out an app without tasks, so the next matching rule gets the request.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddrV4},
 };
 
 use serde::Serialize;
 
 use crate::{
     marathon::api::App,
-    services::{Protocol, ServiceSpec},
+    services::{Cidr, Protocol, ServiceSpec},
 };
 
 /// The HTTP routes of one Marathon state.
@@ -49,6 +49,23 @@ pub struct Rule {
     pub weight: i64,
     /// The service's backends (task address, container port), sorted.
     pub backends: Vec<SocketAddrV4>,
+    /// The service's allowed client ranges (`HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`, which
+    /// marathon-lb applies to HTTP backends too: `http-request deny`); empty: every client.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Cidr>,
+}
+
+impl Rule {
+    /// Whether a client at `ip` may be sent to this rule's backends.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        self.allow.is_empty()
+            || match ip {
+                IpAddr::V4(v4) => self.allow.iter().any(|c| c.contains(v4)),
+                IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| self.allow.iter().any(|c| c.contains(v4))),
+            }
+    }
 }
 
 /// HAProxy's `path_beg` with its flags: `-i` makes the match case-insensitive.
@@ -192,6 +209,7 @@ pub fn routes(apps: &BTreeMap<String, App>, services: &[ServiceSpec]) -> Routes 
             redirect_to_https: label("REDIRECT_TO_HTTPS").is_some_and(truthy),
             weight,
             backends: s.backends.clone(),
+            allow: s.allow.clone(),
         });
     }
     rules.sort_by(|a, b| (&a.app_id, a.service_port).cmp(&(&b.app_id, b.service_port)));

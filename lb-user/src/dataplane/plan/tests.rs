@@ -470,7 +470,12 @@ fn allowed_ranges_are_in_place_before_the_service_checks_them_and_leave_after() 
     let plan = apply(&mut again, &mut maps, &want, t0);
     assert!(plan.ops.is_empty(), "{:?}", plan.ops);
     // Open again: the flag goes first, then the ranges.
-    let plan = apply(&mut again, &mut maps, &desired(std::slice::from_ref(&open)), t0);
+    let plan = apply(
+        &mut again,
+        &mut maps,
+        &desired(std::slice::from_ref(&open)),
+        t0,
+    );
     let svc = at(&plan.ops, |o| matches!(o, Op::PutService(..)));
     let del = at(&plan.ops, |o| matches!(o, Op::DeleteAllow(..)));
     assert!(svc < del, "{:?}", plan.ops);
