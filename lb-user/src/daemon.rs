@@ -113,6 +113,7 @@ impl Source {
             (None, false) => {
                 let mut feed = args.marathon.feed_config()?;
                 feed.translate.allow = Cidr::normalize(args.allow.clone());
+                feed.translate.vhosts = !args.http.no_vhost;
                 Ok(Self::Marathon(Box::new(feed)))
             }
         }

@@ -678,11 +678,12 @@ fn l7_labels_are_reported_and_the_port_still_balanced() {
         service(&t, "*:10097/udp").backends,
         addrs(&["10.7.0.2:38011"])
     );
+    // The front end serves the virtual-host labels; the rest are reported.
     let want = vec![
         Unsupported {
             app_id: "/l7/dual".into(),
             port_index: 0,
-            labels: vec!["HAPROXY_0_BALANCE".into(), "HAPROXY_0_VHOST".into()],
+            labels: vec!["HAPROXY_0_BALANCE".into()],
         },
         Unsupported {
             app_id: "/l7/site".into(),
@@ -693,10 +694,6 @@ fn l7_labels_are_reported_and_the_port_still_balanced() {
                 "HAPROXY_0_BACKEND_HEAD",
                 "HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH",
                 "HAPROXY_0_MODE",
-                "HAPROXY_0_PATH",
-                "HAPROXY_0_REDIRECT_TO_HTTPS",
-                "HAPROXY_0_SSL_CERT",
-                "HAPROXY_0_VHOST",
             ]
             .map(String::from)
             .to_vec(),
@@ -710,6 +707,38 @@ fn l7_labels_are_reported_and_the_port_still_balanced() {
         },
     ];
     assert_eq!(t.unsupported, want);
+    // Without the front end (`--no-vhost`) they are reported too.
+    let no_vhost = run(
+        &parsed,
+        &TranslateOptions {
+            vhosts: false,
+            ..TranslateOptions::default()
+        },
+    );
+    let labels = |t: &Translation, app: &str| -> Vec<String> {
+        t.unsupported
+            .iter()
+            .filter(|u| u.app_id == app && u.port_index == 0)
+            .flat_map(|u| u.labels.clone())
+            .collect()
+    };
+    assert_eq!(
+        labels(&no_vhost, "/l7/dual"),
+        ["HAPROXY_0_BALANCE", "HAPROXY_0_VHOST"]
+    );
+    assert_eq!(
+        labels(&no_vhost, "/l7/site"),
+        [
+            "HAPROXY_0_AUTH",
+            "HAPROXY_0_BACKEND_HEAD",
+            "HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH",
+            "HAPROXY_0_MODE",
+            "HAPROXY_0_PATH",
+            "HAPROXY_0_REDIRECT_TO_HTTPS",
+            "HAPROXY_0_SSL_CERT",
+            "HAPROXY_0_VHOST",
+        ]
+    );
     assert!(t.skipped.is_empty(), "{:#?}", t.skipped);
 }
 

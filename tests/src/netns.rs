@@ -365,3 +365,48 @@ impl Drop for FibNs {
             .output();
     }
 }
+
+/// Attaches to `dev` in namespace `ns`, in native mode, an XDP program that passes every frame:
+/// what sits on the far end of a real uplink (a NIC, a switch) in place of a bare veth. A veth
+/// puts the frames its peer sends back with `XDP_TX` on this end's queue, but wakes this end
+/// only when an XDP program runs here (the kernel's `veth_xdp_flush` looks for one), so without
+/// it such frames wait, unseen, for the next ordinary packet. The program is two instructions
+/// (`r0 = XDP_PASS; exit`), loaded with bpf(2) directly: no object file to build.
+pub fn attach_xdp_pass(ns: &str, dev: &str) {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    // mov64 r0, 2 (XDP_PASS); exit
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(2) with a union bpf_attr laid out for BPF_PROG_LOAD; the pointers it holds
+    // outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "loading an XDP_PASS program: {}",
+        std::io::Error::last_os_error()
+    );
+    let pin = format!("/sys/fs/bpf/lbt-xdp-pass-{ns}-{dev}\0");
+    let _ = fs::remove_file(pin.trim_end_matches('\0'));
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(pin.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: as above, for BPF_OBJ_PIN.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
+    assert!(r == 0, "pinning it: {}", std::io::Error::last_os_error());
+    let pin = pin.trim_end_matches('\0');
+    ip(&format!("-n {ns} link set dev {dev} xdpdrv pinned {pin}"));
+    // The attachment holds the program now.
+    let _ = fs::remove_file(pin);
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd as i32) };
+}

@@ -324,3 +324,83 @@ fn dig_from_the_client_gets_every_name_fresh_and_whole() {
     );
     drop(log);
 }
+
+/// The XDP fast path through the uplink: A queries for names it holds are answered by the XDP
+/// program on the agent's eth0 (counted as `xdp`, never reaching the server), the rest by the
+/// server as before, and a scale-up reaches the XDP answers too.
+#[test]
+fn the_fast_path_answers_from_xdp_through_the_uplink() {
+    let mut topo = Topology::new("lbd3");
+    // The client's end stands for a NIC: see `attach_xdp_pass`.
+    lb_tests::netns::attach_xdp_pass(&topo.ns("client"), "eth0");
+    let m = NsStandin::start(&topo.ns("agent"));
+    m.standin.set_apps(apps(3));
+    let url = m.standin.url();
+    let log = lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--hook",
+            "xdp",
+            "--xdp-redirect",
+            "eth0",
+            "--marathon",
+            &url,
+            "--dns-listen",
+            "0.0.0.0:53",
+            "--dns-fast-path",
+        ],
+        0,
+    );
+    wait_for("the first sync reaches DNS", Duration::from_secs(5), || {
+        dig(&topo, "nginx.marathon.mesos").status == "NOERROR"
+    });
+    let fast = |topo: &Topology| {
+        lb::status(topo).map_or(0, |st| {
+            st["dns"]["queries"]["xdp A NOERROR"].as_u64().unwrap_or(0)
+        })
+    };
+    // Those first queries may have been answered by either; count from a settled figure.
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = fast(&topo);
+    let firsts: std::collections::BTreeSet<String> = (0..10)
+        .map(|_| {
+            let d = dig(&topo, "nginx.marathon.mesos");
+            assert_eq!(d.a(), sorted(&IPS[..3]), "{}", d.raw);
+            assert!(d.flags.contains(&"aa".to_owned()), "{}", d.raw);
+            d.answers[0].1.clone()
+        })
+        .collect();
+    assert!(firsts.len() > 1, "answers rotate: {firsts:?}");
+    // Upper case and no EDNS: the same answer.
+    let d = dig(&topo, "+noedns NGINX.Marathon.MESOS");
+    assert_eq!(d.a(), sorted(&IPS[..3]), "{}", d.raw);
+    wait_for("the XDP answers counted", Duration::from_secs(5), || {
+        fast(&topo) >= before + 11
+    });
+    // Others go to the server: SRV, and a name with more addresses than the map holds.
+    let d = dig(&topo, "_nginx._tcp.marathon.mesos SRV");
+    assert_eq!(d.answers.len(), 3, "{}", d.raw);
+    let d = dig(&topo, "+bufsize=4096 big.marathon.mesos");
+    assert_eq!(d.a().len(), 60, "{}", d.raw);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        fast(&topo),
+        before + 11,
+        "only the eleven A queries went through XDP"
+    );
+    // A scale-up reaches the fast path's map too.
+    m.standin
+        .set_app("/nginx", Some(apps(4)["apps"][0].clone()));
+    wait_for(
+        "the scale-up in XDP answers",
+        Duration::from_secs(1),
+        || dig(&topo, "nginx.marathon.mesos").a() == sorted(&IPS),
+    );
+    lb::assert_no_drops(&topo, &[]);
+    drop(log);
+}

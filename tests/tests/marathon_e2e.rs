@@ -41,7 +41,8 @@ fn apps(tasks: Vec<Value>) -> Value {
             "container": {"type": "DOCKER", "docker": {"image": "nginx:1.13"},
                           "portMappings": [{"containerPort": 80, "servicePort": 10000, "protocol": "tcp", "name": "http"}]},
             "networks": [{"name": "calico", "mode": "container"}],
-            "labels": {"HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": "nginx.example.com"},
+            "labels": {"HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": "nginx.example.com",
+                       "HAPROXY_0_AUTH": "realm:admin:$6$hash"},
             "healthChecks": [{"protocol": "MESOS_HTTP", "path": "/", "portIndex": 0}],
             "tasks": tasks
         },
@@ -261,7 +262,7 @@ fn follows_marathon_live_drains_and_survives_marathon_failures() {
     assert_eq!(
         text.matches("L7-only labels").count(),
         1,
-        "VHOST reported once, not per sync:\n{text}"
+        "AUTH reported once, not per sync (VHOST is served):\n{text}"
     );
     assert!(!text.contains("password"), "no credentials in logs");
     lb::assert_no_drops(&topo, &[]);

@@ -291,7 +291,7 @@ impl Cx<'_, '_, '_> {
             protocols,
             balance,
             allow,
-            unsupported: unsupported_labels(app, i),
+            unsupported: unsupported_labels(app, i, self.opts.vhosts),
         })
     }
 

@@ -52,6 +52,10 @@ pub struct TranslateOptions {
     /// The client ranges allowed on ports without `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`
     /// (`--allow`); empty: every client.
     pub allow: Vec<Cidr>,
+    /// The HTTP front end serves the virtual-host labels (`VHOST`, `PATH`, `BACKEND_WEIGHT`,
+    /// `REDIRECT_TO_HTTPS`, `SSL_CERT`), so they are not reported as unsupported; false with
+    /// `--no-vhost`.
+    pub vhosts: bool,
 }
 
 impl Default for TranslateOptions {
@@ -63,6 +67,7 @@ impl Default for TranslateOptions {
             ip_sources: vec![IpSource::Netinfo, IpSource::Host],
             ip_per_task_ports: Some(PortRange::default()),
             allow: Vec::new(),
+            vhosts: true,
         }
     }
 }

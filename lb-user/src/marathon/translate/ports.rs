@@ -204,8 +204,18 @@ pub(crate) fn protocols(spec: Option<&str>) -> Result<Vec<Protocol>, String> {
     Ok(out)
 }
 
-/// The labels of port `i` asking for what only HAProxy did, in name order.
-pub(super) fn unsupported_labels(app: &App, i: usize) -> Vec<String> {
+/// The labels the HTTP front end serves (`http/routes.rs`), when it runs.
+const VHOST_LABELS: &[&str] = &[
+    "VHOST",
+    "PATH",
+    "BACKEND_WEIGHT",
+    "REDIRECT_TO_HTTPS",
+    "SSL_CERT",
+];
+
+/// The labels of port `i` asking for what only HAProxy did, in name order; with `vhosts`, the
+/// front end's own labels are served, so not among them.
+pub(super) fn unsupported_labels(app: &App, i: usize, vhosts: bool) -> Vec<String> {
     let prefix = format!("HAPROXY_{i}_");
     let truthy = |v: &str| matches!(v.to_lowercase().as_str(), "true" | "t" | "yes" | "y");
     app.labels
@@ -214,6 +224,9 @@ pub(super) fn unsupported_labels(app: &App, i: usize) -> Vec<String> {
             let Some(name) = k.strip_prefix(&prefix) else {
                 return false;
             };
+            if vhosts && VHOST_LABELS.contains(&name) {
+                return false;
+            }
             match name {
                 "MODE" => !v.trim().eq_ignore_ascii_case("tcp"),
                 "BALANCE" => !matches!(
