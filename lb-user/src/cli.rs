@@ -381,6 +381,7 @@ fn translate_options(args: &MarathonArgs) -> Result<TranslateOptions> {
         ip_sources,
         ip_per_task_ports,
         allow: Vec::new(),
+        vhosts: true,
     })
 }
 
