@@ -6,9 +6,9 @@
 //! other than 0, bytes after the question, IP options, and interfaces not in `LB_XDP_TX` (their
 //! peers may not take XDP frames).
 //!
-//! Experimental and off unless `--dns-fast-path` is given: its answers are right under
-//! `BPF_PROG_TEST_RUN`, but through a veth (native XDP, the peer with GRO on) the end-to-end
-//! test saw them counted as sent (`xdp_tx`) and never delivered to the peer.
+//! Off unless `--dns-fast-path` is given. The answer is longer than the query: the frame grows
+//! at the front (every XDP frame has headroom; a veth gives none at the back) and the headers
+//! and the question move down to the new start.
 //!
 //! The answer is the question with the A records after it (each names the question by the
 //! pointer `0xc00c`), rotated from a random start, authoritative, with an OPT record of
@@ -16,7 +16,9 @@
 //! IPv4 allows, so the answer costs no pass over its bytes.
 use aya_ebpf::{
     bindings::xdp_action::XDP_TX,
-    helpers::{bpf_get_prandom_u32, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    helpers::{
+        bpf_get_prandom_u32, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+    },
     programs::XdpContext,
 };
 use lb_common::{DNS_ADDRS_MAX, DNS_NAME_MAX, DnsName, DnsStat, IPPROTO_UDP, Stat};
@@ -52,6 +54,50 @@ const TYPE_A: [u8; 2] = [0, 1];
 const CLASS_IN: [u8; 2] = [0, 1];
 const TYPE_OPT: [u8; 2] = [0, 41];
 const EDNS_UDP_SIZE: u16 = 1232;
+
+/// The most an answer outgrows its query: every record, and an OPT where the query had none
+/// (a mask: a power of two less one, so that the verifier keeps offsets bounded).
+const MAX_GROWTH: usize = 255;
+const _: () = assert!(DNS_ADDRS_MAX * ANSWER_LEN + OPT_LEN <= MAX_GROWTH);
+
+/// Moves `len` bytes (at most 127) from `from` down to `to` (below it), in chunks of fixed
+/// sizes, lowest first: each chunk is read whole before it is written, so overlap is safe.
+/// Each chunk's place is a function of `len` alone (its higher bits), so the verifier's paths
+/// through the chunks carry no running offset and merge again after them.
+#[inline(always)]
+fn move_down(ctx: &XdpContext, from: usize, to: usize, len: usize) -> Option<()> {
+    macro_rules! chunk {
+        ($n:literal) => {
+            if len & $n != 0 {
+                let done = len & !(2 * $n - 1) & 127;
+                // Opaque to the compiler: otherwise it sees that the source's bounds check
+                // implies the destination's (`to < from`) and drops the one the verifier needs.
+                // SAFETY: plain reads of locals.
+                let (f, t) = unsafe {
+                    (
+                        core::ptr::read_volatile(&(from + done)),
+                        core::ptr::read_volatile(&(to + done)),
+                    )
+                };
+                let s: *const [u8; $n] = ptr_at(ctx, f)?;
+                let d: *mut [u8; $n] = ptr_at(ctx, t)?;
+                // SAFETY: ptr_at checked both against the packet's end.
+                unsafe {
+                    let v = *s;
+                    *d = v;
+                }
+            }
+        };
+    }
+    chunk!(64);
+    chunk!(32);
+    chunk!(16);
+    chunk!(8);
+    chunk!(4);
+    chunk!(2);
+    chunk!(1);
+    Some(())
+}
 
 #[inline(always)]
 fn global<T: Copy>(v: &T) -> T {
@@ -199,9 +245,26 @@ fn try_answer(ctx: &mut XdpContext, p: &Parsed) -> Result<u32, NotHere> {
     // SAFETY: plain helper call on the program's context.
     let frame = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
     let delta = (DNS_OFF + payload) as i32 - frame;
-    // SAFETY: the helper checks the new length against the frame's room.
-    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        return Err(Pass);
+    if delta > 0 {
+        // Grown at the front, where every XDP frame has its headroom: at the back a veth
+        // hands XDP an skb's buffer cut to size, and the growth there failed for most queries.
+        // The headers and the question then move down to the new start.
+        if delta > MAX_GROWTH as i32 {
+            return Err(Pass);
+        }
+        // SAFETY: the helper checks the new start against the headroom.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
+            return Err(Pass);
+        }
+        let grown = delta as usize & MAX_GROWTH;
+        move_down(ctx, grown, 0, NAME_OFF).ok_or(Drop)?;
+        move_down(ctx, NAME_OFF + grown, NAME_OFF, (name_len + QTAIL) & 127).ok_or(Drop)?;
+    } else {
+        // One way for a shrink and for no change (one path less for the verifier to walk).
+        // SAFETY: the helper checks the new length; shrinking always fits.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return Err(Pass);
+        }
     }
     // From here the packet is the answer; a failed check below drops it.
     let eth: *mut [u8; 12] = ptr_at(ctx, 0).ok_or(Drop)?;

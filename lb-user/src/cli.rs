@@ -109,7 +109,7 @@ pub struct RunArgs {
     /// Interfaces between which XDP forwards on its own (repeatable glob); elsewhere XDP hands
     /// packets to the TC program. Default: the physical NICs among those attached. A veth
     /// qualifies only if its peer sends complete checksums (tx checksum offload off) and
-    /// accepts XDP frames (runs XDP or has GRO on).
+    /// accepts XDP frames (runs XDP; GRO alone takes redirected frames but not XDP_TX ones).
     #[arg(long = "xdp-redirect", value_name = "GLOB")]
     pub xdp_redirect: Vec<String>,
 

@@ -395,7 +395,18 @@ pub fn attach_xdp_pass(ns: &str, dev: &str) {
         "loading an XDP_PASS program: {}",
         std::io::Error::last_os_error()
     );
-    let pin = format!("/sys/fs/bpf/lbt-xdp-pass-{ns}-{dev}\0");
+    // A bpffs of our own outside /sys: `ip -n` mounts a fresh sysfs for the namespace, without
+    // the host's /sys/fs/bpf.
+    let dir = "/run/lbt-xdp-pass";
+    fs::create_dir_all(dir).unwrap();
+    let mounted = fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(dir));
+    if !mounted {
+        sh(&format!("mount -t bpf bpf {dir}"));
+    }
+    let pin = format!("{dir}/{ns}-{dev}\0");
     let _ = fs::remove_file(pin.trim_end_matches('\0'));
     let mut attr = [0u8; 128];
     attr[0..8].copy_from_slice(&(pin.as_ptr() as u64).to_ne_bytes());

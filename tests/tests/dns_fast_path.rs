@@ -170,8 +170,12 @@ fn the_verifier_accepts_the_fast_path_with_headroom() {
         .verified_instruction_count()
         .expect("the kernel reports verified instructions");
     eprintln!("lb_xdp with the DNS fast path: {n} verified instructions");
+    // The default build (fast path off) keeps the 600,000 budget of `prog_test_run.rs`. With
+    // it on, the answer grows at the front of the frame and the question moves down in the
+    // program (a veth gives XDP no room at the back), about 90,000 instructions more: 700,000
+    // still leaves 30% of the kernel's limit.
     assert!(
-        n < 600_000,
+        n < 700_000,
         "{n} verified instructions of the 1,000,000 limit"
     );
 }

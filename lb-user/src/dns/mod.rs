@@ -34,11 +34,10 @@ pub struct DnsArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_upstream)]
     pub dns_upstream: Option<SocketAddr>,
 
-    /// Experimental, off by default: A queries for names with at most 8 addresses that arrive
-    /// at the first IPv4 `--dns-listen` address over an interface where XDP may send (`--hook
-    /// xdp`, `--xdp-redirect`) are answered by the XDP program itself. Its answers are checked
-    /// with BPF_PROG_TEST_RUN; through a veth they were lost in our end-to-end test (counted as
-    /// sent, never seen by the peer), so it is not yet for production.
+    /// Opt-in: A queries for names with at most 8 addresses that arrive at the first IPv4
+    /// `--dns-listen` address over an interface where XDP may send (`--hook xdp`,
+    /// `--xdp-redirect`) are answered by the XDP program itself, without reaching this server.
+    /// On a veth, the peer must run an XDP program for such answers to be delivered.
     #[arg(long)]
     pub dns_fast_path: bool,
 }
