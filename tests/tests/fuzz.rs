@@ -46,6 +46,16 @@ fn the_data_plane_agrees_with_the_model() {
         report.failures.join("\n\n")
     );
     assert!(report.xdp_runs >= opts.packets_per_hook && report.tc_runs >= opts.packets_per_hook);
+    // The admission steps are exercised on both hooks, so agreement covers them.
+    for cause in ["DropDenied", "Redirect"] {
+        for hook in ["Xdp", "Tc"] {
+            let key = format!("{hook} {cause}");
+            assert!(
+                report.by_cause.contains_key(&key),
+                "no {key} among the outcomes: {causes:?}"
+            );
+        }
+    }
 }
 
 /// A full-NAT TCP service on 10.0.0.1:10000 with the one task 192.168.1.11:80.

@@ -7,7 +7,7 @@ use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_BACKEND_CLOSED_FIRST,
     FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, FLOW_F_TS,
     FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PORT_BACKEND, PORT_SERVICE, RT_F_XDP,
-    SVC_F_AFFINITY_SOURCE, Service, ServiceKey,
+    SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, Service, ServiceKey,
 };
 use rand::{Rng, rngs::StdRng, seq::IndexedRandom};
 
@@ -39,6 +39,16 @@ const CLIENTS: [&str; 6] = [
     "203.0.113.9",
     "192.168.1.11",
     "10.0.0.1",
+];
+/// Allowed ranges: some hold some of `CLIENTS`, at every kind of prefix length.
+const ALLOWED: [(&str, u8); 7] = [
+    ("10.0.0.0", 8),
+    ("10.0.0.2", 32),
+    ("10.0.0.0", 31),
+    ("10.9.0.0", 16),
+    ("203.0.113.0", 24),
+    ("192.168.0.0", 16),
+    ("0.0.0.0", 0),
 ];
 /// Tasks: a resolved neighbour, an unresolved one, one behind the uplink, one without a
 /// route, the agent itself.
@@ -134,8 +144,20 @@ pub fn scenario(rng: &mut StdRng, ifs: Ifaces, max: (u32, u32), now: u64) -> Sta
                 SVC_F_AFFINITY_SOURCE
             } else {
                 0
+            } | if rng.random_bool(0.3) {
+                SVC_F_ALLOW_LIST
+            } else {
+                0
             },
         };
+        // Ranges for the id (shared by services that share it, as the map is keyed by id),
+        // sometimes none at all: a flagged service without ranges admits nobody.
+        if service.flags & SVC_F_ALLOW_LIST != 0 || rng.random_bool(0.1) {
+            for _ in 0..rng.random_range(0..=3) {
+                let (addr, len) = pick(rng, &ALLOWED);
+                st.acl.insert((id, ip(addr), len));
+            }
+        }
         for index in 0..n {
             if rng.random_bool(0.05) {
                 continue;

@@ -258,6 +258,8 @@ impl Kernel {
         if service {
             let zeros = PerCpuValues::try_from(vec![0u64; nr_cpus().unwrap()]).unwrap();
             self.dp.maps.service_refused.set(id, zeros, 0).unwrap();
+            let zeros = PerCpuValues::try_from(vec![0u64; nr_cpus().unwrap()]).unwrap();
+            self.dp.maps.service_denied.set(id, zeros, 0).unwrap();
         }
     }
 
@@ -291,6 +293,9 @@ impl Kernel {
         for (k, f) in &st.flows {
             m.flows.insert(k, f, 0).unwrap();
         }
+        for k in acl_keys(st) {
+            m.acl.insert(&k, 1, 0).unwrap();
+        }
     }
 
     /// Empties what `st` (the model's state at the end of a batch) put in the maps.
@@ -315,8 +320,22 @@ impl Kernel {
         for (w, _) in gate_words(st) {
             m.ports.set(w, 0, 0).unwrap();
         }
+        for k in acl_keys(st) {
+            m.acl.remove(&k).ok();
+        }
         m.config.set(0, Config::default(), 0).unwrap();
     }
+}
+
+/// `LB_ACL` keys as the model's ranges make them.
+fn acl_keys(st: &State) -> Vec<aya::maps::lpm_trie::Key<lb_common::AclData>> {
+    st.acl
+        .iter()
+        .map(|&(id, addr, len)| {
+            let k = lb_common::AclKey::range(id, addr, len);
+            aya::maps::lpm_trie::Key::new(k.prefix_len, k.data)
+        })
+        .collect()
 }
 
 /// `LB_PORTS` words as the model's port set makes them.
@@ -757,6 +776,11 @@ fn check_batch(
         let got = sum_u64(&k.dp.maps.service_refused, id);
         if got != want {
             return Err(format!("LB_SVC_REFUSED[{id}]: {got}, model {want}"));
+        }
+        let want = tally.denied.get(&id).copied().unwrap_or_default();
+        let got = sum_u64(&k.dp.maps.service_denied, id);
+        if got != want {
+            return Err(format!("LB_SVC_DENIED[{id}]: {got}, model {want}"));
         }
     }
     for &id in &ids.1 {

@@ -18,7 +18,7 @@ use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, Counters, FLOW_F_BACKEND_CLOSED_FIRST,
     FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, FLOW_F_TS,
     FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_UDP, PORT_BACKEND, PORT_SERVICE, RT_F_XDP,
-    SVC_F_AFFINITY_SOURCE, Service, ServiceKey, Stat, TS_CLOCK_SHIFT,
+    SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, Service, ServiceKey, Stat, TS_CLOCK_SHIFT,
 };
 
 use frame::{
@@ -76,6 +76,7 @@ pub fn drops(stat: Stat) -> bool {
             | Stat::DropFlowInsert
             | Stat::ErrBackendLookup
             | Stat::ErrRewrite
+            | Stat::DropDenied
     )
 }
 
@@ -147,12 +148,22 @@ pub struct State {
     pub nat_cursor: HashMap<u32, u32>,
     /// `LB_PORTS` as (kind, protocol, port in host order).
     pub ports: HashSet<(u32, u8, u16)>,
+    /// `LB_ACL` as (service id, range address (raw, network order), prefix length).
+    pub acl: HashSet<(u32, u32, u8)>,
     /// Array sizes: `LB_RR`/`LB_SVC_STATS` and `LB_NAT_CURSOR`/`LB_BE_STATS`.
     pub max_services: u32,
     pub max_backend_ids: u32,
 }
 
 impl State {
+    /// Whether `client` (raw) is inside one of service `id`'s ranges.
+    fn allows(&self, id: u32, client: u32) -> bool {
+        self.acl.iter().any(|&(sid, addr, len)| {
+            let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+            sid == id && (u32::from_be(client) ^ u32::from_be(addr)) & mask == 0
+        })
+    }
+
     /// The port gate: could the packet be a service's or a flow's at all?
     fn gate(&self, key: &FlowKey) -> bool {
         self.ports
@@ -236,6 +247,8 @@ pub struct Outcome {
     pub new_flow: Option<(u32, u32)>,
     /// Service id: a new connection refused for want of backends (`LB_SVC_REFUSED`).
     pub refused: Option<u32>,
+    /// Service id: a packet dropped for a client outside its ranges (`LB_SVC_DENIED`).
+    pub denied: Option<u32>,
     /// (service id, backend id, bytes): a forwarded packet counted.
     pub traffic: Option<(u32, u32, u64)>,
 }
@@ -254,6 +267,7 @@ struct Tx<'a> {
     stats: Vec<Stat>,
     new_flow: Option<(u32, u32)>,
     refused: Option<u32>,
+    denied: Option<u32>,
     traffic: Option<(u32, u32, u64)>,
 }
 
@@ -359,6 +373,7 @@ impl Model {
             stats: Vec::new(),
             new_flow: None,
             refused: None,
+            denied: None,
             traffic: None,
         };
         let mut out = frame.to_vec();
@@ -374,7 +389,10 @@ impl Model {
                 (v, stat, false)
             }
         };
-        tx.stats.push(cause);
+        // Denials are counted per service only (`LB_STATS` has no slot for them).
+        if (cause as u32) < lb_common::STAT_COUNT {
+            tx.stats.push(cause);
+        }
         let mut flows: Vec<_> = tx.flows.into_iter().collect();
         flows.sort_by_key(|(k, _)| key_order(k));
         Outcome {
@@ -388,6 +406,7 @@ impl Model {
             stats: tx.stats,
             new_flow: tx.new_flow,
             refused: tx.refused,
+            denied: tx.denied,
             traffic: tx.traffic,
         }
     }
@@ -470,6 +489,12 @@ impl Model {
             tx.stats.push(Stat::FlowReplaced);
         }
         let service = lookup_service(tx.st, &h.key).ok_or(Stat::PassNotService)?;
+        // Admission (issue 12): a service with allowed ranges drops every packet of a client
+        // outside them before anything else (README: "Source ranges per service").
+        if service.flags & SVC_F_ALLOW_LIST != 0 && !tx.st.allows(service.id, h.key.src) {
+            tx.denied = Some(service.id);
+            return Err(Stat::DropDenied);
+        }
         if h.first_fragment {
             return Err(Stat::DropFragment);
         }
@@ -874,6 +899,8 @@ pub struct Tally {
     pub backends: BTreeMap<u32, Counters>,
     /// `LB_SVC_REFUSED` by service id.
     pub refused: BTreeMap<u32, u64>,
+    /// `LB_SVC_DENIED` by service id.
+    pub denied: BTreeMap<u32, u64>,
 }
 
 impl Tally {
@@ -896,6 +923,11 @@ impl Tally {
             && s < st.max_services
         {
             *self.refused.entry(s).or_default() += 1;
+        }
+        if let Some(s) = o.denied
+            && s < st.max_services
+        {
+            *self.denied.entry(s).or_default() += 1;
         }
         if let Some((s, b, bytes)) = o.traffic {
             if s < st.max_services {
