@@ -561,6 +561,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Some(dns::server::bind(listen).await?)
         }
     };
+    // Mesos-DNS's HTTP interface: bound before the kernel is touched, as the DNS ports are.
+    let dns_http = match (args.dns.dns_http_listen, &dns_bound) {
+        (None, _) => None,
+        (Some(_), None) => bail!("--dns-http-listen needs --dns-listen"),
+        (Some(addr), Some(_)) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --dns-http-listen {addr}"))?,
+        ),
+    };
     let front = match &source {
         Source::Marathon(_) if !args.http.no_vhost => {
             Some(FrontEnd::start(args.http.front_config()).await?)
@@ -582,6 +592,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ));
     if let Some(front) = front {
         tokio::spawn(front.run(d.routes.subscribe()));
+    }
+    if let (Some(listener), Some(bound)) = (dns_http, &dns_bound) {
+        let config = dns::http::HttpConfig {
+            domain: args.dns.dns_domain.clone(),
+            ttl: args.dns.dns_ttl,
+            dns_listen: bound.addrs.clone(),
+            http_listen: listener.local_addr()?,
+        };
+        info!(addr = %config.http_listen, "Mesos-DNS HTTP interface");
+        tokio::spawn(dns::http::serve(listener, config, d.dns_zone.subscribe()));
     }
     if let Some(bound) = dns_bound {
         d.dns = Some((bound.addrs.clone(), args.dns.dns_domain.clone()));

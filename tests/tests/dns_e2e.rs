@@ -127,6 +127,17 @@ fn dig(topo: &Topology, args: &str) -> Dig {
     d
 }
 
+/// GETs a path of the Mesos-DNS HTTP interface from the client, as a script would: the status
+/// and the body.
+fn mesos_dns_http(topo: &Topology, path: &str) -> (u16, String) {
+    let out = topo.sh(
+        "client",
+        &format!("curl -s -m 3 -w '\\n%{{http_code}}' http://{AGENT}:8123{path}"),
+    );
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 fn sorted(v: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
     v.sort();
@@ -155,6 +166,8 @@ fn dig_from_the_client_gets_every_name_fresh_and_whole() {
             "1",
             "--dns-listen",
             "0.0.0.0:53",
+            "--dns-http-listen",
+            "0.0.0.0:8123",
             "--metrics",
             METRICS,
         ],
@@ -162,6 +175,8 @@ fn dig_from_the_client_gets_every_name_fresh_and_whole() {
     );
     let d = dig(&topo, "nginx.marathon.mesos");
     assert_eq!(d.status, "SERVFAIL", "before the first sync: {}", d.raw);
+    let (code, body) = mesos_dns_http(&topo, "/v1/hosts/nginx.marathon.mesos");
+    assert_eq!(code, 503, "before the first sync: {body}");
 
     m.standin.set_mode(Mode::Normal);
     wait_for("the first sync reaches DNS", Duration::from_secs(5), || {
@@ -221,6 +236,35 @@ fn dig_from_the_client_gets_every_name_fresh_and_whole() {
             "{name}"
         );
     }
+
+    // Mesos-DNS's HTTP interface answers from the same zone, in its JSON shapes.
+    let (code, body) = mesos_dns_http(&topo, "/v1/hosts/nginx.marathon.mesos");
+    assert_eq!(code, 200, "{body}");
+    let hosts: Vec<Value> = serde_json::from_str(&body).expect("hosts JSON");
+    let mut ips: Vec<&str> = hosts.iter().map(|h| h["ip"].as_str().unwrap()).collect();
+    ips.sort();
+    assert_eq!(ips, sorted(&IPS[..3]), "{body}");
+    assert!(
+        hosts.iter().all(|h| h["host"] == "nginx.marathon.mesos."),
+        "{body}"
+    );
+    let (_, body) = mesos_dns_http(&topo, "/v1/services/_nginx._tcp.marathon.mesos");
+    let services: Vec<Value> = serde_json::from_str(&body).expect("services JSON");
+    assert_eq!(services.len(), 3, "{body}");
+    assert!(
+        services.iter().all(|s| s["port"] == "80"
+            && s["host"].as_str().unwrap().starts_with("nginx-")
+            && IPS[..3].contains(&s["ip"].as_str().unwrap())),
+        "{body}"
+    );
+    let (code, body) = mesos_dns_http(&topo, "/v1/hosts/nope.marathon.mesos");
+    assert_eq!((code, body.as_str()), (200, r#"[{"host":"","ip":""}]"#));
+    let (_, body) = mesos_dns_http(&topo, "/v1/config");
+    let config: Value = serde_json::from_str(&body).expect("config JSON");
+    assert_eq!(
+        (config["Domain"].as_str(), config["TTL"].as_u64()),
+        (Some("mesos"), Some(5))
+    );
 
     // Unknown names: NXDOMAIN with the SOA; known names of another type: no data, SOA.
     let d = dig(&topo, "nope.marathon.mesos");

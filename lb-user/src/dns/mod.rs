@@ -1,12 +1,13 @@
 //! DNS for Marathon tasks, as Mesos-DNS and dcos-net name them: `names` (the naming rules),
 //! `zone` (the names and records, a pure function of the catalog's apps), `answer` (a zone as
-//! records, and the lookup), `server` (UDP and TCP, hickory-server), `stats` (counters for
-//! `lb status` and `/metrics`), `query` (`lb dns`).
+//! records, and the lookup), `server` (UDP and TCP, hickory-server), `http` (Mesos-DNS's
+//! `/v1` interface), `stats` (counters for `lb status` and `/metrics`), `query` (`lb dns`).
 use std::net::SocketAddr;
 
 use clap::Args;
 
 pub mod answer;
+pub mod http;
 pub mod names;
 pub mod query;
 pub mod server;
@@ -20,6 +21,11 @@ pub struct DnsArgs {
     /// the agent's own resolver may hold port 53.
     #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
     pub dns_listen: Vec<SocketAddr>,
+
+    /// Mesos-DNS's HTTP interface (its `HttpPort`, 8123) on ADDR:PORT: `/v1/version`,
+    /// `/v1/config`, `/v1/hosts/{host}`, `/v1/services/{service}`. Needs --dns-listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_http_listen: Option<SocketAddr>,
 
     /// Mesos-DNS's domain: tasks are `<app>.marathon.<domain>`.
     #[arg(long, default_value = "mesos", value_parser = parse_domain)]
