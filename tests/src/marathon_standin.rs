@@ -164,6 +164,8 @@ struct Inner {
     events: broadcast::Sender<Bytes>,
     heartbeat: Duration,
     shutdown: watch::Sender<bool>,
+    /// Bumped to end every open event stream (as a Marathon leader change does).
+    streams_epoch: watch::Sender<u64>,
     counters: Counters,
 }
 
@@ -198,6 +200,7 @@ impl Standin {
             events: broadcast::channel(1024).0,
             heartbeat,
             shutdown: watch::Sender::new(false),
+            streams_epoch: watch::Sender::new(0),
             counters: Counters::default(),
         });
         let app = Router::new()
@@ -282,6 +285,12 @@ impl Standin {
 
     pub fn set_mode(&self, mode: Mode) {
         self.inner.mode.send_replace(mode);
+    }
+
+    /// Ends every open event stream, as Marathon does when its leader changes; new streams
+    /// are served as before.
+    pub fn end_event_streams(&self) {
+        self.inner.streams_epoch.send_modify(|e| *e += 1);
     }
 
     pub fn require_auth(&self, auth: RequireAuth) {
@@ -461,6 +470,8 @@ async fn events(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let mut feed = inner.events.subscribe();
     let mut stop = inner.shutdown.subscribe();
+    let mut epoch = inner.streams_epoch.subscribe();
+    epoch.mark_unchanged();
     let stream_inner = Arc::clone(&inner);
     tokio::spawn(async move {
         let inner = stream_inner;
@@ -487,6 +498,7 @@ async fn events(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = stop.wait_for(|stopped| *stopped) => return,
+                _ = epoch.changed() => return,
                 () = tx.closed() => return,
             };
             if !stalled() && tx.send(frame).await.is_err() {

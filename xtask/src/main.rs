@@ -1,8 +1,9 @@
-//! `cargo xtask setup | build | test | demo | fuzz | bench`: the project's own tooling. Every command
+//! `cargo xtask setup | build | test | demo | fuzz | bench | soak`: the project's own tooling. Every command
 //! first brings the machine to a working build (idempotently), so a fresh clone needs nothing else.
 mod bench;
 mod demo;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -59,6 +60,24 @@ enum Cmd {
         /// A smoke run (shorter measurements, one round) that finishes in about four minutes.
         #[arg(long)]
         quick: bool,
+    },
+    /// Traffic through the agent while Marathon churns and the daemon restarts and upgrades
+    /// (tests/src/bin/lb-soak.rs); fails on any lost connection, corrupted byte, RSS growth
+    /// or map entry not returned. Needs root; not part of `test`.
+    Soak {
+        /// How long the traffic and the churn run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Restart the daemon this often (0: never).
+        #[arg(long, default_value_t = 60)]
+        restart_every: u64,
+        /// A git revision to build as the second `lb`, swapped in at every other restart
+        /// (default: the same build at every restart).
+        #[arg(long)]
+        upgrade_from: Option<String>,
+        /// The churn's and the traffic's seed, to replay a run.
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -208,5 +227,16 @@ fn main() -> Result<()> {
             strict,
         } => fuzz(packets, seed, keep_going, strict),
         Cmd::Bench { quick } => bench::run(quick),
+        Cmd::Soak {
+            seconds,
+            restart_every,
+            upgrade_from,
+            seed,
+        } => soak::run(soak::Options {
+            seconds,
+            restart_every,
+            other_rev: upgrade_from,
+            seed,
+        }),
     }
 }
