@@ -584,24 +584,41 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .as_ref()
         .and_then(|b| args.dns.fast_path(&b.addrs));
     let mut d = Daemon::start(&args, &source, fast_dns)?;
-    info!(addr = %listener.local_addr()?, "metrics and /healthz");
+    let metrics_addr = listener.local_addr()?;
+    // Mesos-DNS's HTTP interface: on the metrics listener whenever DNS is on, and on
+    // --dns-http-listen too when given.
+    let dns_routes = |http_listen: SocketAddr| {
+        dns_bound.as_ref().map(|bound| {
+            dns::http::router(
+                dns::http::HttpConfig {
+                    domain: args.dns.dns_domain.clone(),
+                    ttl: args.dns.dns_ttl,
+                    dns_listen: bound.addrs.clone(),
+                    http_listen,
+                },
+                d.dns_zone.subscribe(),
+            )
+        })
+    };
+    let on_metrics = dns_routes(metrics_addr);
+    let alone = match dns_http {
+        Some(l) => Some((l.local_addr()?, l)),
+        None => None,
+    }
+    .and_then(|(addr, l)| Some((l, dns_routes(addr)?)));
+    info!(addr = %metrics_addr, mesos_dns = on_metrics.is_some(), "metrics and /healthz");
     tokio::spawn(http::serve(
         listener,
         d.metrics.clone(),
         d.health.subscribe(),
+        on_metrics.unwrap_or_default(),
     ));
     if let Some(front) = front {
         tokio::spawn(front.run(d.routes.subscribe()));
     }
-    if let (Some(listener), Some(bound)) = (dns_http, &dns_bound) {
-        let config = dns::http::HttpConfig {
-            domain: args.dns.dns_domain.clone(),
-            ttl: args.dns.dns_ttl,
-            dns_listen: bound.addrs.clone(),
-            http_listen: listener.local_addr()?,
-        };
-        info!(addr = %config.http_listen, "Mesos-DNS HTTP interface");
-        tokio::spawn(dns::http::serve(listener, config, d.dns_zone.subscribe()));
+    if let Some((listener, routes)) = alone {
+        info!(addr = %listener.local_addr()?, "Mesos-DNS HTTP interface");
+        tokio::spawn(dns::http::serve(listener, routes));
     }
     if let Some(bound) = dns_bound {
         d.dns = Some((bound.addrs.clone(), args.dns.dns_domain.clone()));

@@ -265,6 +265,30 @@ fn dig_from_the_client_gets_every_name_fresh_and_whole() {
         (config["Domain"].as_str(), config["TTL"].as_u64()),
         (Some("mesos"), Some(5))
     );
+    // The same interface on the metrics listener, with every task and its records.
+    let enumerated = in_netns(&topo.ns("agent"), || {
+        http_get(
+            SocketAddrV4::new("127.0.0.1".parse().unwrap(), 9191),
+            "/v1/enumerate",
+            Duration::from_secs(3),
+        )
+    })
+    .expect("/v1/enumerate on the metrics listener");
+    let enumerated: Value = serde_json::from_slice(&enumerated).expect("enumerate JSON");
+    let tasks = enumerated["frameworks"][0]["tasks"]
+        .as_array()
+        .expect("tasks");
+    let nginx: Vec<&Value> = tasks.iter().filter(|t| t["name"] == "nginx").collect();
+    assert_eq!(nginx.len(), 3, "{enumerated}");
+    assert_eq!(tasks.len(), 3 + 1 + 60, "nginx, prod/api and big's tasks");
+    assert!(
+        nginx.iter().all(|t| t["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| { r["name"] == "nginx.marathon.mesos." && r["rtype"] == "A" })),
+        "{enumerated}"
+    );
 
     // Unknown names: NXDOMAIN with the SOA; known names of another type: no data, SOA.
     let d = dig(&topo, "nope.marathon.mesos");

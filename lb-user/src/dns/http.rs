@@ -1,7 +1,8 @@
-//! Mesos-DNS's HTTP interface (`--dns-http-listen`, its `HttpPort`): `GET /v1/version`,
-//! `/v1/config`, `/v1/hosts/{host}` (the A records of a name) and `/v1/services/{service}`
-//! (its SRV records, each with its target's first address), in Mesos-DNS's JSON shapes, so
-//! that scripts written against Mesos-DNS keep working. Answered from the same zone as DNS.
+//! Mesos-DNS's HTTP interface, on the metrics listener and on `--dns-http-listen` (its
+//! `HttpPort`): `GET /v1/version`, `/v1/config`, `/v1/hosts/{host}` (the A records of a name),
+//! `/v1/services/{service}` (its SRV records, each with its target's first address) and
+//! `/v1/enumerate` (every task with its records), in Mesos-DNS's JSON shapes, so that scripts
+//! written against Mesos-DNS keep working. Answered from the same zone as DNS.
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
@@ -15,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::zone::Zone;
+use super::zone::{EnumTask, Zone};
 
 /// What `/v1/config` reports (Mesos-DNS's field names, for the fields that mean something here).
 #[derive(Clone, Debug)]
@@ -112,22 +113,45 @@ pub fn services(zone: &Zone, service: &str) -> Vec<ServiceRecord> {
     }
 }
 
-/// Serves the interface on `listener` until the task is dropped; other paths 404.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    config: HttpConfig,
-    zone: watch::Receiver<Option<Arc<Zone>>>,
-) -> std::io::Result<()> {
-    let app = Router::new()
+/// `/v1/enumerate`: Mesos-DNS's shape, with the one framework `lb` follows.
+#[derive(Debug, Serialize)]
+pub struct Enumeration<'z> {
+    pub frameworks: [EnumFramework<'z>; 1],
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnumFramework<'z> {
+    pub tasks: Vec<&'z EnumTask>,
+    pub name: &'static str,
+}
+
+/// Every task with its records, apps in id order.
+pub fn enumerate(zone: &Zone) -> Enumeration<'_> {
+    Enumeration {
+        frameworks: [EnumFramework {
+            tasks: zone.tasks.values().flat_map(|t| t.iter()).collect(),
+            name: "marathon",
+        }],
+    }
+}
+
+/// The interface's routes, for the metrics listener and for `--dns-http-listen`.
+pub fn router(config: HttpConfig, zone: watch::Receiver<Option<Arc<Zone>>>) -> Router {
+    Router::new()
         .route("/v1/version", get(version))
         .route("/v1/config", get(config_of))
         .route("/v1/hosts/{host}", get(get_hosts))
         .route("/v1/services/{service}", get(get_services))
-        .fallback(|| async { StatusCode::NOT_FOUND })
+        .route("/v1/enumerate", get(get_enumerate))
         .with_state(AppState {
             config: Arc::new(config),
             zone,
-        });
+        })
+}
+
+/// Serves the interface (`router`) alone on `listener` until the task is dropped; other paths 404.
+pub async fn serve(listener: tokio::net::TcpListener, routes: Router) -> std::io::Result<()> {
+    let app = routes.fallback(|| async { StatusCode::NOT_FOUND });
     axum::serve(listener, app).await
 }
 
@@ -173,6 +197,12 @@ fn from_zone<T: Serialize>(s: &AppState, answer: impl FnOnce(&Zone) -> T) -> Res
 
 async fn get_hosts(State(s): State<AppState>, Path(host): Path<String>) -> Response {
     from_zone(&s, |zone| hosts(zone, &host))
+}
+
+async fn get_enumerate(State(s): State<AppState>) -> Response {
+    from_zone(&s, |zone| {
+        serde_json::to_value(enumerate(zone)).unwrap_or_default()
+    })
 }
 
 async fn get_services(State(s): State<AppState>, Path(service): Path<String>) -> Response {
@@ -235,6 +265,27 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&hosts(&z, "nope.marathon.mesos")).unwrap(),
             r#"[{"host":"","ip":""}]"#
+        );
+    }
+
+    #[test]
+    fn enumerate_lists_tasks_as_mesos_dns_does() {
+        let mut z = zone();
+        z.tasks.insert(
+            "/nginx".into(),
+            Arc::new(vec![EnumTask {
+                name: "nginx".into(),
+                id: "nginx.1".into(),
+                records: vec![crate::dns::zone::EnumRecord {
+                    name: "nginx.marathon.mesos.".into(),
+                    host: "192.168.12.5".into(),
+                    rtype: "A",
+                }],
+            }]),
+        );
+        assert_eq!(
+            serde_json::to_string(&enumerate(&z)).unwrap(),
+            r#"{"frameworks":[{"tasks":[{"name":"nginx","id":"nginx.1","records":[{"name":"nginx.marathon.mesos.","host":"192.168.12.5","rtype":"A"}]}],"name":"marathon"}]}"#
         );
     }
 

@@ -22,8 +22,9 @@ pub struct DnsArgs {
     #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
     pub dns_listen: Vec<SocketAddr>,
 
-    /// Mesos-DNS's HTTP interface (its `HttpPort`, 8123) on ADDR:PORT: `/v1/version`,
-    /// `/v1/config`, `/v1/hosts/{host}`, `/v1/services/{service}`. Needs --dns-listen.
+    /// Mesos-DNS's HTTP interface (its `HttpPort`, 8123) on ADDR:PORT too (it is always on the
+    /// metrics listener): `/v1/version`, `/v1/config`, `/v1/hosts/{host}`,
+    /// `/v1/services/{service}`, `/v1/enumerate`. Needs --dns-listen.
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_http_listen: Option<SocketAddr>,
 

@@ -9,13 +9,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use serde::Serialize;
 
-use super::names::{AppNames, DCOS_DOMAIN};
+use super::names::{AppNames, DCOS_DOMAIN, task_name};
 use crate::marathon::{
-    api::App,
+    api::{App, Task},
     translate::{
         Cx, Mode, Resolver, TranslateOptions, container_ports, networking_mode, port_mappings,
         protocols, task_serves,
@@ -54,6 +55,24 @@ pub struct Records {
     pub srv: Vec<SrvTarget>,
 }
 
+/// One record of a task as Mesos-DNS's `/v1/enumerate` lists it: the name with its final dot,
+/// the address (A) or `target:port` (SRV).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EnumRecord {
+    pub name: String,
+    pub host: String,
+    pub rtype: &'static str,
+}
+
+/// A task's records, as `/v1/enumerate` lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EnumTask {
+    /// The Mesos task name (`web.prod` for `/prod/web`).
+    pub name: String,
+    pub id: String,
+    pub records: Vec<EnumRecord>,
+}
+
 /// Every name `lb` answers for, with its records.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Zone {
@@ -63,6 +82,10 @@ pub struct Zone {
     pub names: BTreeMap<String, Records>,
     /// Apps and tasks that got no names, and why.
     pub skipped: Vec<String>,
+    /// Each app's tasks with their records, by app id (shared with the app's fragment, so a
+    /// copy of the zone does not copy them).
+    #[serde(skip)]
+    pub tasks: BTreeMap<String, Arc<Vec<EnumTask>>>,
 }
 
 impl Zone {
@@ -98,12 +121,12 @@ impl Zone {
         let mut resolver = Resolver::new(resolve);
         let mut b = Builder {
             domain: clean_domain(zone),
-            names: BTreeMap::new(),
-            skipped: Vec::new(),
-            unresolved: false,
+            ..Builder::default()
         };
+        let mut tasks = BTreeMap::new();
         for app in apps {
             b.app(app, opts, &mut resolver);
+            tasks.insert(app.id.clone(), Arc::new(std::mem::take(&mut b.tasks)));
         }
         let mut names = b.names;
         for r in names.values_mut() {
@@ -116,6 +139,7 @@ impl Zone {
             domain: b.domain,
             names,
             skipped: b.skipped,
+            tasks,
         }
     }
 }
@@ -128,6 +152,8 @@ pub(crate) struct Fragment {
     pub skipped: Vec<String>,
     /// A serving task's agent did not resolve: worth building again later.
     pub unresolved: bool,
+    /// The app's tasks with their records (`/v1/enumerate`).
+    pub tasks: Arc<Vec<EnumTask>>,
 }
 
 impl Fragment {
@@ -140,15 +166,14 @@ impl Fragment {
     ) -> Fragment {
         let mut b = Builder {
             domain: domain.to_owned(),
-            names: BTreeMap::new(),
-            skipped: Vec::new(),
-            unresolved: false,
+            ..Builder::default()
         };
         b.app(app, opts, resolver);
         Fragment {
             names: b.names,
             skipped: b.skipped,
             unresolved: b.unresolved,
+            tasks: Arc::new(b.tasks),
         }
     }
 }
@@ -183,19 +208,33 @@ pub fn wire(name: &str) -> Vec<u8> {
     out
 }
 
+#[derive(Default)]
 struct Builder {
     domain: String,
     names: BTreeMap<String, Records>,
     skipped: Vec<String>,
     unresolved: bool,
+    tasks: Vec<EnumTask>,
+    /// The records of the task being built, for its `EnumTask`.
+    current: Vec<EnumRecord>,
 }
 
 impl Builder {
     fn a(&mut self, name: String, ip: Ipv4Addr) {
+        self.current.push(EnumRecord {
+            name: format!("{name}."),
+            host: ip.to_string(),
+            rtype: "A",
+        });
         self.names.entry(name).or_default().a.push(ip);
     }
 
     fn srv(&mut self, name: String, target: &str, port: u16) {
+        self.current.push(EnumRecord {
+            name: format!("{name}."),
+            host: format!("{target}.:{port}"),
+            rtype: "SRV",
+        });
         self.names.entry(name).or_default().srv.push(SrvTarget {
             target: target.to_owned(),
             port,
@@ -216,11 +255,45 @@ impl Builder {
         // dcos-net's autoip: the agent's address when the app maps host ports, else the task's.
         let maps_host_ports =
             mode == Mode::Bridge || port_mappings(app).iter().any(|m| m.host_port.is_some());
-        let d = self.domain.clone();
         for task in &app.tasks {
             if !task_serves(opts, app, task) {
                 continue;
             }
+            self.task_records(
+                app,
+                opts,
+                resolver,
+                &names,
+                mode,
+                &port_protocols,
+                maps_host_ports,
+                task,
+            );
+            let records = std::mem::take(&mut self.current);
+            if !records.is_empty() {
+                self.tasks.push(EnumTask {
+                    name: task_name(&app.id),
+                    id: task.id.clone(),
+                    records,
+                });
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn task_records(
+        &mut self,
+        app: &App,
+        opts: &TranslateOptions,
+        resolver: &mut Resolver<'_>,
+        names: &AppNames,
+        mode: Mode,
+        port_protocols: &[Vec<Protocol>],
+        maps_host_ports: bool,
+        task: &Task,
+    ) {
+        let d = self.domain.clone();
+        {
             let agent = resolver.get(&task.host);
             self.unresolved |= agent.is_none();
             let container: Vec<Ipv4Addr> = task

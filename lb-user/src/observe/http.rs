@@ -62,12 +62,13 @@ struct AppState {
     health: watch::Receiver<Health>,
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until the task is dropped;
-/// everything else is 404.
+/// Serves `GET /metrics`, `GET /healthz` and the routes of `extra` (Mesos-DNS's `/v1` when
+/// DNS is on) on `listener` until the task is dropped; everything else is 404.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: watch::Receiver<Health>,
+    extra: Router,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(get_metrics))
@@ -75,7 +76,8 @@ pub async fn serve(
         .fallback(not_found)
         // A POST to /metrics is just as unknown to us as any other request.
         .method_not_allowed_fallback(not_found)
-        .with_state(AppState { metrics, health });
+        .with_state(AppState { metrics, health })
+        .merge(extra);
     axum::serve(listener, app).await
 }
 
@@ -216,7 +218,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         metrics.publish(snapshot());
         let (tx, rx) = watch::channel(healthy(now_unix()));
-        let server = tokio::spawn(serve(listener, metrics.clone(), rx));
+        let server = tokio::spawn(serve(listener, metrics.clone(), rx, Router::new()));
 
         let (status, content_type, body) = request(addr, "GET", "/metrics").await;
         assert_eq!(status, 200, "/metrics: {body}");

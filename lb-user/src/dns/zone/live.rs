@@ -95,10 +95,14 @@ impl LiveZone {
         }
         self.skipped_changed |=
             old.as_ref().map(|f| &f.skipped) != new.as_ref().map(|f| &f.skipped);
+        let zone = Arc::make_mut(&mut self.zone);
+        match &new {
+            Some(f) => zone.tasks.insert(id.to_owned(), Arc::clone(&f.tasks)),
+            None => zone.tasks.remove(id),
+        };
         if let Some(f) = new {
             self.fragments.insert(id.to_owned(), f);
         }
-        let zone = Arc::make_mut(&mut self.zone);
         for name in touched {
             let ids = self.owners.get(&name).filter(|ids| !ids.is_empty());
             match ids {

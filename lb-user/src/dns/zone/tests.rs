@@ -299,3 +299,66 @@ fn wire_names_for_a_kernel_map() {
     assert_eq!(addrs.len(), 3);
     assert!(z.record_count() > 10);
 }
+
+/// `/v1/enumerate`'s view: each serving task with its own records, as Mesos-DNS lists them;
+/// together they are every record of the zone.
+#[test]
+fn every_serving_task_is_enumerated_with_its_records() {
+    let z = zone_of(nginx(), &TranslateOptions::default());
+    let tasks = &z.tasks["/nginx"];
+    let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["nginx.1", "nginx.2", "nginx.3"],
+        "not the staging task"
+    );
+    let t1 = &tasks[0];
+    assert_eq!(t1.name, "nginx");
+    let c1 = format!(
+        "nginx-{}-s1.marathon.mesos.",
+        super::super::names::task_hash("nginx.1")
+    );
+    let has = |name: &str, host: &str, rtype: &str| {
+        t1.records
+            .iter()
+            .any(|r| r.name == name && r.host == host && r.rtype == rtype)
+    };
+    assert!(
+        has("nginx.marathon.mesos.", "192.168.84.196", "A"),
+        "{t1:?}"
+    );
+    assert!(has(&c1, "192.168.84.196", "A"), "{t1:?}");
+    assert!(
+        has("_nginx._tcp.marathon.mesos.", &format!("{c1}:80"), "SRV"),
+        "{t1:?}"
+    );
+    assert!(
+        has("_nginx._udp.marathon.mesos.", &format!("{c1}:53"), "SRV"),
+        "{t1:?}"
+    );
+    assert!(
+        has("nginx.marathon.slave.mesos.", "10.0.0.1", "A"),
+        "{t1:?}"
+    );
+    // Every record of the zone belongs to some task, and no task has one the zone lacks.
+    let mut from_tasks: Vec<(String, String)> = tasks
+        .iter()
+        .flat_map(|t| t.records.iter())
+        .map(|r| (r.name.trim_end_matches('.').to_owned(), r.host.clone()))
+        .collect();
+    from_tasks.sort();
+    from_tasks.dedup();
+    let mut from_zone: Vec<(String, String)> = z
+        .names
+        .iter()
+        .flat_map(|(n, r)| {
+            r.a.iter().map(move |ip| (n.clone(), ip.to_string())).chain(
+                r.srv
+                    .iter()
+                    .map(move |s| (n.clone(), format!("{}.:{}", s.target, s.port))),
+            )
+        })
+        .collect();
+    from_zone.sort();
+    assert_eq!(from_tasks, from_zone);
+}
