@@ -6,6 +6,7 @@
 //! take effect for the next request, with no reload: a request in flight keeps its backend
 //! connection, so a task leaving the set finishes what it serves. The app's service port is
 //! still balanced at L4 by the data plane.
+pub mod framing;
 pub mod idle;
 pub mod proxy;
 pub mod routes;
@@ -251,9 +252,23 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
+    // Requests with both Content-Length and Transfer-Encoding are refused (framing.rs): the
+    // watcher marks them by their place on the connection, the service counts them the same.
+    let smuggled = Arc::new(framing::Smuggled::default());
+    let stream = framing::Framing::new(stream, smuggled.clone(), MAX_HEADER_BYTES);
+    let requests = std::sync::atomic::AtomicU64::new(0);
     let service = service_fn(move |req| {
+        let n = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let refuse = smuggled.is(n);
         let t = table.borrow().clone();
-        proxy::handle(req, t, conn.clone())
+        let conn = conn.clone();
+        async move {
+            if refuse {
+                debug!(client = %conn.client, "Content-Length with Transfer-Encoding: 400");
+                return Ok(proxy::error_page(hyper::StatusCode::BAD_REQUEST));
+            }
+            proxy::handle(req, t, conn).await
+        }
     });
     http1::Builder::new()
         .timer(TokioTimer::new())

@@ -5,7 +5,7 @@
 //! (`xff=`, `xfport=`, `xfproto=`), and a request with `Upgrade` is answered 101, after which
 //! every byte is echoed back.
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
     thread,
 };
@@ -23,6 +23,7 @@ fn serve(mut conn: TcpStream, name: &str) {
     let mut h = String::new();
     let mut seen = String::new();
     let mut upgrade = None;
+    let mut body_len: u64 = 0;
     while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
         if let Some((k, v)) = h.split_once(':') {
             let v = v.trim();
@@ -31,10 +32,17 @@ fn serve(mut conn: TcpStream, name: &str) {
                 "x-forwarded-port" => seen.push_str(&format!(" xfport={v}")),
                 "x-forwarded-proto" => seen.push_str(&format!(" xfproto={v}")),
                 "upgrade" => upgrade = Some(v.to_owned()),
+                "content-length" => body_len = v.parse().unwrap_or(0),
                 _ => {}
             }
         }
         h.clear();
+    }
+    // The request's body is read before answering, so closing never resets unread bytes.
+    if body_len > 0
+        && std::io::copy(&mut (&mut reader).take(body_len), &mut std::io::sink()).is_err()
+    {
+        return;
     }
     if let Some(proto) = upgrade {
         let _ = write!(
