@@ -13,7 +13,8 @@
 //! task server stays up the whole time, so every backend stays healthy, whatever Marathon
 //! says); any `drop_*` or `error_*` counter of the data plane; daemon RSS beyond 110% of the
 //! warmed-up figure; and, once the traffic stops and Marathon is back at the first state, flow
-//! entries, services, backends and allowed ranges in the maps not back at their baseline.
+//! entries, services, backends and allowed ranges in the maps not back at their baseline, or
+//! service and backend ids in use not back at theirs (none draining).
 use std::{
     fs,
     io::{Read, Write},
@@ -488,6 +489,22 @@ fn map_entries(topo: &Topology) -> Vec<(&'static str, usize)> {
         .collect()
 }
 
+/// The ids `lb status` shows in use: (service ids, backend ids, backends not active).
+fn ids(topo: &Topology, bin: &Path) -> (Vec<u64>, Vec<u64>, usize) {
+    let st = status(topo, bin).expect("lb status");
+    let services = st["services"].as_array().cloned().unwrap_or_default();
+    let mut svc: Vec<u64> = services.iter().filter_map(|s| s["id"].as_u64()).collect();
+    svc.sort();
+    let backends: Vec<&Value> = services
+        .iter()
+        .flat_map(|s| s["backends"].as_array().into_iter().flatten())
+        .collect();
+    let mut be: Vec<u64> = backends.iter().filter_map(|b| b["id"].as_u64()).collect();
+    be.sort();
+    let inactive = backends.iter().filter(|b| b["state"] != "active").count();
+    (svc, be, inactive)
+}
+
 fn main() {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(|| {
@@ -551,7 +568,8 @@ fn main() {
     eprintln!("soak: lb up in {took:?}");
     thread::sleep(Duration::from_secs(3));
     let baseline = map_entries(&topo);
-    eprintln!("soak: baseline map entries {baseline:?}");
+    let baseline_ids = ids(&topo, &lb);
+    eprintln!("soak: baseline map entries {baseline:?}, ids {baseline_ids:?}");
 
     // Traffic.
     let tally = Arc::new(Tally::default());
@@ -664,10 +682,17 @@ fn main() {
     let first = World::initial(world.pool.clone());
     m.standin.set_apps(first.apps());
     let settle = Instant::now();
+    // Ids: the same services, as many backend ids as at the start (lowest free ids are
+    // reused, so which ids may differ), none draining.
+    let ids_back = |now: &(Vec<u64>, Vec<u64>, usize)| {
+        now.0 == baseline_ids.0 && now.1.len() == baseline_ids.1.len() && now.2 == 0
+    };
     let mut now = map_entries(&topo);
-    while now != baseline && settle.elapsed() < Duration::from_secs(120) {
+    let mut now_ids = ids(&topo, &lb);
+    while (now != baseline || !ids_back(&now_ids)) && settle.elapsed() < Duration::from_secs(120) {
         thread::sleep(Duration::from_secs(2));
         now = map_entries(&topo);
+        now_ids = ids(&topo, &lb);
     }
     let settled = settle.elapsed();
     let st = status(&topo, &lb).expect("lb status");
@@ -700,6 +725,11 @@ fn main() {
     {
         verdict.push(format!("RSS grew from {w} KiB to {p} KiB"));
     }
+    if !ids_back(&now_ids) {
+        verdict.push(format!(
+            "ids in use {now_ids:?} after {settled:?}, baseline {baseline_ids:?}"
+        ));
+    }
     if now != baseline {
         verdict.push(format!(
             "map entries {now:?} after {settled:?}, baseline {baseline:?}"
@@ -726,6 +756,8 @@ fn main() {
         "rss_peak_after_warm_kib": peak_after,
         "baseline": baseline.iter().map(|(m, n)| json!([m, n])).collect::<Vec<_>>(),
         "after": now.iter().map(|(m, n)| json!([m, n])).collect::<Vec<_>>(),
+        "ids_baseline": {"services": baseline_ids.0, "backends": baseline_ids.1},
+        "ids_after": {"services": now_ids.0, "backends": now_ids.1, "not_active": now_ids.2},
         "settled_s": settled.as_secs_f64(),
         "dataplane_drops": counters,
         "verdict": if verdict.is_empty() { "pass".to_owned() } else { verdict.join("; ") },
