@@ -440,6 +440,7 @@ impl Daemon {
         self.dp.tick(&backends_in_use, &services_in_use)?;
         self.state.flow_entries = report.entries;
         self.state.flow_evictions = self.sweeper.evictions;
+        self.state.live_flows = report.live;
         self.flow_entries = Some(report.entries);
         self.save_state();
         Ok(())

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use lb_tests::{
     client::{Answer, fetch_and_check, tcp_ask, tcp_ask_from, udp_ask, udp_ask_from},
-    lb,
+    lb::{self, wait_for},
     netns::{AGENT, AGENT_BACKNET, CLIENT, TASKS, Topology, in_netns, server_bin},
 };
 
@@ -472,6 +472,50 @@ fn status_flows_and_bpftool_show_what_the_data_plane_does() {
         .unwrap_or_else(|| panic!("{local} not in {listed}"));
     assert_eq!(mine["state"], "active");
     assert!(mine["nat"].as_str().unwrap().starts_with("10.0."), "{mine}");
+    // Live flows per backend: the held connection on its backend, the six closed ones nowhere
+    // (the daemon counts at its sweep, every 2 s).
+    let live = |topo: &Topology| -> Vec<(String, u64)> {
+        let st = lb::status(topo).expect("lb status");
+        let web = st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "web_10000")
+            .cloned()
+            .unwrap();
+        web["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["live_flows"].as_u64() != Some(0))
+            .map(|b| {
+                (
+                    b["address"].as_str().unwrap().to_owned(),
+                    b["live_flows"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let backend = mine["backend"].as_str().unwrap().to_owned();
+    wait_for(
+        "the held connection counted live",
+        Duration::from_secs(5),
+        || live(&topo) == vec![(backend.clone(), 1)],
+    );
+    let table = lb::lb(&topo, &["status", "--pin-path", &pin]);
+    let header = table.lines().find(|l| l.starts_with("SERVICE")).unwrap();
+    let row = table.lines().find(|l| l.contains(&backend)).unwrap();
+    assert_eq!(
+        row.split_whitespace().nth(5),
+        Some("1"),
+        "the LIVE column ({header}):\n{table}"
+    );
+    drop(held);
+    wait_for(
+        "the closed connection no longer live",
+        Duration::from_secs(5),
+        || live(&topo).is_empty(),
+    );
 
     // BTF makes bpftool print field names and decoded values.
     lb::assert_no_drops(&topo, &[]);
@@ -490,7 +534,6 @@ fn status_flows_and_bpftool_show_what_the_data_plane_does() {
         dump.contains("\"nat_addr\"") && dump.contains("\"service_id\""),
         "{dump}"
     );
-    drop(held);
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! The flow table seen from userspace: sweeping expired pairs (so their NAT ports free up),
 //! telling which backends still carry flows (drain), estimating LRU evictions, and listing.
-use std::{borrow::Borrow, collections::BTreeSet, net::SocketAddrV4};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddrV4,
+};
 
 use aya::maps::{HashMap, IterableMap as _, MapData, PerCpuArray};
 use lb_common::{
@@ -67,11 +71,21 @@ pub fn list<T: Borrow<MapData>>(
     out
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
     /// Entries (two per flow) left in the table.
     pub entries: u64,
     pub expired_removed: u64,
+    /// Live flows (neither expired nor closed both ways) by backend id.
+    pub live: BTreeMap<u32, u64>,
+}
+
+/// A flow, by its client-side entry, that still carries a connection: not expired, and not
+/// closed in both directions (a half-closed connection still counts).
+fn live(cfg: &Config, key: &FlowKey, f: &Flow, now: u64) -> bool {
+    f.flags & FLOW_F_REPLY == 0
+        && f.flags & FLOW_F_CLOSED != FLOW_F_CLOSED
+        && !expired(cfg, key, f, now)
 }
 
 /// Keeps the running estimate of LRU evictions between sweeps.
@@ -97,6 +111,7 @@ impl Sweeper {
         let mut backends = BTreeSet::new();
         let mut services = BTreeSet::new();
         let mut entries = 0u64;
+        let mut live_flows: BTreeMap<u32, u64> = BTreeMap::new();
         // One read of the whole table in a few calls; key by key it cost two calls an entry.
         let all = super::batch::lookup_all::<FlowKey, Flow>(flows.map())
             .map_err(|e| warn!("reading the flow table in batches: {e}"))
@@ -108,6 +123,9 @@ impl Sweeper {
             } else {
                 backends.insert(f.backend_id);
                 services.insert(f.service_id);
+                if live(cfg, &k, &f, now) {
+                    *live_flows.entry(f.backend_id).or_default() += 1;
+                }
             }
         }
         let mut removed = 0;
@@ -141,6 +159,7 @@ impl Sweeper {
             SweepReport {
                 entries: now_entries,
                 expired_removed: removed,
+                live: live_flows,
             },
             backends,
             services,

@@ -195,6 +195,12 @@ impl Collector for SnapshotCollector {
                 (labels, 1)
             }),
         )?;
+        gauge_family(
+            e,
+            "lb_backend_live_flows",
+            "Connections the backend carries now (flows neither closed nor expired, counted every 2 s).",
+            backends().map(|(labels, b)| (labels, b.live_flows)),
+        )?;
         type BackendField = fn(&BackendView) -> u64;
         let backend_counters: [(&str, &str, BackendField); 3] = [
             ("lb_backend_packets", "Packets sent to the backend.", |b| {

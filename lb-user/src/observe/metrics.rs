@@ -146,6 +146,7 @@ pub(crate) mod tests {
             packets: n,
             bytes: n * 100,
             new_flows: n / 10,
+            live_flows: n / 35,
         }
     }
 
@@ -254,6 +255,7 @@ pub(crate) mod tests {
             (format!("lb_backend_packets_total{{{b11}}}"), "70"),
             (format!("lb_backend_bytes_total{{{b12}}}"), "3000"),
             (format!("lb_backend_new_flows_total{{{b11}}}"), "7"),
+            (format!("lb_backend_live_flows{{{b11}}}"), "2"),
             (format!(r#"lb_backend_state{{{b11},state="active"}}"#), "1"),
             (
                 format!(r#"lb_backend_state{{{b12},state="draining"}}"#),

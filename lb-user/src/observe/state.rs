@@ -44,6 +44,9 @@ pub struct DaemonState {
     pub flow_entries: u64,
     pub flow_capacity: u64,
     pub flow_evictions: u64,
+    /// Live flows by backend id, as the last sweep (every 2 s) counted them.
+    #[serde(default)]
+    pub live_flows: BTreeMap<u32, u64>,
     /// The DNS server, when `--dns-listen` is given.
     #[serde(default)]
     pub dns: Option<crate::dns::stats::DnsView>,

@@ -137,6 +137,11 @@ pub fn render_status(v: &StatusView) -> String {
             s.packets.to_string(),
             s.bytes.to_string(),
             s.new_flows.to_string(),
+            s.backends
+                .iter()
+                .map(|b| b.live_flows)
+                .sum::<u64>()
+                .to_string(),
             s.refused.to_string(),
             if s.allow.is_empty() {
                 "*".into()
@@ -156,6 +161,7 @@ pub fn render_status(v: &StatusView) -> String {
                 b.packets.to_string(),
                 b.bytes.to_string(),
                 b.new_flows.to_string(),
+                b.live_flows.to_string(),
                 "".into(),
                 "".into(),
                 "".into(),
@@ -173,6 +179,7 @@ pub fn render_status(v: &StatusView) -> String {
             "PACKETS",
             "BYTES",
             "NEW FLOWS",
+            "LIVE",
             "REFUSED",
             "ALLOW",
             "DENIED",

@@ -36,6 +36,8 @@ pub struct BackendView {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Connections it carries now (the daemon's last sweep, at most 2 s old).
+    pub live_flows: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -124,6 +126,7 @@ pub fn status_of(
     for d in state.iter().flat_map(|s| &s.draining) {
         draining.entry(d.listener).or_default().push(d);
     }
+    let live = state.map(|s| &s.live_flows);
     let backend_view = |address, state, id| {
         let c = flows::sum_counters(&maps.backend_stats, id);
         BackendView {
@@ -133,6 +136,7 @@ pub fn status_of(
             packets: c.packets,
             bytes: c.bytes,
             new_flows: c.new_flows,
+            live_flows: live.and_then(|l| l.get(&id)).copied().unwrap_or(0),
         }
     };
     let mut allowed: HashMap<u32, Vec<String>> = HashMap::new();
