@@ -1,13 +1,16 @@
 //! What the shared packet path needs from a hook: bounds-checked access to the bytes and
 //! an L4 checksum update. XDP sees raw frames; TC sees skbs whose checksum may be partial.
+use crate::parse;
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, xdp_md},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
     Stat,
     csum::{self, Diff},
+    tcpopt::MAX_OPTIONS_LEN,
 };
 
 pub trait Packet: EbpfContext {
@@ -24,6 +27,38 @@ pub trait Packet: EbpfContext {
     /// Updates the TCP/UDP checksum at `off` by the changes of a rewrite: `pseudo` those of
     /// pseudo-header fields (the addresses), `plain` those inside the segment (ports, options).
     fn l4_csum(&mut self, off: usize, pseudo: Diff, plain: Diff, udp: bool) -> Result<(), Stat>;
+    /// Offset of the TCP timestamp option among the `len` option bytes at `base`, if there
+    /// is a well-formed one (`parse::walk_tcp_options`, unbounded for the verifier).
+    fn tcp_timestamp(&self, base: usize, len: usize) -> Option<usize>;
+    /// Copies the `n` (1 to 40) bytes at `off` into `buf`; false if the packet is shorter.
+    fn load_bytes(&self, off: usize, buf: &mut [u8; MAX_OPTIONS_LEN], n: usize) -> bool;
+}
+
+// The TCP option walk, one global function per hook: the verifier checks a global function
+// once, with unknown arguments, where an inlined walk was checked again on every path that
+// reaches a rewrite (lb_tc: 165k fewer verified instructions, a quarter of its count). A function
+// per hook because a global function's context argument must have the hook's own type.
+
+/// `parse::walk_tcp_options` for XDP.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn lb_tcp_options_xdp(ctx: *mut xdp_md, base: u32, len: u32) -> u32 {
+    parse::walk_tcp_options(&XdpContext::new(ctx), base, len)
+}
+
+/// `parse::walk_tcp_options` for TC.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn lb_tcp_options_tc(skb: *mut __sk_buff, base: u32, len: u32) -> u32 {
+    parse::walk_tcp_options(&TcContext::new(skb), base, len)
+}
+
+#[inline(always)]
+fn found(at: u32) -> Option<usize> {
+    // The mask changes no offset the walk returns (all below 256); it gives the verifier
+    // the bound on the very register that reaches the packet pointer, which a comparison
+    // on a copy of the return value would not.
+    (at != parse::NO_TIMESTAMP).then_some((at & 0xff) as usize)
 }
 
 /// The one bounds-checked accessor: a pointer to a `T` at `off`, or `None` past the end.
@@ -58,6 +93,15 @@ impl Packet for XdpContext {
     }
     #[inline(always)]
     fn pull(&mut self, _len: u32) {}
+    #[inline(always)]
+    fn tcp_timestamp(&self, base: usize, len: usize) -> Option<usize> {
+        found(lb_tcp_options_xdp(self.ctx, base as u32, len as u32))
+    }
+    #[inline(always)]
+    fn load_bytes(&self, off: usize, buf: &mut [u8; MAX_OPTIONS_LEN], n: usize) -> bool {
+        // SAFETY: `buf` holds at least `n` bytes (the caller bounds n by its size).
+        unsafe { bpf_xdp_load_bytes(self.ctx, off as u32, buf.as_mut_ptr().cast(), n as u32) == 0 }
+    }
 
     #[inline(always)]
     fn l4_csum(&mut self, off: usize, pseudo: Diff, plain: Diff, udp: bool) -> Result<(), Stat> {
@@ -105,6 +149,22 @@ impl Packet for TcContext {
         if self.data() + len as usize > self.data_end() {
             // Failure leaves the data short; the bounds checks that follow then pass the packet.
             let _ = self.pull_data(len);
+        }
+    }
+    #[inline(always)]
+    fn tcp_timestamp(&self, base: usize, len: usize) -> Option<usize> {
+        found(lb_tcp_options_tc(self.skb.skb, base as u32, len as u32))
+    }
+    #[inline(always)]
+    fn load_bytes(&self, off: usize, buf: &mut [u8; MAX_OPTIONS_LEN], n: usize) -> bool {
+        // SAFETY: `buf` holds at least `n` bytes (the caller bounds n by its size).
+        unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb.cast(),
+                off as u32,
+                buf.as_mut_ptr().cast(),
+                n as u32,
+            ) == 0
         }
     }
 

@@ -196,7 +196,32 @@ pub fn tcp_timestamp<C: Packet>(ctx: &C, p: &Parsed) -> Option<usize> {
     if p.tcp_opt_len == 0 {
         return None;
     }
-    let base = p.l4_off + TCP_MIN_LEN;
-    let at = tcpopt::find_timestamp(p.tcp_opt_len, |i| read::<C, u8>(ctx, base + i).ok())?;
-    Some(base + at)
+    ctx.tcp_timestamp(p.l4_off + TCP_MIN_LEN, p.tcp_opt_len)
 }
+
+/// The option walk behind `Packet::tcp_timestamp`: the offset of the timestamp option among
+/// the `len` option bytes at `base`, or `NO_TIMESTAMP`. The bytes present are copied onto the
+/// stack by the hook's helper and walked there: one bounds check rather than one per byte
+/// (which the verifier, in a function of its own, could not follow). Found offsets are below
+/// 256 (`base` at most `MAX_HEADERS`, options at most 40 bytes): the callers' mask relies on it.
+#[inline(always)]
+pub fn walk_tcp_options<C: Packet>(ctx: &C, base: u32, len: u32) -> u32 {
+    // The arguments come unbounded into the hooks' global functions.
+    if base > MAX_HEADERS {
+        return NO_TIMESTAMP;
+    }
+    let base = base as usize;
+    let len = (len as usize).min(tcpopt::MAX_OPTIONS_LEN);
+    let n = len.min(ctx.frame_len().saturating_sub(base));
+    let mut opts = [0u8; tcpopt::MAX_OPTIONS_LEN];
+    if n == 0 || !ctx.load_bytes(base, &mut opts, n) {
+        return NO_TIMESTAMP;
+    }
+    // The walk reads as it would from the packet: the option bytes a short frame lacks are
+    // not there (which ends the walk), the rest are.
+    tcpopt::find_timestamp(len, |i| if i < n { opts.get(i).copied() } else { None })
+        .map_or(NO_TIMESTAMP, |at| (base + at) as u32)
+}
+
+/// `walk_tcp_options`' answer for a segment without a well-formed timestamp option.
+pub const NO_TIMESTAMP: u32 = u32::MAX;
