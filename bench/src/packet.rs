@@ -17,7 +17,9 @@ use aya::{
     maps::Array,
     programs::{SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb_common::{Backend, BackendKey, Config, FLOW_F_REPLY, Flow, FlowKey, Service, ServiceKey};
+use lb_common::{
+    Backend, BackendKey, Config, FLOW_F_REPLY, Flow, FlowKey, SVC_F_LEAST_CONN, Service, ServiceKey,
+};
 use lb_tests::{
     netns::{FibNs, in_netns},
     packets::{Pkt, TCP_ACK, TCP_PSH, TCP_SYN},
@@ -184,6 +186,7 @@ fn key(p: &Pkt) -> FlowKey {
 enum Case {
     Noop,
     NewFlow,
+    NewFlowLeastConn,
     Established,
     Reply,
     Udp,
@@ -191,9 +194,10 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 6] = [
+    const ALL: [Case; 7] = [
         Case::Noop,
         Case::NewFlow,
+        Case::NewFlowLeastConn,
         Case::Established,
         Case::Reply,
         Case::Udp,
@@ -203,6 +207,7 @@ impl Case {
         match self {
             Case::Noop => "no-op program (floor)",
             Case::NewFlow => "new TCP flow (SYN)",
+            Case::NewFlowLeastConn => "new TCP flow, leastconn (SYN)",
             Case::Established => "established TCP flow",
             Case::Reply => "reply (backend → client)",
             Case::Udp => "UDP datagram, known flow",
@@ -227,16 +232,18 @@ struct Measured {
 struct Packets {
     tcp_port: u16,
     udp_port: u16,
+    /// A TCP service with `balance leastconn` over 8 or more backends.
+    leastconn_port: u16,
 }
 
 impl Packets {
-    fn syn(&self, i: usize) -> Pkt {
+    fn syn(&self, port: u16, i: usize) -> Pkt {
         // Many client ports and addresses, as many clients would send.
         // Not 10.0.0.2, whose established flows the other cases use.
         let client = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 3), 1024 + (i % 60_000) as u16);
         Pkt::tcp(
             client,
-            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), self.tcp_port),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), port),
             TCP_SYN,
         )
     }
@@ -296,7 +303,7 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
     };
     let (prog, fixed, expected): (&str, Option<Vec<u8>>, u32) = match case {
         Case::Noop => (hook.noop(), Some(est.bytes()), hook.passed()),
-        Case::NewFlow => (hook.lb(), None, hook.forwarded()),
+        Case::NewFlow | Case::NewFlowLeastConn => (hook.lb(), None, hook.forwarded()),
         Case::Established => (hook.lb(), Some(est.bytes()), hook.forwarded()),
         Case::Reply => (hook.lb(), Some(reply.bytes()), hook.forwarded()),
         Case::Udp => (hook.lb(), Some(udp.bytes()), hook.forwarded()),
@@ -308,6 +315,11 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
     let mut samples = Vec::with_capacity(effort.calls);
     let mut floors = Vec::with_capacity(effort.calls);
     let paired = case != Case::Noop;
+    let syn_port = if case == Case::NewFlowLeastConn {
+        pk.leastconn_port
+    } else {
+        pk.tcp_port
+    };
     let mut n = 0usize;
     for _ in 0..effort.runs {
         samples.clear();
@@ -315,7 +327,7 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
         for _ in 0..effort.calls {
             let syn = fixed.is_none().then(|| {
                 n += 1;
-                pk.syn(n - 1)
+                pk.syn(syn_port, n - 1)
             });
             let bytes = match (&fixed, &syn) {
                 (Some(b), _) => b.clone(),
@@ -375,8 +387,20 @@ fn small_plane() -> Plane {
         backends: vec![sa("192.168.1.11:80")],
         allow: Vec::new(),
     };
+    // leastconn compares up to 8 backends: the routed task on 8 ports.
+    let leastconn = ServiceSpec {
+        balance: Balance::LeastConn,
+        backends: (80..88)
+            .map(|port| SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 11), port))
+            .collect(),
+        ..svc(10002, Protocol::Tcp)
+    };
     Plane::load(Capacities::default(), |dp| {
-        let services = vec![svc(10000, Protocol::Tcp), svc(10001, Protocol::Udp)];
+        let services = vec![
+            svc(10000, Protocol::Tcp),
+            svc(10001, Protocol::Udp),
+            leastconn,
+        ];
         dp.apply(&Desired { services }).unwrap();
     })
 }
@@ -422,7 +446,8 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
                         id: s,
                         count,
                         generation: 1,
-                        flags: 0,
+                        // The second TCP service is the leastconn case's.
+                        flags: if s == 1 { SVC_F_LEAST_CONN } else { 0 },
                     },
                     0,
                 )
@@ -442,7 +467,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
             for i in 0..count {
                 // Every backend of the measured services is the routed task (on its own port),
                 // so their packets take the same FIB path as in the small run.
-                let addr = if s == 0 || s == SCALE_SERVICES {
+                let addr = if s <= 1 || s == SCALE_SERVICES {
                     Ipv4Addr::new(192, 168, 1, 11)
                 } else {
                     Ipv4Addr::new(172, 16, (s >> 8) as u8, s as u8)
@@ -549,6 +574,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
         Packets {
             tcp_port: 10_000,
             udp_port: 10_000,
+            leastconn_port: 10_001,
         },
     )
 }
@@ -726,6 +752,7 @@ pub fn run(effort: &Effort, report: &mut Report) {
         let pk = Packets {
             tcp_port: 10_000,
             udp_port: 10_001,
+            leastconn_port: 10_002,
         };
         let mut small = Vec::new();
         for hook in [Hook::Xdp, Hook::Tc] {
@@ -772,6 +799,24 @@ pub fn run(effort: &Effort, report: &mut Report) {
     ];
     for (label, results) in [("small tables", &small), ("at scale", &scale)] {
         for hook in [Hook::Xdp, Hook::Tc] {
+            // leastconn's new flow against round-robin's, each over its paired no-op.
+            let ratio = |case: Case| {
+                results
+                    .iter()
+                    .find(|(h, c, _)| *h == hook && *c == case)
+                    .and_then(|(_, _, m)| m.paired_ratio.as_ref())
+                    .map(|r| r.median)
+            };
+            if let (Some(lc), Some(rr)) = (ratio(Case::NewFlowLeastConn), ratio(Case::NewFlow)) {
+                report.targets.push(super::report::Target {
+                    what: format!(
+                        "new flow, leastconn < 1.5× round-robin's ({}, {label})",
+                        hook.name()
+                    ),
+                    got: format!("{:.2}× ({lc:.2}× vs {rr:.2}× no-op)", lc / rr),
+                    met: Some(lc / rr < 1.5),
+                });
+            }
             for (case, limit, what) in targets {
                 let Some((_, _, m)) = results.iter().find(|(h, c, _)| *h == hook && *c == case)
                 else {

@@ -60,6 +60,12 @@ pub const MAP_ACL: &str = "LB_ACL";
 /// outside its allowed ranges (`Stat::DropDenied`). Written by the data plane, summed by the
 /// daemon. A map of its own, so that pins of earlier builds are adopted as they are.
 pub const MAP_SERVICE_DENIED: &str = "LB_SVC_DENIED";
+/// `backend id -> u64`: the backend's live flows, for `balance leastconn`. The daemon writes
+/// each backend's count at every sweep of the flow table (flows neither closed both ways nor
+/// expired, so closes, expiry and evictions show within a sweep); between sweeps the data plane
+/// adds one for each new flow it gives a leastconn service's backend (an atomic add on the
+/// shared slot). A map of its own, so that pins of earlier builds are adopted as they are.
+pub const MAP_BACKEND_LIVE: &str = "LB_BE_LIVE";
 /// `DnsName -> DnsAddrs`: the A records the XDP fast path answers with, written by the
 /// daemon from the DNS zone (names of at most `DNS_NAME_MAX` wire bytes with at most
 /// `DNS_ADDRS_MAX` addresses; the userspace server answers the rest).
@@ -140,6 +146,13 @@ pub const SVC_F_AFFINITY_SOURCE: u32 = 1;
 /// it; packets from others are dropped and counted in `LB_SVC_DENIED`. Without the flag,
 /// every client may (no lookup at all).
 pub const SVC_F_ALLOW_LIST: u32 = 2;
+/// `Service::flags`: HAProxy's `balance leastconn`: a new flow goes to the backend with the
+/// fewest live flows in `LB_BE_LIVE` (ties in round-robin order); sets of up to
+/// `LEASTCONN_SCAN` backends are compared whole, larger ones in a window of that many from the
+/// round-robin turn.
+pub const SVC_F_LEAST_CONN: u32 = 4;
+/// The largest backend set leastconn compares whole (and the window in larger ones).
+pub const LEASTCONN_SCAN: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -592,7 +605,7 @@ const fn def<K, V>(name: &'static str, size: MapSize) -> MapDef {
 }
 
 /// Every map the data plane declares.
-pub const MAPS: [MapDef; 17] = [
+pub const MAPS: [MapDef; 18] = [
     def::<ServiceKey, Service>(MAP_SERVICES, MapSize::Services),
     def::<BackendKey, Backend>(MAP_BACKENDS, MapSize::BackendSlots),
     def::<FlowKey, Flow>(MAP_FLOWS, MapSize::FlowEntries),
@@ -610,6 +623,7 @@ pub const MAPS: [MapDef; 17] = [
     def::<u32, u64>(MAP_DNS_STATS, MapSize::Fixed(DNS_STAT_COUNT)),
     def::<AclKey, u32>(MAP_ACL, MapSize::Fixed(MAX_ACL_ENTRIES)),
     def::<u32, u64>(MAP_SERVICE_DENIED, MapSize::Services),
+    def::<u32, u64>(MAP_BACKEND_LIVE, MapSize::BackendIds),
 ];
 
 #[cfg(test)]

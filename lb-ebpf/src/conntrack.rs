@@ -7,15 +7,16 @@ use aya_log_ebpf::warn;
 use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_BACKEND_CLOSED_FIRST,
     FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, FLOW_F_TS,
-    FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES,
-    SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, Service, ServiceKey, Stat,
+    FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, LEASTCONN_SCAN, MAX_BACKENDS_PER_SERVICE,
+    NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, SVC_F_LEAST_CONN, Service, ServiceKey,
+    Stat,
 };
 
 use crate::{
     context::Packet,
     maps::{
-        LB_BACKENDS, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_NAT_CURSOR, LB_RR, LB_SERVICES,
-        LB_SVC_REFUSED, LB_SVC_STATS, allowed, config, count, count_denied,
+        LB_BACKENDS, LB_BE_LIVE, LB_BE_STATS, LB_FLOWS, LB_LOCAL_ADDRS, LB_NAT_CURSOR, LB_RR,
+        LB_SERVICES, LB_SVC_REFUSED, LB_SVC_STATS, allowed, config, count, count_denied,
     },
     parse::{Parsed, TCP_RST},
 };
@@ -184,7 +185,8 @@ fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
         // SeqCst on purpose: LLVM 22 lowers a Relaxed add to the non-fetching `lock add` even
         // when the old value is used, and every BPF fetch-add is fully ordered anyway.)
         let turn: u32 = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(cursor, 1) };
-        turn.checked_rem(count).unwrap_or(0)
+        let turn = turn.checked_rem(count).unwrap_or(0);
+        least_loaded(service.id, service.generation, count, turn, service.flags)
     };
     let key = BackendKey {
         service_id: service.id,
@@ -195,6 +197,61 @@ fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
     unsafe { LB_BACKENDS.get(&key) }
         .copied()
         .ok_or(Stat::ErrBackendLookup)
+}
+
+/// `balance leastconn`: of the `LEASTCONN_SCAN` backends from index `turn` on (wrapping, so a
+/// smaller set is compared whole), the first with the fewest live flows in `LB_BE_LIVE`, which
+/// is counted up for it. Starting at the round-robin turn spreads ties, and in a larger set
+/// moves the window compared. Round-robin services get `turn` back.
+///
+/// Written for the verifier: a function of its own (a BPF-to-BPF call, scalars in and out)
+/// that every round-robin choice goes through too, so the caller keeps one path, and a loop
+/// that never ends early on the set's size (inlined with an early end, lb_tc took 125k more
+/// instructions: the loop's every length, once per path reaching it).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn least_loaded(
+    service_id: u32,
+    generation: u32,
+    count: u32,
+    turn: u32,
+    flags: u32,
+) -> u32 {
+    if flags & SVC_F_LEAST_CONN == 0 || count == 0 {
+        return turn;
+    }
+    let mut best = turn;
+    let mut best_live = u64::MAX;
+    for i in 0..LEASTCONN_SCAN {
+        let index = (turn + i) % count;
+        let key = BackendKey {
+            service_id,
+            generation,
+            index,
+        };
+        // SAFETY: copied out at once.
+        let Some(id) = (unsafe { LB_BACKENDS.get(&key) }).map(|b| b.id) else {
+            continue;
+        };
+        let live = LB_BE_LIVE.get(id).copied().unwrap_or(u64::MAX);
+        if live < best_live {
+            best_live = live;
+            best = index;
+        }
+    }
+    let key = BackendKey {
+        service_id,
+        generation,
+        index: best,
+    };
+    // SAFETY: copied out at once.
+    if let Some(id) = unsafe { LB_BACKENDS.get(&key) }.map(|b| b.id)
+        && let Some(live) = LB_BE_LIVE.get_ptr_mut(id)
+    {
+        // SAFETY: array elements are stable for the map's life; an atomic add, as for LB_RR.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(live, 1) };
+    }
+    best
 }
 
 /// Claims `rkey` for a reply entry: free, or held by a flow that has expired. With

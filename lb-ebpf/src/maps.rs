@@ -63,6 +63,9 @@ pub static LB_ACL: LpmTrie<AclData, u32, { MAX_ACL_ENTRIES as usize }> = LpmTrie
 #[btf_map]
 pub static LB_SVC_DENIED: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
+#[btf_map]
+pub static LB_BE_LIVE: Array<u64, { MAX_BACKEND_IDS as usize }> = Array::new();
+
 /// Whether `client` (network order) is inside one of the allowed ranges of `service_id`.
 #[inline(always)]
 pub fn allowed(service_id: u32, client: u32) -> bool {

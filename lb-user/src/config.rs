@@ -118,10 +118,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Desired, ConfigError> {
         let balance = match raw.balance.as_deref().unwrap_or("roundrobin") {
             "roundrobin" => Balance::RoundRobin,
             "source" => Balance::Source,
+            "leastconn" => Balance::LeastConn,
             other => {
                 return Err(invalid(
                     at("balance"),
-                    format!("{other:?} is not \"roundrobin\" or \"source\""),
+                    format!("{other:?} is not \"roundrobin\", \"source\" or \"leastconn\""),
                 ));
             }
         };
@@ -254,11 +255,10 @@ mod tests {
             e.contains("services[0].port") && e.contains("\"80\""),
             "{e}"
         );
-        let e = err(
-            r#"{"services": [{"name": "a", "port": 1, "balance": "leastconn", "backends": []}]}"#,
-        );
+        let e =
+            err(r#"{"services": [{"name": "a", "port": 1, "balance": "first", "backends": []}]}"#);
         assert!(
-            e.contains("services[0].balance") && e.contains("leastconn"),
+            e.contains("services[0].balance") && e.contains("first"),
             "{e}"
         );
         let e = err(r#"{"services": [{"name": "a", "port": 1, "backends": ["1.2.3.4:0"]}]}"#);

@@ -438,6 +438,7 @@ impl Daemon {
             self.sweeper
                 .sweep(&mut self.dp.maps.flows, &stats, &self.cfg, monotonic_ns());
         self.dp.tick(&backends_in_use, &services_in_use)?;
+        self.dp.count_live(&report.live)?;
         self.state.flow_entries = report.entries;
         self.state.flow_evictions = self.sweeper.evictions;
         self.state.live_flows = report.live;

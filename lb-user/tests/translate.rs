@@ -666,7 +666,7 @@ fn l7_labels_are_reported_and_the_port_still_balanced() {
     assert_eq!(
         service(&t, "*:10094/tcp").balance,
         Balance::RoundRobin,
-        "leastconn falls back"
+        "a balance lb does not have (uri) falls back"
     );
     assert_eq!(service(&t, "*:10095/tcp").balance, Balance::Source);
     assert_eq!(

@@ -678,3 +678,106 @@ fn full_nat_reuses_ports_the_backend_closed_first_for_clients_with_their_own_clo
     assert_eq!(syn_retrans, 0, "no SYN was refused and retried");
     lb::assert_no_drops(&topo, &[]);
 }
+
+/// `balance leastconn` with long-lived connections: after one task's connections close, the
+/// next ones all go to it, where round-robin would put them on different tasks.
+#[test]
+fn leastconn_sends_new_connections_to_the_task_with_the_fewest() {
+    let mut topo = topology("lbe8");
+    let backends: Vec<String> = TASKS
+        .iter()
+        .map(|(_, a, _, _)| format!("\"{a}:80\""))
+        .collect();
+    let services = format!("/tmp/{}-services.json", topo.prefix);
+    fs::write(
+        &services,
+        format!(
+            r#"{{"services": [{{"name": "long_10000", "port": 10000, "balance": "leastconn",
+                "backends": [{}]}}]}}"#,
+            backends.join(", ")
+        ),
+    )
+    .unwrap();
+    lb::start(
+        &mut topo,
+        "lb",
+        &[
+            "--iface", "eth*", "--iface", "cali*", "--hook", "tc", "--config", &services,
+        ],
+        1,
+    );
+    let pin = topo.pin_path().display().to_string();
+    let client_ns = topo.ns("client");
+    let open = |n: usize| -> Vec<TcpStream> {
+        in_netns(&client_ns, move || {
+            (0..n)
+                .map(|_| TcpStream::connect_timeout(&vip(10000).into(), T).expect("connect"))
+                .collect()
+        })
+    };
+    // The task each connection went to, as `lb flows` lists it.
+    let tasks_of = |held: &[TcpStream]| -> Vec<String> {
+        let listed: Value =
+            serde_json::from_str(&lb::lb(&topo, &["flows", "--json", "--pin-path", &pin])).unwrap();
+        held.iter()
+            .map(|s| {
+                let local = s.local_addr().unwrap().to_string();
+                let f = listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|f| f["client"] == local.as_str())
+                    .unwrap_or_else(|| panic!("{local} not in {listed}"));
+                f["backend"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let live_on = |task: &str| -> u64 {
+        let st = lb::status(&topo).expect("lb status");
+        st["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == task)
+            .and_then(|b| b["live_flows"].as_u64())
+            .unwrap_or_else(|| panic!("{task} in {st}"))
+    };
+    let held = open(6);
+    let on = tasks_of(&held);
+    let mut per_task = BTreeMap::<&str, usize>::new();
+    for t in &on {
+        *per_task.entry(t.as_str()).or_default() += 1;
+    }
+    assert_eq!(
+        per_task.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "six connections, two per task: {on:?}"
+    );
+    // The daemon's sweep (every 2 s) counts them all, then the two on one task close.
+    wait_for(
+        "six connections counted live",
+        Duration::from_secs(6),
+        || per_task.keys().all(|t| live_on(t) == 2),
+    );
+    let emptied = on[0].clone();
+    let (closed, kept): (Vec<_>, Vec<_>) =
+        held.into_iter().zip(&on).partition(|(_, t)| **t == emptied);
+    drop(closed);
+    wait_for(
+        "the closed connections counted off",
+        Duration::from_secs(6),
+        || live_on(&emptied) == 0,
+    );
+    let others: Vec<&String> = on.iter().filter(|t| **t != emptied).collect();
+    for t in &others {
+        assert_eq!(live_on(t), 2, "{t}");
+    }
+    let next = open(2);
+    assert_eq!(
+        tasks_of(&next),
+        vec![emptied.clone(), emptied.clone()],
+        "both new connections to the task without any"
+    );
+    drop(kept);
+    lb::assert_no_drops(&topo, &[]);
+}

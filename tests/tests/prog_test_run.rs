@@ -11,7 +11,7 @@ use lb_common::{
 };
 use lb_tests::{
     netns::{FibNs, in_netns, sh},
-    packets::{Pkt, Seen, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, read},
+    packets::{Pkt, Seen, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, read},
 };
 use lb_user::{
     dataplane::{
@@ -777,6 +777,115 @@ fn source_affinity_keeps_a_client_on_one_backend() {
             seen.insert(addr_of(f.new_dst, f.new_dport));
         }
         assert_eq!(seen.len(), 1, "one client address, one backend: {seen:?}");
+    });
+}
+
+/// The live flows `LB_BE_LIVE` holds for each backend of the service on `port`, by address.
+fn live_by_backend(lb: &Lb, port: u16) -> std::collections::BTreeMap<SocketAddrV4, u64> {
+    let svc = lb
+        .dp
+        .planner
+        .services
+        .values()
+        .find(|s| s.spec.listener.port == port)
+        .expect("service applied");
+    svc.backends
+        .iter()
+        .map(|b| (b.addr, lb.dp.maps.backend_live.get(&b.id, 0).unwrap()))
+        .collect()
+}
+
+fn ids_by_backend(lb: &Lb, port: u16) -> std::collections::BTreeMap<SocketAddrV4, u32> {
+    let svc = lb
+        .dp
+        .planner
+        .services
+        .values()
+        .find(|s| s.spec.listener.port == port)
+        .expect("service applied");
+    svc.backends.iter().map(|b| (b.addr, b.id)).collect()
+}
+
+#[test]
+fn leastconn_gives_new_flows_to_the_fewest_live_and_the_sweep_counts_them_down() {
+    let _env = env();
+    in_netns(NS, || {
+        let tasks = ["192.168.1.11:80", "192.168.1.12:80", "192.168.1.13:80"];
+        let mut svc = service("web", None, 10000, Protocol::Tcp, &tasks);
+        svc.balance = Balance::LeastConn;
+        let mut lb = Lb::new(vec![svc.clone()], false);
+        let vip = sa("10.0.0.1:10000");
+        let (t1, t2, t3) = (sa(tasks[0]), sa(tasks[1]), sa(tasks[2]));
+        let ids = ids_by_backend(&lb, 10000);
+        let mut client = 0u16;
+        let mut open = |lb: &mut Lb| -> (SocketAddrV4, SocketAddrV4) {
+            client += 1;
+            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 1), 30000 + client);
+            let syn = Pkt::tcp(from, vip, TCP_SYN);
+            lb.tc(&syn.bytes());
+            let f = lb.flow(key(&syn)).expect("a flow for every SYN");
+            (from, addr_of(f.new_dst, f.new_dport))
+        };
+        // As a sweep would leave them: 5 on the first task, none on the second, 3 on the third.
+        lb.dp
+            .count_live(&[(ids[&t1], 5), (ids[&t3], 3)].into())
+            .unwrap();
+        let first: Vec<_> = (0..7).map(|_| open(&mut lb).1).collect();
+        assert_eq!(
+            &first[..3],
+            &[t2, t2, t2],
+            "the emptiest task first: {first:?}"
+        );
+        assert!(
+            !first.contains(&t1),
+            "the busiest task gets nothing: {first:?}"
+        );
+        assert_eq!(
+            live_by_backend(&lb, 10000),
+            [(t1, 5), (t2, 5), (t3, 5)].into(),
+            "each new flow counted on its backend"
+        );
+        // Ties go in round-robin order: three new flows, three different tasks.
+        let tied: std::collections::BTreeSet<_> = (0..3).map(|_| open(&mut lb).1).collect();
+        assert_eq!(tied.len(), 3, "{tied:?}");
+        // The table now holds 1 flow on the first task, 6 on the second, 3 on the third.
+        // Two of the second's (the first two opened) end with an RST: the count drops only
+        // at the sweep's recount, which counts what the table holds, closed flows not.
+        for port in [30001, 30002] {
+            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 1), port);
+            lb.tc(&Pkt::tcp(from, vip, TCP_RST | TCP_ACK).bytes());
+        }
+        assert_eq!(
+            live_by_backend(&lb, 10000),
+            [(t1, 6), (t2, 6), (t3, 6)].into()
+        );
+        let cfg = Config::default();
+        let stats = sum_stats(&lb.dp.maps.stats);
+        let mut sweeper = lb_user::dataplane::flows::Sweeper::default();
+        let (report, _, _) = sweeper.sweep(
+            &mut lb.dp.maps.flows,
+            &stats,
+            &cfg,
+            lb_user::dataplane::monotonic_ns(),
+        );
+        lb.dp.count_live(&report.live).unwrap();
+        assert_eq!(
+            live_by_backend(&lb, 10000),
+            [(t1, 1), (t2, 4), (t3, 3)].into(),
+            "the recount: what the table holds, the reset flows gone"
+        );
+        assert_eq!(open(&mut lb).1, t1);
+        // A changed set is a new generation: the new task starts from zero and is chosen.
+        let t4 = sa("192.168.1.14:80");
+        svc.backends.push(t4);
+        lb.dp
+            .apply(&Desired {
+                services: vec![svc],
+            })
+            .unwrap();
+        assert_eq!(live_by_backend(&lb, 10000)[&t4], 0);
+        assert_eq!(open(&mut lb).1, t4);
+        assert_eq!(live_by_backend(&lb, 10000)[&t4], 1);
     });
 }
 

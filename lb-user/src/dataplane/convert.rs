@@ -3,7 +3,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::lpm_trie::Key;
-use lb_common::{AclData, Backend, SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, ServiceKey};
+use lb_common::{
+    AclData, Backend, SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, SVC_F_LEAST_CONN, ServiceKey,
+};
 
 use crate::services::{Balance, Cidr, Listener, Protocol};
 
@@ -56,6 +58,7 @@ pub fn backend_addr(b: &Backend) -> SocketAddrV4 {
 pub fn service_flags(balance: Balance, allow: &[Cidr]) -> u32 {
     let balance = match balance {
         Balance::Source => SVC_F_AFFINITY_SOURCE,
+        Balance::LeastConn => SVC_F_LEAST_CONN,
         Balance::RoundRobin => 0,
     };
     if allow.is_empty() {
@@ -82,6 +85,8 @@ pub fn acl_range(key: &Key<AclData>) -> Option<(u32, Cidr)> {
 pub fn balance_of(flags: u32) -> Balance {
     if flags & SVC_F_AFFINITY_SOURCE != 0 {
         Balance::Source
+    } else if flags & SVC_F_LEAST_CONN != 0 {
+        Balance::LeastConn
     } else {
         Balance::RoundRobin
     }

@@ -14,9 +14,10 @@ use aya::{
 };
 use lb_common::{
     AclData, Backend, BackendKey, Config, Counters, DnsAddrs, DnsName, Flow, FlowKey, LocalAddr,
-    MAP_ACL, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_DNS_A, MAP_DNS_STATS, MAP_FLOWS,
-    MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR, MAP_SERVICE_DENIED, MAP_SERVICE_REFUSED,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_XDP_TX, MAPS, MapDef, Service, ServiceKey,
+    MAP_ACL, MAP_BACKEND_LIVE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_DNS_A,
+    MAP_DNS_STATS, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR,
+    MAP_SERVICE_DENIED, MAP_SERVICE_REFUSED, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
+    MAP_XDP_TX, MAPS, MapDef, Service, ServiceKey,
 };
 
 use super::{
@@ -45,6 +46,7 @@ pub struct Maps {
     pub dns_stats: PerCpuArray<MapData, u64>,
     pub acl: LpmTrie<MapData, AclData, u32>,
     pub service_denied: PerCpuArray<MapData, u64>,
+    pub backend_live: Array<MapData, u64>,
 }
 
 /// How a map as the kernel holds it differs from its row of the table; `caps` also checks
@@ -133,6 +135,7 @@ impl Maps {
             dns_stats: PerCpuArray::try_from(get(MAP_DNS_STATS)?)?,
             acl: LpmTrie::try_from(get(MAP_ACL)?)?,
             service_denied: PerCpuArray::try_from(get(MAP_SERVICE_DENIED)?)?,
+            backend_live: Array::try_from(get(MAP_BACKEND_LIVE)?)?,
         };
         for def in &MAPS {
             if let Some(m) = mismatch(def, maps.data(def.name), caps) {
@@ -168,6 +171,7 @@ impl Maps {
             MAP_DNS_STATS => self.dns_stats.map(),
             MAP_ACL => self.acl.map(),
             MAP_SERVICE_DENIED => self.service_denied.map(),
+            MAP_BACKEND_LIVE => self.backend_live.map(),
             other => unreachable!("{other} is not in the map table"),
         }
     }
@@ -259,7 +263,16 @@ impl LbMaps for Maps {
                         .with_context(|| format!("{MAP_SERVICE_DENIED}[{id}]"))
                 }),
             Op::ZeroBackendCounters(id) => zero_counters(&mut self.backend_stats, *id)
-                .with_context(|| format!("{MAP_BACKEND_STATS}[{id}]")),
+                .with_context(|| format!("{MAP_BACKEND_STATS}[{id}]"))
+                .and_then(|()| {
+                    self.backend_live
+                        .set(*id, 0, 0)
+                        .with_context(|| format!("{MAP_BACKEND_LIVE}[{id}]"))
+                }),
+            Op::SetBackendLive(id, n) => self
+                .backend_live
+                .set(*id, *n, 0)
+                .with_context(|| format!("{MAP_BACKEND_LIVE}[{id}]")),
             Op::PutBackend(k, b) => self
                 .backends
                 .insert(k, b, 0)

@@ -21,7 +21,7 @@ use super::{
     maps::LbMaps,
     ports::PortGate,
 };
-use crate::services::{Cidr, Desired, Listener, ServiceSpec};
+use crate::services::{Balance, Cidr, Desired, Listener, ServiceSpec};
 
 /// How long a replaced backend generation stays readable for packets already in flight.
 pub const GRACE: Duration = Duration::from_secs(1);
@@ -41,6 +41,8 @@ pub enum Op {
     /// A client range allowed to reach the service with this id (`LB_ACL`).
     PutAllow(u32, Cidr),
     DeleteAllow(u32, Cidr),
+    /// A leastconn backend's live flows as the sweep counted them (`LB_BE_LIVE`).
+    SetBackendLive(u32, u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,6 +516,20 @@ impl Planner {
                 );
             }
         }
+    }
+
+    /// `balance leastconn`: the live flows of each backend of a leastconn service, as the
+    /// sweep counted them (`live`, by backend id; none counted is zero), for `LB_BE_LIVE`.
+    /// The data plane adds one for each flow it gives a backend in between; this recount is
+    /// how closes, expiry and evictions come off. (A flow opened while the sweep reads the
+    /// table may be written over and count from the next sweep on.)
+    pub fn live_counts(&self, live: &BTreeMap<u32, u64>) -> Vec<Op> {
+        self.services
+            .values()
+            .filter(|s| s.spec.balance == Balance::LeastConn)
+            .flat_map(|s| &s.backends)
+            .map(|b| Op::SetBackendLive(b.id, live.get(&b.id).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// Housekeeping: deletes old generations past their grace, and frees the ids of draining

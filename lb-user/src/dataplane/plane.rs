@@ -1,7 +1,7 @@
 //! `Dataplane`: the one owner of the loaded programs, the handles to every map and the
 //! applied state. The daemon, the tests and the benchmark drive the data plane through it.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
     time::Instant,
 };
@@ -86,6 +86,12 @@ impl Dataplane {
     /// Old generations past their grace go; ids no live flow uses any more are freed.
     pub fn tick(&mut self, in_use: &BTreeSet<u32>, services_in_use: &BTreeSet<u32>) -> Result<()> {
         let ops = self.planner.tick(Instant::now(), in_use, services_in_use);
+        maps::execute(&mut self.maps, &ops)
+    }
+
+    /// Writes the live flows of leastconn services' backends, as the sweep counted them.
+    pub fn count_live(&mut self, live: &BTreeMap<u32, u64>) -> Result<()> {
+        let ops = self.planner.live_counts(live);
         maps::execute(&mut self.maps, &ops)
     }
 

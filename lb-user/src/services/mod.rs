@@ -50,6 +50,9 @@ pub enum Balance {
     RoundRobin,
     /// HAProxy's `source`: a hash of the client address.
     Source,
+    /// HAProxy's `leastconn`: the backend with the fewest live flows.
+    #[serde(rename = "leastconn")]
+    LeastConn,
 }
 
 impl Balance {
@@ -58,6 +61,7 @@ impl Balance {
         match self {
             Self::RoundRobin => "roundrobin",
             Self::Source => "source",
+            Self::LeastConn => "leastconn",
         }
     }
 }

@@ -19,6 +19,7 @@ struct Fake {
     zeroed: Vec<Op>,
     flows: Vec<(FlowKey, Flow)>,
     acl: BTreeSet<(u32, Cidr)>,
+    live: BTreeMap<u32, u64>,
 }
 
 impl LbMaps for Fake {
@@ -45,6 +46,9 @@ impl LbMaps for Fake {
             }
             Op::DeleteAllow(id, r) => {
                 self.acl.remove(&(*id, *r));
+            }
+            Op::SetBackendLive(id, n) => {
+                self.live.insert(*id, *n);
             }
         }
         Ok(())
@@ -505,4 +509,30 @@ fn a_removed_service_takes_its_ranges_and_a_restart_clears_orphans() {
     let (_, ops) = Planner::adopt(&maps, &c, t0);
     execute(&mut maps, &ops).unwrap();
     assert!(maps.acl.is_empty(), "{:?}", maps.acl);
+}
+
+#[test]
+fn leastconn_backends_get_the_swept_live_counts_and_others_nothing() {
+    let c = caps(8, 16);
+    let (mut p, mut maps) = fresh(&c);
+    let least = ServiceSpec {
+        balance: Balance::LeastConn,
+        ..spec(80, &["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])
+    };
+    let rr = spec(81, &["10.1.0.1:80"]);
+    apply(&mut p, &mut maps, &desired(&[least, rr]), Instant::now());
+    let ids: Vec<u32> = p.services[&listener(80)]
+        .backends
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    let rr_id = p.services[&listener(81)].backends[0].id;
+    // The sweep found two flows on the first and five on the round-robin service's backend.
+    let counted = BTreeMap::from([(ids[0], 2), (rr_id, 5)]);
+    execute(&mut maps, &p.live_counts(&counted)).unwrap();
+    assert_eq!(
+        maps.live,
+        BTreeMap::from([(ids[0], 2), (ids[1], 0), (ids[2], 0)]),
+        "every leastconn backend is written, a backend without flows as zero"
+    );
 }

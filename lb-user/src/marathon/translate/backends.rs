@@ -263,6 +263,8 @@ impl Cx<'_, '_, '_> {
             .as_deref()
         {
             Some("source") => Balance::Source,
+            Some("leastconn") => Balance::LeastConn,
+            // `static-rr` is round-robin; anything else is reported with the L7-only labels.
             _ => Balance::RoundRobin,
         };
 

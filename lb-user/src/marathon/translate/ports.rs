@@ -231,7 +231,7 @@ pub(super) fn unsupported_labels(app: &App, i: usize, vhosts: bool) -> Vec<Strin
                 "MODE" => !v.trim().eq_ignore_ascii_case("tcp"),
                 "BALANCE" => !matches!(
                     v.trim().to_ascii_lowercase().as_str(),
-                    "roundrobin" | "source"
+                    "roundrobin" | "static-rr" | "source" | "leastconn"
                 ),
                 "STICKY" | "REDIRECT_TO_HTTPS" | "USE_HSTS" => truthy(v),
                 _ => L7_LABELS.contains(&name) && !v.trim().is_empty(),

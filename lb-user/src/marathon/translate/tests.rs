@@ -202,6 +202,16 @@ fn labels_decide_enabled_bind_and_balance() {
             10007,
             json!({ "HAPROXY_GROUP": "external", "HAPROXY_0_PORT": " 8080 " }),
         )),
+        app(host_app(
+            "/leastconn",
+            10008,
+            json!({ "HAPROXY_GROUP": "external", "HAPROXY_0_BALANCE": "leastconn" }),
+        )),
+        app(host_app(
+            "/static-rr",
+            10009,
+            json!({ "HAPROXY_GROUP": "external", "HAPROXY_0_BALANCE": "static-rr" }),
+        )),
     ];
     let t = run(&apps, &TranslateOptions::default());
     let by_app = |id: &str| {
@@ -222,6 +232,15 @@ fn labels_decide_enabled_bind_and_balance() {
         t.skipped[0]
     );
     assert_eq!(by_app("/balance").map(|s| s.balance), Some(Balance::Source));
+    // marathon-lb's test_config_simple_app_balance.
+    assert_eq!(
+        by_app("/leastconn").map(|s| s.balance),
+        Some(Balance::LeastConn)
+    );
+    assert_eq!(
+        by_app("/static-rr").map(|s| s.balance),
+        Some(Balance::RoundRobin)
+    );
     // "1" is not one of marathon-lb's true spellings: the label turns the port off.
     assert!(by_app("/enabled-1").is_none());
     assert!(by_app("/enabled-t").is_some());
@@ -360,4 +379,23 @@ fn nested_app_ids_name_backends_like_marathon_lb() {
     ))];
     let t = run(&apps, &TranslateOptions::default());
     assert_eq!(t.desired.services[0].name, "prod_web_frontend_10001");
+}
+
+#[test]
+fn a_balance_lb_does_not_have_falls_back_to_round_robin_and_is_reported() {
+    let apps = [app(host_app(
+        "/by-uri",
+        10000,
+        json!({ "HAPROXY_GROUP": "external", "HAPROXY_0_BALANCE": "uri" }),
+    ))];
+    let t = run(&apps, &TranslateOptions::default());
+    assert_eq!(t.desired.services[0].balance, Balance::RoundRobin);
+    assert_eq!(
+        t.unsupported,
+        vec![Unsupported {
+            app_id: "/by-uri".into(),
+            port_index: 0,
+            labels: vec!["HAPROXY_0_BALANCE".into()],
+        }]
+    );
 }
