@@ -17,6 +17,12 @@ pub const MAX_OPTIONS_LEN: usize = 40;
 /// further on counts as having none: a SYN's flow then keeps the TIME_WAIT reservation.
 pub const MAX_STEPS: usize = 16;
 
+/// The first four option bytes of the layout every mainstream stack sends on data segments
+/// (NOP, NOP, timestamp kind and length), as they read from the wire into a native u32: a
+/// caller that sees them (and `len` of at least 12) has the option at offset 2, as the walk
+/// would find it.
+pub const NOP_NOP_TS: u32 = u32::from_ne_bytes([OPT_NOP, OPT_NOP, OPT_TS, OPT_TS_LEN]);
+
 /// Offset of TSval inside the timestamp option; TSecr follows it.
 pub const TSVAL_OFF: usize = 2;
 pub const TSECR_OFF: usize = 6;

@@ -55,10 +55,8 @@ pub extern "C" fn lb_tcp_options_tc(skb: *mut __sk_buff, base: u32, len: u32) ->
 
 #[inline(always)]
 fn found(at: u32) -> Option<usize> {
-    // The mask changes no offset the walk returns (all below 256); it gives the verifier
-    // the bound on the very register that reaches the packet pointer, which a comparison
-    // on a copy of the return value would not.
-    (at != parse::NO_TIMESTAMP).then_some((at & 0xff) as usize)
+    // Bounded for the verifier by the caller (parse::tcp_timestamp).
+    (at != parse::NO_TIMESTAMP).then_some(at as usize)
 }
 
 /// The one bounds-checked accessor: a pointer to a `T` at `off`, or `None` past the end.
