@@ -60,11 +60,12 @@ pub const MAP_ACL: &str = "LB_ACL";
 /// outside its allowed ranges (`Stat::DropDenied`). Written by the data plane, summed by the
 /// daemon. A map of its own, so that pins of earlier builds are adopted as they are.
 pub const MAP_SERVICE_DENIED: &str = "LB_SVC_DENIED";
-/// `backend id -> u64`: the backend's live flows, for `balance leastconn`. The daemon writes
-/// each backend's count at every sweep of the flow table (flows neither closed both ways nor
-/// expired, so closes, expiry and evictions show within a sweep); between sweeps the data plane
-/// adds one for each new flow it gives a leastconn service's backend (an atomic add on the
-/// shared slot). A map of its own, so that pins of earlier builds are adopted as they are.
+/// `backend id -> u64`: the live flows of a leastconn service's backend. The data plane adds
+/// one for each new flow it gives the backend and takes one off when a packet closes such a
+/// flow (atomic adds on the shared slot; a value above `i64::MAX`, a close that raced a
+/// recount, reads as zero). Expiry and LRU evictions, which no program sees, come off at the
+/// daemon's sweep of the flow table, which writes every leastconn backend's count anew. A map
+/// of its own, so that pins of earlier builds are adopted as they are.
 pub const MAP_BACKEND_LIVE: &str = "LB_BE_LIVE";
 /// `DnsName -> DnsAddrs`: the A records the XDP fast path answers with, written by the
 /// daemon from the DNS zone (names of at most `DNS_NAME_MAX` wire bytes with at most
@@ -269,6 +270,9 @@ pub const FLOW_F_TS: u32 = 32;
 /// that rewrites its SYN (XDP or TC) reads the client's TSval, then sets `FLOW_F_TS` and
 /// `ts_off`, or nothing when the SYN carries no timestamps.
 pub const FLOW_F_TS_INIT: u32 = 64;
+/// The flow of a leastconn service: counted in `LB_BE_LIVE` when it was created, and counted
+/// off by the packet that closes it (FINs both ways, or an RST).
+pub const FLOW_F_LEAST_CONN: u32 = 128;
 
 /// The balancer's timestamp clock for new flows: `bpf_ktime_get_ns() >> TS_CLOCK_SHIFT`,
 /// about 15 kHz. Faster than any client's clock (RFC 7323: at most 1 kHz), so a new

@@ -6,10 +6,10 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_log_ebpf::warn;
 use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_BACKEND_CLOSED_FIRST,
-    FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, FLOW_F_TS,
-    FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, LEASTCONN_SCAN, MAX_BACKENDS_PER_SERVICE,
-    NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, SVC_F_LEAST_CONN, Service, ServiceKey,
-    Stat,
+    FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_LEAST_CONN,
+    FLOW_F_REPLY, FLOW_F_TS, FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, LEASTCONN_SCAN,
+    MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST,
+    SVC_F_LEAST_CONN, Service, ServiceKey, Stat,
 };
 
 use crate::{
@@ -68,6 +68,12 @@ pub fn track<C: Packet>(ctx: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> 
                     side
                 };
                 mark(entry, &p.key, &flow, FLOW_F_CLOSING | bits, 0);
+                if flow.flags & FLOW_F_LEAST_CONN != 0
+                    && flow.flags & FLOW_F_CLOSED != FLOW_F_CLOSED
+                    && bits | (flow.flags & FLOW_F_CLOSED) == FLOW_F_CLOSED
+                {
+                    count_off(flow.backend_id);
+                }
             }
             return Ok(Tracked {
                 flow,
@@ -199,6 +205,16 @@ fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
         .ok_or(Stat::ErrBackendLookup)
 }
 
+/// A leastconn flow of `backend_id` closed: one live flow fewer.
+#[inline(always)]
+fn count_off(backend_id: u32) {
+    if let Some(live) = LB_BE_LIVE.get_ptr_mut(backend_id) {
+        // SAFETY: array elements are stable for the map's life. Adding u64::MAX takes one off
+        // (wrapping); see MAP_BACKEND_LIVE for a close that races the daemon's recount.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(live, u64::MAX) };
+    }
+}
+
 /// `balance leastconn`: of the `LEASTCONN_SCAN` backends from index `turn` on (wrapping, so a
 /// smaller set is compared whole), the first with the fewest live flows in `LB_BE_LIVE`, which
 /// is counted up for it. Starting at the round-robin turn spreads ties, and in a larger set
@@ -233,7 +249,10 @@ pub extern "C" fn least_loaded(
         let Some(id) = (unsafe { LB_BACKENDS.get(&key) }).map(|b| b.id) else {
             continue;
         };
-        let live = LB_BE_LIVE.get(id).copied().unwrap_or(u64::MAX);
+        // Below zero (wrapped) is zero.
+        let live = LB_BE_LIVE
+            .get(id)
+            .map_or(u64::MAX, |n| (*n as i64).max(0) as u64);
         if live < best_live {
             best_live = live;
             best = index;
@@ -304,6 +323,10 @@ fn create<C: Packet>(
         last_seen_ns: now,
         ..Flow::default()
     };
+    if service.flags & SVC_F_LEAST_CONN != 0 {
+        // least_loaded counted it on its backend; its close counts it off.
+        fwd.flags |= FLOW_F_LEAST_CONN;
+    }
     if !preserve && key.proto == IPPROTO_TCP {
         // The options are read once per packet, where the rewrite needs them (nat.rs): one
         // walk of them, late in the program, keeps the verifier's work small.

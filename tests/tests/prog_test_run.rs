@@ -848,31 +848,40 @@ fn leastconn_gives_new_flows_to_the_fewest_live_and_the_sweep_counts_them_down()
         // Ties go in round-robin order: three new flows, three different tasks.
         let tied: std::collections::BTreeSet<_> = (0..3).map(|_| open(&mut lb).1).collect();
         assert_eq!(tied.len(), 3, "{tied:?}");
-        // The table now holds 1 flow on the first task, 6 on the second, 3 on the third.
-        // Two of the second's (the first two opened) end with an RST: the count drops only
-        // at the sweep's recount, which counts what the table holds, closed flows not.
+        // The table now holds 1 flow on the first task, 6 on the second, 3 on the third. Of
+        // the second's, the first two opened end with an RST and the third with FINs both
+        // ways: each is counted off by the packet that closes it.
+        let from = |port| SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 1), port);
         for port in [30001, 30002] {
-            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 1), port);
-            lb.tc(&Pkt::tcp(from, vip, TCP_RST | TCP_ACK).bytes());
+            lb.tc(&Pkt::tcp(from(port), vip, TCP_RST | TCP_ACK).bytes());
         }
+        let fin = Pkt::tcp(from(30003), vip, TCP_FIN | TCP_ACK);
+        lb.tc(&fin.bytes());
+        let f = lb.flow(key(&fin)).expect("the flow the FINs close");
+        let nat = addr_of(f.new_src, f.new_sport);
+        let half_closed = live_by_backend(&lb, 10000);
+        lb.tc(&Pkt::tcp(t2, nat, TCP_FIN | TCP_ACK).bytes());
+        assert_eq!(half_closed[&t2], 4, "an RST closes, one FIN does not");
+        lb.tc(&Pkt::tcp(from(30001), vip, TCP_RST | TCP_ACK).bytes());
         assert_eq!(
             live_by_backend(&lb, 10000),
-            [(t1, 6), (t2, 6), (t3, 6)].into()
+            [(t1, 6), (t2, 3), (t3, 6)].into(),
+            "closed flows counted off at once, a repeated RST not again"
         );
-        let cfg = Config::default();
-        let stats = sum_stats(&lb.dp.maps.stats);
+        // The sweep's recount (every 2 s in the daemon) writes what the table holds: the
+        // flows the preset counts made up are gone, expiry and evictions would be too.
         let mut sweeper = lb_user::dataplane::flows::Sweeper::default();
-        let (report, _, _) = sweeper.sweep(
-            &mut lb.dp.maps.flows,
-            &stats,
-            &cfg,
-            lb_user::dataplane::monotonic_ns(),
-        );
-        lb.dp.count_live(&report.live).unwrap();
+        let mut recount = |lb: &mut Lb, cfg: &Config| {
+            let stats = sum_stats(&lb.dp.maps.stats);
+            let now = lb_user::dataplane::monotonic_ns();
+            let (report, _, _) = sweeper.sweep(&mut lb.dp.maps.flows, &stats, cfg, now);
+            lb.dp.count_live(&report.live).unwrap();
+        };
+        recount(&mut lb, &Config::default());
         assert_eq!(
             live_by_backend(&lb, 10000),
-            [(t1, 1), (t2, 4), (t3, 3)].into(),
-            "the recount: what the table holds, the reset flows gone"
+            [(t1, 1), (t2, 3), (t3, 3)].into(),
+            "the recount: what the table holds"
         );
         assert_eq!(open(&mut lb).1, t1);
         // A changed set is a new generation: the new task starts from zero and is chosen.
@@ -886,6 +895,15 @@ fn leastconn_gives_new_flows_to_the_fewest_live_and_the_sweep_counts_them_down()
         assert_eq!(live_by_backend(&lb, 10000)[&t4], 0);
         assert_eq!(open(&mut lb).1, t4);
         assert_eq!(live_by_backend(&lb, 10000)[&t4], 1);
+        // Expiry: once the established timeout has passed, no flow counts any more.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let short = Config {
+            tcp_timeout_ns: 1_000_000,
+            ..Config::default()
+        };
+        recount(&mut lb, &short);
+        let live = live_by_backend(&lb, 10000);
+        assert!(live.values().all(|n| *n == 0), "{live:?}");
     });
 }
 
