@@ -72,7 +72,7 @@ pub fn track<C: Packet>(ctx: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> 
                     && flow.flags & FLOW_F_CLOSED != FLOW_F_CLOSED
                     && bits | (flow.flags & FLOW_F_CLOSED) == FLOW_F_CLOSED
                 {
-                    count_off(flow.backend_id);
+                    count_live(flow.backend_id, u64::MAX);
                 }
             }
             return Ok(Tracked {
@@ -205,19 +205,19 @@ fn pick_backend(p: &Parsed, service: &Service) -> Result<Backend, Stat> {
         .ok_or(Stat::ErrBackendLookup)
 }
 
-/// A leastconn flow of `backend_id` closed: one live flow fewer.
+/// A leastconn flow of `backend_id` was created (`by` 1) or closed (`by` u64::MAX, which
+/// takes one off, wrapping; see MAP_BACKEND_LIVE for a close that races the daemon's recount).
 #[inline(always)]
-fn count_off(backend_id: u32) {
+fn count_live(backend_id: u32, by: u64) {
     if let Some(live) = LB_BE_LIVE.get_ptr_mut(backend_id) {
-        // SAFETY: array elements are stable for the map's life. Adding u64::MAX takes one off
-        // (wrapping); see MAP_BACKEND_LIVE for a close that races the daemon's recount.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(live, u64::MAX) };
+        // SAFETY: array elements are stable for the map's life; an atomic add, as for LB_RR.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(live, by) };
     }
 }
 
 /// `balance leastconn`: of the `LEASTCONN_SCAN` backends from index `turn` on (wrapping, so a
-/// smaller set is compared whole), the first with the fewest live flows in `LB_BE_LIVE`, which
-/// is counted up for it. Starting at the round-robin turn spreads ties, and in a larger set
+/// smaller set is compared whole), the first with the fewest live flows in `LB_BE_LIVE` (the
+/// flow counts there once it is created). Starting at the round-robin turn spreads ties, and in a larger set
 /// moves the window compared. Round-robin services get `turn` back.
 ///
 /// Written for the verifier: a function of its own (a BPF-to-BPF call, scalars in and out)
@@ -257,18 +257,6 @@ pub extern "C" fn least_loaded(
             best_live = live;
             best = index;
         }
-    }
-    let key = BackendKey {
-        service_id,
-        generation,
-        index: best,
-    };
-    // SAFETY: copied out at once.
-    if let Some(id) = unsafe { LB_BACKENDS.get(&key) }.map(|b| b.id)
-        && let Some(live) = LB_BE_LIVE.get_ptr_mut(id)
-    {
-        // SAFETY: array elements are stable for the map's life; an atomic add, as for LB_RR.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(live, 1) };
     }
     best
 }
@@ -324,7 +312,7 @@ fn create<C: Packet>(
         ..Flow::default()
     };
     if service.flags & SVC_F_LEAST_CONN != 0 {
-        // least_loaded counted it on its backend; its close counts it off.
+        // Counted on its backend once it is in the table; its close counts it off.
         fwd.flags |= FLOW_F_LEAST_CONN;
     }
     if !preserve && key.proto == IPPROTO_TCP {
@@ -376,6 +364,10 @@ fn create<C: Packet>(
     }
     count(Stat::FlowCreated);
     count_new_flow(service.id, backend.id);
+    if fwd.flags & FLOW_F_LEAST_CONN != 0 {
+        // Counted once the flow exists: a SYN refused for want of a NAT port adds nothing.
+        count_live(backend.id, 1);
+    }
     Ok(fwd)
 }
 

@@ -225,7 +225,9 @@ pub fn walk_tcp_options<C: Packet>(ctx: &C, base: u32, len: u32) -> u32 {
     }
     let base = base as usize;
     let len = (len as usize).min(tcpopt::MAX_OPTIONS_LEN);
-    let n = len.min(ctx.frame_len().saturating_sub(base));
+    // The bytes the packet holds directly (TC pulled the headers in): what the rewrite can
+    // reach, and what the walk read before it copied them.
+    let n = len.min((ctx.data_end() - ctx.data()).saturating_sub(base));
     let mut opts = [0u8; tcpopt::MAX_OPTIONS_LEN];
     if n == 0 || !ctx.load_bytes(base, &mut opts, n) {
         return NO_TIMESTAMP;

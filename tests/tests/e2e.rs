@@ -742,6 +742,14 @@ fn leastconn_sends_new_connections_to_the_task_with_the_fewest() {
             .and_then(|b| b["live_flows"].as_u64())
             .unwrap_or_else(|| panic!("{task} in {st}"))
     };
+    // The daemon's sweep writes each count from the flow table as it read it, so a flow
+    // opened between its read and its write counts only from the next sweep. The connections
+    // open just after a sweep, 2 s before the next.
+    wait_for("a sweep", Duration::from_secs(5), || {
+        lb::status(&topo).expect("lb status")["daemon"]["state_age_s"]
+            .as_f64()
+            .is_some_and(|age| age < 0.2)
+    });
     let held = open(6);
     let on = tasks_of(&held);
     let mut per_task = BTreeMap::<&str, usize>::new();

@@ -862,6 +862,7 @@ fn leastconn_gives_new_flows_to_the_fewest_live_and_the_sweep_counts_them_down()
         let half_closed = live_by_backend(&lb, 10000);
         lb.tc(&Pkt::tcp(t2, nat, TCP_FIN | TCP_ACK).bytes());
         assert_eq!(half_closed[&t2], 4, "an RST closes, one FIN does not");
+        assert_eq!(live_by_backend(&lb, 10000)[&t2], 3, "the second FIN closes");
         lb.tc(&Pkt::tcp(from(30001), vip, TCP_RST | TCP_ACK).bytes());
         assert_eq!(
             live_by_backend(&lb, 10000),
@@ -884,7 +885,13 @@ fn leastconn_gives_new_flows_to_the_fewest_live_and_the_sweep_counts_them_down()
             "the recount: what the table holds"
         );
         assert_eq!(open(&mut lb).1, t1);
-        // A changed set is a new generation: the new task starts from zero and is chosen.
+        // A changed set is a new generation: the new task starts from zero (whatever its id's
+        // slot held before) and is chosen.
+        for id in 0..64 {
+            if !ids.values().any(|i| *i == id) {
+                lb.dp.maps.backend_live.set(id, 99, 0).unwrap();
+            }
+        }
         let t4 = sa("192.168.1.14:80");
         svc.backends.push(t4);
         lb.dp
