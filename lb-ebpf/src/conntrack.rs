@@ -217,8 +217,8 @@ fn count_live(backend_id: u32, by: u64) {
 
 /// `balance leastconn`: of the `LEASTCONN_SCAN` backends from index `turn` on (wrapping, so a
 /// smaller set is compared whole), the first with the fewest live flows in `LB_BE_LIVE` (the
-/// flow counts there once it is created). Starting at the round-robin turn spreads ties, and in a larger set
-/// moves the window compared. Round-robin services get `turn` back.
+/// new flow counts there once it is created). Starting at the round-robin turn spreads ties,
+/// and in a larger set moves the window compared. Round-robin services get `turn` back.
 ///
 /// Written for the verifier: a function of its own (a BPF-to-BPF call, scalars in and out)
 /// that every round-robin choice goes through too, so the caller keeps one path, and a loop

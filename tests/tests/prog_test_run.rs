@@ -911,6 +911,25 @@ fn leastconn_gives_new_flows_to_the_fewest_live_and_the_sweep_counts_them_down()
         recount(&mut lb, &short);
         let live = live_by_backend(&lb, 10000);
         assert!(live.values().all(|n| *n == 0), "{live:?}");
+        // Through XDP (the interfaces trusted, so it decides itself): the same choice, count
+        // and count-off.
+        for ifname in ["lo", "up0", "cali0"] {
+            lb.allow_xdp_redirect(ifname);
+        }
+        let ids = ids_by_backend(&lb, 10000);
+        let busy = ids
+            .iter()
+            .filter(|(a, _)| **a != t1)
+            .map(|(_, id)| (*id, 5));
+        lb.dp.count_live(&busy.collect()).unwrap();
+        let syn = Pkt::tcp(from(40000), vip, TCP_SYN);
+        assert_eq!(lb.xdp(&syn.bytes()).0, XDP_REDIRECT);
+        let f = lb.flow(key(&syn)).expect("XDP opened the flow");
+        assert_eq!(addr_of(f.new_dst, f.new_dport), t1);
+        assert_eq!(live_by_backend(&lb, 10000)[&t1], 1);
+        let rst = Pkt::tcp(from(40000), vip, TCP_RST | TCP_ACK);
+        assert_eq!(lb.xdp(&rst.bytes()).0, XDP_REDIRECT);
+        assert_eq!(live_by_backend(&lb, 10000)[&t1], 0);
     });
 }
 
