@@ -227,6 +227,13 @@ fn dig_from_the_client_gets_every_name_fresh_and_whole() {
     );
     assert!(d.raw.contains(&format!("{canonical}.")), "{}", d.raw);
     assert_eq!(d.additional.iter().filter(|(t, _)| t == "A").count(), 3);
+    // The same under the port's name (the port mapping is named "http"), as Mesos-DNS has it.
+    let named = dig(&topo, "_http._nginx._tcp.marathon.mesos SRV");
+    let mut plain = d.answers.clone();
+    let mut answers = named.answers.clone();
+    plain.sort();
+    answers.sort();
+    assert_eq!(answers, plain, "{}", named.raw);
 
     // Every app is named, whatever its group; both forms of a grouped app's name.
     for name in ["api-prod.marathon.mesos", "api.prod.marathon.mesos"] {

@@ -14,7 +14,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::names::{AppNames, DCOS_DOMAIN, task_name};
+use super::names::{AppNames, DCOS_DOMAIN, label, task_name};
 use crate::marathon::{
     api::{App, Task},
     translate::{
@@ -251,7 +251,7 @@ impl Builder {
             Ok(m) => m,
             Err(reason) => return self.skipped.push(format!("app {}: {reason}", app.id)),
         };
-        let port_protocols = port_protocols(app, mode);
+        let port_specs = port_specs(app, mode);
         // dcos-net's autoip: the agent's address when the app maps host ports, else the task's.
         let maps_host_ports =
             mode == Mode::Bridge || port_mappings(app).iter().any(|m| m.host_port.is_some());
@@ -265,7 +265,7 @@ impl Builder {
                 resolver,
                 &names,
                 mode,
-                &port_protocols,
+                &port_specs,
                 maps_host_ports,
                 task,
             );
@@ -288,7 +288,7 @@ impl Builder {
         resolver: &mut Resolver<'_>,
         names: &AppNames,
         mode: Mode,
-        port_protocols: &[Vec<Protocol>],
+        port_specs: &[PortSpec],
         maps_host_ports: bool,
         task: &Task,
     ) {
@@ -326,8 +326,16 @@ impl Builder {
                             if port == 0 {
                                 continue;
                             }
-                            for proto in port_protocols.get(i).into_iter().flatten() {
-                                self.srv(names.srv(proto_label(*proto), &d), c, port);
+                            let Some(spec) = port_specs.get(i) else {
+                                continue;
+                            };
+                            for proto in &spec.protocols {
+                                let srv = names.srv(proto_label(*proto), &d);
+                                // Mesos-DNS's named-port record beside the plain one.
+                                if let Some(name) = &spec.name {
+                                    self.srv(format!("_{name}.{srv}"), c, port);
+                                }
+                                self.srv(srv, c, port);
                             }
                         }
                     }
@@ -372,27 +380,43 @@ impl Builder {
     }
 }
 
-/// Each port's protocols, by the index task ports and container ports share: the container's
-/// ports on a container network, the port mappings in bridge mode, the port definitions on the
-/// host. Marathon's default is tcp; a protocol that is neither gets no SRV record.
-fn port_protocols(app: &App, mode: Mode) -> Vec<Vec<Protocol>> {
-    let specs: Vec<Option<String>> = match mode {
-        Mode::Container => container_ports(app).into_iter().map(|(_, p)| p).collect(),
+/// Each port's protocols and name, by the index task ports and container ports share: the
+/// container's ports on a container network, the port mappings in bridge mode, the port
+/// definitions on the host. Marathon's default is tcp; a protocol that is neither gets no SRV
+/// record. The names are those Marathon gives the task's DiscoveryInfo ports.
+fn port_specs(app: &App, mode: Mode) -> Vec<PortSpec> {
+    let specs: Vec<(Option<String>, Option<String>)> = match mode {
+        Mode::Container => container_ports(app)
+            .into_iter()
+            .map(|(_, protocol, name)| (protocol, name))
+            .collect(),
         Mode::Bridge => port_mappings(app)
             .iter()
-            .map(|m| m.protocol.clone())
+            .map(|m| (m.protocol.clone(), m.name.clone()))
             .collect(),
         Mode::Host if !app.port_definitions.is_empty() => app
             .port_definitions
             .iter()
-            .map(|d| d.protocol.clone())
+            .map(|d| (d.protocol.clone(), d.name.clone()))
             .collect(),
-        Mode::Host => app.ports.iter().map(|_| None).collect(),
+        Mode::Host => app.ports.iter().map(|_| (None, None)).collect(),
     };
     specs
-        .iter()
-        .map(|s| protocols(s.as_deref()).unwrap_or_default())
+        .into_iter()
+        .map(|(protocol, name)| PortSpec {
+            protocols: protocols(protocol.as_deref()).unwrap_or_default(),
+            // Mesos-DNS cleans a port name as a label; one that cleans to nothing has no
+            // named record.
+            name: name.map(|n| label(&n)).filter(|n| !n.is_empty()),
+        })
         .collect()
+}
+
+/// One port of an app, as its SRV records need it.
+struct PortSpec {
+    protocols: Vec<Protocol>,
+    /// The port's name as a DNS label (`_<name>._<task>._<proto>.marathon.<domain>`).
+    name: Option<String>,
 }
 
 fn proto_label(p: Protocol) -> &'static str {

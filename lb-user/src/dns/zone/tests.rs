@@ -105,6 +105,16 @@ fn calico_tasks_answer_with_their_own_addresses_whatever_the_group() {
         v.sort();
         v
     });
+    // Mesos-DNS's named-port records: the first port mapping is named "http", the second
+    // has no name (and no record of its own).
+    let named = srv(&z, "_http._nginx._tcp.marathon.mesos");
+    assert_eq!(named.len(), 3, "{named:?}");
+    assert!(named.contains(&format!("{c1}:80")) && named.iter().all(|t| t.ends_with(":80")));
+    assert!(srv(&z, "_http._nginx._udp.marathon.mesos").is_empty());
+    assert!(
+        !z.names.keys().any(|n| n.starts_with("__")),
+        "no record for an unnamed port"
+    );
     // No host ports: no `.slave.` SRV.
     assert!(srv(&z, "_nginx._tcp.marathon.slave.mesos").is_empty());
     // Every SRV target has its A record.

@@ -74,7 +74,7 @@ pub(crate) fn assign<'a>(
         }
         let ports = container_ports(app)
             .into_iter()
-            .map(|(port, _)| port.and_then(|p| assigner.port_for(&app.id, p)))
+            .map(|(port, ..)| port.and_then(|p| assigner.port_for(&app.id, p)))
             .collect();
         out.insert(app.id.clone(), ports);
     }

@@ -415,7 +415,7 @@ fn netinfo(app: &App, task: &Task) -> Result<Endpoint, String> {
         .iter()
         .find_map(|a| a.ip_address.as_deref()?.trim().parse::<Ipv4Addr>().ok())
         .ok_or_else(|| "the task has no IPv4 address in ipAddresses (yet)".to_owned())?;
-    let ports: Vec<Option<i64>> = container_ports(app).into_iter().map(|(p, _)| p).collect();
+    let ports: Vec<Option<i64>> = container_ports(app).into_iter().map(|(p, ..)| p).collect();
     if ports.is_empty() {
         return Err("the app lists no container ports".to_owned());
     }

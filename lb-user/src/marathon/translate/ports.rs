@@ -155,7 +155,7 @@ pub(super) fn port_slots(app: &App, mode: Mode) -> Vec<Slot> {
     if mode == Mode::Container {
         return container_ports(app)
             .into_iter()
-            .map(|(_, protocol)| Slot {
+            .map(|(_, protocol, _)| Slot {
                 service_port: None,
                 protocol,
             })
@@ -164,9 +164,9 @@ pub(super) fn port_slots(app: &App, mode: Mode) -> Vec<Slot> {
     Vec::new()
 }
 
-/// The ports a container listens on, by index: `ipAddress.discovery.ports` (1.4), else the
-/// port mappings' container ports.
-pub(crate) fn container_ports(app: &App) -> Vec<(Option<i64>, Option<String>)> {
+/// The ports a container listens on, by index, with their protocols and names:
+/// `ipAddress.discovery.ports` (1.4), else the port mappings' container ports.
+pub(crate) fn container_ports(app: &App) -> Vec<(Option<i64>, Option<String>, Option<String>)> {
     let discovery = app
         .ip_address
         .as_ref()
@@ -176,12 +176,12 @@ pub(crate) fn container_ports(app: &App) -> Vec<(Option<i64>, Option<String>)> {
     if !discovery.is_empty() {
         return discovery
             .iter()
-            .map(|p| (p.number, p.protocol.clone()))
+            .map(|p| (p.number, p.protocol.clone(), p.name.clone()))
             .collect();
     }
     port_mappings(app)
         .iter()
-        .map(|m| (m.container_port, m.protocol.clone()))
+        .map(|m| (m.container_port, m.protocol.clone(), m.name.clone()))
         .collect()
 }
 
