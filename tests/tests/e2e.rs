@@ -29,21 +29,22 @@ fn vip(port: u16) -> SocketAddrV4 {
 
 /// A services file with TCP and UDP on 10000 over the three tasks.
 fn write_services(topo: &Topology) -> String {
+    services_file(
+        topo,
+        r#"{"name": "web_10000", "port": 10000, "protocol": "tcp", "backends": TASKS},
+           {"name": "dns_10000", "port": 10000, "protocol": "udp", "backends": TASKS}"#,
+    )
+}
+
+/// A services file of `services` (JSON objects, `TASKS` standing for the three tasks' list).
+fn services_file(topo: &Topology, services: &str) -> String {
     let backends: Vec<String> = TASKS
         .iter()
         .map(|(_, a, _, _)| format!("\"{a}:80\""))
         .collect();
     let path = format!("/tmp/{}-services.json", topo.prefix);
-    fs::write(
-        &path,
-        format!(
-            r#"{{"services": [
-                {{"name": "web_10000", "port": 10000, "protocol": "tcp", "backends": [{b}]}},
-                {{"name": "dns_10000", "port": 10000, "protocol": "udp", "backends": [{b}]}}]}}"#,
-            b = backends.join(", ")
-        ),
-    )
-    .unwrap();
+    let services = services.replace("TASKS", &format!("[{}]", backends.join(", ")));
+    fs::write(&path, format!(r#"{{"services": [{services}]}}"#)).unwrap();
     path
 }
 
@@ -684,20 +685,10 @@ fn full_nat_reuses_ports_the_backend_closed_first_for_clients_with_their_own_clo
 #[test]
 fn leastconn_sends_new_connections_to_the_task_with_the_fewest() {
     let mut topo = topology("lbe8");
-    let backends: Vec<String> = TASKS
-        .iter()
-        .map(|(_, a, _, _)| format!("\"{a}:80\""))
-        .collect();
-    let services = format!("/tmp/{}-services.json", topo.prefix);
-    fs::write(
-        &services,
-        format!(
-            r#"{{"services": [{{"name": "long_10000", "port": 10000, "balance": "leastconn",
-                "backends": [{}]}}]}}"#,
-            backends.join(", ")
-        ),
-    )
-    .unwrap();
+    let services = services_file(
+        &topo,
+        r#"{"name": "long_10000", "port": 10000, "balance": "leastconn", "backends": TASKS}"#,
+    );
     lb::start(
         &mut topo,
         "lb",

@@ -782,19 +782,13 @@ fn source_affinity_keeps_a_client_on_one_backend() {
 
 /// The live flows `LB_BE_LIVE` holds for each backend of the service on `port`, by address.
 fn live_by_backend(lb: &Lb, port: u16) -> std::collections::BTreeMap<SocketAddrV4, u64> {
-    let svc = lb
-        .dp
-        .planner
-        .services
-        .values()
-        .find(|s| s.spec.listener.port == port)
-        .expect("service applied");
-    svc.backends
-        .iter()
-        .map(|b| (b.addr, lb.dp.maps.backend_live.get(&b.id, 0).unwrap()))
+    ids_by_backend(lb, port)
+        .into_iter()
+        .map(|(addr, id)| (addr, lb.dp.maps.backend_live.get(&id, 0).unwrap()))
         .collect()
 }
 
+/// The backend ids of the service on `port`, by address.
 fn ids_by_backend(lb: &Lb, port: u16) -> std::collections::BTreeMap<SocketAddrV4, u32> {
     let svc = lb
         .dp
