@@ -264,11 +264,7 @@ impl LbMaps for Maps {
                 }),
             Op::ZeroBackendCounters(id) => zero_counters(&mut self.backend_stats, *id)
                 .with_context(|| format!("{MAP_BACKEND_STATS}[{id}]"))
-                .and_then(|()| {
-                    self.backend_live
-                        .set(*id, 0, 0)
-                        .with_context(|| format!("{MAP_BACKEND_LIVE}[{id}]"))
-                }),
+                .and_then(|()| self.run(&Op::SetBackendLive(*id, 0))),
             Op::SetBackendLive(id, n) => self
                 .backend_live
                 .set(*id, *n, 0)

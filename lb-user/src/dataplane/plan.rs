@@ -520,9 +520,10 @@ impl Planner {
 
     /// `balance leastconn`: the live flows of each backend of a leastconn service, as the
     /// sweep counted them (`live`, by backend id; none counted is zero), for `LB_BE_LIVE`.
-    /// The data plane adds one for each flow it gives a backend in between; this recount is
-    /// how closes, expiry and evictions come off. (A flow opened while the sweep reads the
-    /// table may be written over and count from the next sweep on.)
+    /// Between sweeps the data plane counts flows up as it creates them and off as packets
+    /// close them; this recount is how expiry and evictions come off, and it corrects what
+    /// the programs miss (a flow opened while the sweep reads the table counts from the
+    /// next sweep on).
     pub fn live_counts(&self, live: &BTreeMap<u32, u64>) -> Vec<Op> {
         self.services
             .values()

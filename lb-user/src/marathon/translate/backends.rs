@@ -8,8 +8,8 @@ use std::{
 use super::{
     Candidate, IpSource, Skipped, TranslateOptions,
     ports::{
-        Mode, Slot, container_ports, networking_mode, port_mappings, port_slots, protocols,
-        unsupported_labels,
+        Mode, Slot, balance, container_ports, networking_mode, port_mappings, port_slots,
+        protocols, unsupported_labels,
     },
     skip,
     units::{Unit, UnitTask, alive},
@@ -258,15 +258,10 @@ impl Cx<'_, '_, '_> {
             }
         };
 
-        let balance = match label("BALANCE")
-            .map(|v| v.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            Some("source") => Balance::Source,
-            Some("leastconn") => Balance::LeastConn,
-            // `static-rr` is round-robin; anything else is reported with the L7-only labels.
-            _ => Balance::RoundRobin,
-        };
+        // A balance lb does not have is round-robin, reported with the L7-only labels.
+        let balance = label("BALANCE")
+            .and_then(|v| balance(v))
+            .unwrap_or_default();
 
         // marathon-lb's allow-list: addresses and ranges separated by spaces; one bad entry
         // would make HAProxy refuse its whole configuration, so here it refuses only the port.

@@ -2,7 +2,7 @@
 //! `get_service_ports`), and the per-port labels only HAProxy could honour.
 use crate::{
     marathon::api::{App, PortMapping},
-    services::Protocol,
+    services::{Balance, Protocol},
 };
 
 /// Per-port labels that only shape HTTP, TLS or HAProxy's own configuration: reported when set.
@@ -185,6 +185,17 @@ pub(crate) fn container_ports(app: &App) -> Vec<(Option<i64>, Option<String>, Op
         .collect()
 }
 
+/// The balance an `HAPROXY_{n}_BALANCE` value asks for, if lb has it (`static-rr` is
+/// round-robin); case and surrounding blanks do not matter, as in HAProxy.
+pub(super) fn balance(value: &str) -> Option<Balance> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "roundrobin" | "static-rr" => Some(Balance::RoundRobin),
+        "source" => Some(Balance::Source),
+        "leastconn" => Some(Balance::LeastConn),
+        _ => None,
+    }
+}
+
 /// `tcp`, `udp` or both (`udp,tcp`, either order); missing means `tcp`, as in Marathon.
 pub(crate) fn protocols(spec: Option<&str>) -> Result<Vec<Protocol>, String> {
     let spec = spec.map(str::trim).unwrap_or("");
@@ -229,10 +240,7 @@ pub(super) fn unsupported_labels(app: &App, i: usize, vhosts: bool) -> Vec<Strin
             }
             match name {
                 "MODE" => !v.trim().eq_ignore_ascii_case("tcp"),
-                "BALANCE" => !matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "roundrobin" | "static-rr" | "source" | "leastconn"
-                ),
+                "BALANCE" => balance(v).is_none(),
                 "STICKY" | "REDIRECT_TO_HTTPS" | "USE_HSTS" => truthy(v),
                 _ => L7_LABELS.contains(&name) && !v.trim().is_empty(),
             }
