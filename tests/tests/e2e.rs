@@ -348,6 +348,25 @@ fn restart_keeps_live_connections_and_detach_removes_everything() {
 }
 
 /// (pin, link id, program id) of every pinned link, from bpftool.
+/// What `lb flows --json` lists for each of these client connections, in their order.
+fn flows_of(topo: &Topology, pin: &str, conns: &[&TcpStream]) -> Vec<Value> {
+    let listed: Value =
+        serde_json::from_str(&lb::lb(topo, &["flows", "--json", "--pin-path", pin])).unwrap();
+    conns
+        .iter()
+        .map(|s| {
+            let local = s.local_addr().unwrap().to_string();
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["client"] == local.as_str())
+                .cloned()
+                .unwrap_or_else(|| panic!("{local} not in {listed}"))
+        })
+        .collect()
+}
+
 fn pinned_links(topo: &Topology) -> Vec<(String, u64, u64)> {
     let mut out = Vec::new();
     for hook in ["xdp", "tc"] {
@@ -462,15 +481,7 @@ fn status_flows_and_bpftool_show_what_the_data_plane_does() {
         flows.contains("10.0.0.2:") && flows.contains("10.0.0.1:10000"),
         "{flows}"
     );
-    let listed: Value =
-        serde_json::from_str(&lb::lb(&topo, &["flows", "--json", "--pin-path", &pin])).unwrap();
-    let local = held.local_addr().unwrap().to_string();
-    let mine = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["client"] == local.as_str())
-        .unwrap_or_else(|| panic!("{local} not in {listed}"));
+    let mine = flows_of(&topo, &pin, &[&held]).remove(0);
     assert_eq!(mine["state"], "active");
     assert!(mine["nat"].as_str().unwrap().starts_with("10.0."), "{mine}");
     // Live flows per backend: the held connection on its backend, the six closed ones nowhere
@@ -708,19 +719,10 @@ fn leastconn_sends_new_connections_to_the_task_with_the_fewest() {
     };
     // The task each connection went to, as `lb flows` lists it.
     let tasks_of = |held: &[TcpStream]| -> Vec<String> {
-        let listed: Value =
-            serde_json::from_str(&lb::lb(&topo, &["flows", "--json", "--pin-path", &pin])).unwrap();
-        held.iter()
-            .map(|s| {
-                let local = s.local_addr().unwrap().to_string();
-                let f = listed
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|f| f["client"] == local.as_str())
-                    .unwrap_or_else(|| panic!("{local} not in {listed}"));
-                f["backend"].as_str().unwrap().to_owned()
-            })
+        let conns: Vec<&TcpStream> = held.iter().collect();
+        flows_of(&topo, &pin, &conns)
+            .iter()
+            .map(|f| f["backend"].as_str().unwrap().to_owned())
             .collect()
     };
     let live_on = |task: &str| -> u64 {
