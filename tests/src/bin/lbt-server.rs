@@ -24,6 +24,7 @@ fn serve(mut conn: TcpStream, name: &str) {
     let mut seen = String::new();
     let mut upgrade = None;
     let mut body_len: u64 = 0;
+    let mut chunked = false;
     while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
         if let Some((k, v)) = h.split_once(':') {
             let v = v.trim();
@@ -33,15 +34,20 @@ fn serve(mut conn: TcpStream, name: &str) {
                 "x-forwarded-proto" => seen.push_str(&format!(" xfproto={v}")),
                 "upgrade" => upgrade = Some(v.to_owned()),
                 "content-length" => body_len = v.parse().unwrap_or(0),
+                "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
                 _ => {}
             }
         }
         h.clear();
     }
-    // The request's body is read before answering, so closing never resets unread bytes.
-    if body_len > 0
-        && std::io::copy(&mut (&mut reader).take(body_len), &mut std::io::sink()).is_err()
-    {
+    // The request's body is read before answering: closing a socket with unread bytes resets
+    // the connection and drops the answer not yet sent (a chunked upload then got a 502).
+    let body = if chunked {
+        skip_chunked(&mut reader)
+    } else {
+        std::io::copy(&mut (&mut reader).take(body_len), &mut std::io::sink()).map(drop)
+    };
+    if body.is_err() {
         return;
     }
     if let Some(proto) = upgrade {
@@ -80,6 +86,31 @@ fn serve(mut conn: TcpStream, name: &str) {
             "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+    }
+}
+
+/// Reads a chunked body (RFC 9112 §7.1) to its end, trailers included.
+fn skip_chunked(r: &mut impl BufRead) -> std::io::Result<()> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let size = line.split(';').next().unwrap_or("").trim();
+        let size = u64::from_str_radix(size, 16).map_err(|_| bad())?;
+        if size == 0 {
+            // Trailer fields, up to the empty line.
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? <= 2 {
+                    return Ok(());
+                }
+            }
+        }
+        // The chunk and the CRLF after it.
+        std::io::copy(&mut r.take(size + 2), &mut std::io::sink())?;
     }
 }
 
