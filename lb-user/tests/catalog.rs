@@ -1,10 +1,14 @@
 //! The per-app catalog gives exactly what a full translation of the same apps gives: on every
 //! fixture (built up and torn down app by app) and on random sequences of per-app changes that
 //! exercise the cross-app rules (listener clashes, deployment groups, bad tasks).
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+};
 
 use lb_user::marathon::{
-    api::{App, parse_app, parse_apps},
+    api::{App, AppsBody, ParsedApps, parse_app, parse_apps},
     catalog::Catalog,
     translate::{PortRange, TranslateOptions, translate},
 };
@@ -82,7 +86,7 @@ fn fixtures_app_by_app_match_full_translation() {
             // Built up app by app, in listing order and in reverse, then torn down.
             for reverse in [false, true] {
                 let mut c = Catalog::new(opts.clone());
-                c.replace(Default::default(), &mut resolve);
+                c.replace(ParsedApps::default(), &mut resolve);
                 let mut order: Vec<&App> = parsed.apps.iter().collect();
                 if reverse {
                     order.reverse();
@@ -213,6 +217,39 @@ fn random_app(rng: &mut StdRng, id: &str) -> Value {
     app
 }
 
+/// A full read of random apps among `ids` (some apps kept as they are), checking that the
+/// catalog names exactly the apps it changed.
+/// `listed` holds each app's document as last given to the catalog.
+fn full_read(
+    c: &mut Catalog,
+    rng: &mut StdRng,
+    ids: &[&str],
+    listed: &mut BTreeMap<String, Value>,
+) {
+    let mut apps: Vec<Value> = Vec::new();
+    for id in ids {
+        if let Some(old) = listed.get(*id).filter(|_| rng.random_bool(0.3)) {
+            apps.push(old.clone());
+        } else if rng.random_bool(0.6) {
+            apps.push(random_app(rng, id));
+        }
+    }
+    *listed = apps
+        .iter()
+        .map(|a| (a["id"].as_str().expect("an id").to_owned(), a.clone()))
+        .collect();
+    let body = serde_json::to_vec(&json!({ "apps": apps })).expect("JSON");
+    let parsed = parse_apps(&body).expect("parses");
+    let differs = |id: &str| c.apps().get(id) != parsed.apps.iter().find(|a| a.id == id);
+    let want: BTreeSet<String> = ids
+        .iter()
+        .filter(|id| differs(id))
+        .map(|id| (*id).to_owned())
+        .collect();
+    let body = AppsBody::split(body.into()).expect("splits");
+    assert_eq!(c.replace(body.apps(), &mut resolve), want);
+}
+
 #[test]
 fn random_per_app_changes_match_full_translation() {
     let ids = ["/a", "/b", "/c", "/dg", "/g/d", "/g/e", "/other"];
@@ -230,22 +267,24 @@ fn random_per_app_changes_match_full_translation() {
                 ..opts
             };
             let mut c = Catalog::new(opts);
+            let mut listed = BTreeMap::new();
             // Start from a random full read.
-            let mut start: Vec<Value> = Vec::new();
-            for id in ids {
-                if rng.random_bool(0.5) {
-                    start.push(random_app(&mut rng, id));
-                }
-            }
-            let body = serde_json::to_vec(&json!({ "apps": start })).expect("JSON");
-            c.replace(parse_apps(&body).expect("parses"), &mut resolve);
+            full_read(&mut c, &mut rng, &ids, &mut listed);
             assert_same(&c, &format!("seed {seed}: start"));
             for step in 0..60 {
+                if rng.random_bool(0.1) {
+                    full_read(&mut c, &mut rng, &ids, &mut listed);
+                    assert_same(&c, &format!("seed {seed} step {step}: full read"));
+                    continue;
+                }
                 let id = *ids.choose(&mut rng).expect("choice");
                 let app = if rng.random_bool(0.25) {
+                    listed.remove(id);
                     None
                 } else {
-                    let json = serde_json::to_vec(&random_app(&mut rng, id)).expect("JSON");
+                    let doc = random_app(&mut rng, id);
+                    let json = serde_json::to_vec(&doc).expect("JSON");
+                    listed.insert(id.to_owned(), doc);
                     Some(parse_app(&json).expect("generated app parses"))
                 };
                 let what = format!("seed {seed} step {step}: {id} -> {}", app.is_some());

@@ -106,7 +106,7 @@ async fn doubt_about_one_app_reads_everything() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     m.set_mode(Mode::Normal);
     match next(&mut rx, "after garbage").await {
-        Read::Full(parsed) => assert_eq!(parsed.apps[0].tasks[0].host, "10.0.0.7"),
+        Read::Full(body) => assert_eq!(body.parsed().apps[0].tasks[0].host, "10.0.0.7"),
         other => panic!("a full read was expected: {other:?}"),
     }
     let s = state.borrow().clone();
@@ -118,7 +118,7 @@ async fn doubt_about_one_app_reads_everything() {
     // An app whose answer does not parse on its own: a full read reports it as unreadable.
     m.set_app("/a", Some(json!({"id": "/a", "labels": "not a map"})));
     match next(&mut rx, "unparseable app").await {
-        Read::Full(parsed) => assert_eq!(parsed.errors.len(), 1, "{parsed:?}"),
+        Read::Full(body) => assert_eq!(body.parsed().errors.len(), 1, "{body:?}"),
         other => panic!("a full read was expected: {other:?}"),
     }
     task.abort();

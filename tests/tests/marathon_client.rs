@@ -141,10 +141,10 @@ impl Drop for Running {
     }
 }
 
-/// The apps of a full read, as `parse_apps` reads `doc`; panics for a single-app read.
-fn full_read(s: &Snapshot) -> &ParsedApps {
+/// The apps of a full read, parsed; panics for a single-app read.
+fn full_read(s: &Snapshot) -> ParsedApps {
     match &s.read {
-        Read::Full(parsed) => parsed,
+        Read::Full(body) => body.parsed(),
         Read::Apps(apps) => panic!("a full read was expected, not {apps:?}"),
     }
 }
@@ -160,7 +160,7 @@ async fn startup_reads_full_state_then_follows_events() {
     let mut c = Running::start(config(&[m.url()]));
     let first = c.settled("startup").await;
     assert_eq!(first.trigger, Trigger::Startup);
-    assert_eq!(full_read(&first), &parsed(apps_doc("web")));
+    assert_eq!(full_read(&first), parsed(apps_doc("web")));
     let s = c.state.borrow().clone();
     assert!(
         s.last_full_sync.is_some() && s.snapshots_total >= 1 && s.requests_total >= 1,
@@ -175,7 +175,7 @@ async fn fails_over_when_the_first_url_refuses_connections() {
     m.set_apps(apps_doc("api"));
     let mut c = Running::start(config(&[refused_url(), m.url()]));
     let first = c.settled("failover").await;
-    assert_eq!(full_read(&first), &parsed(apps_doc("api")));
+    assert_eq!(full_read(&first), parsed(apps_doc("api")));
     assert!(
         c.state
             .borrow()
@@ -200,7 +200,7 @@ async fn fails_over_on_502_and_on_a_stalled_first_url() {
     let first = c
         .snapshot(Duration::from_secs(3), "failover past 502 and stall")
         .await;
-    assert_eq!(full_read(&first), &parsed(apps_doc("ok")));
+    assert_eq!(full_read(&first), parsed(apps_doc("ok")));
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the stalled URL cost one request timeout, not more: {:?}",
@@ -228,7 +228,7 @@ async fn redirect_to_the_leader_keeps_token_auth() {
     cfg.client.auth = Auth::token("tok-s3cret");
     let mut c = Running::start(cfg);
     let first = c.settled("redirected read").await;
-    assert_eq!(full_read(&first), &parsed(apps_doc("led")));
+    assert_eq!(full_read(&first), parsed(apps_doc("led")));
     assert_eq!(
         leader.unauthorized(),
         0,
@@ -251,7 +251,7 @@ async fn redirect_to_the_leader_keeps_token_auth() {
     let s = c
         .snapshot(Duration::from_secs(1), "event via redirected stream")
         .await;
-    assert_eq!(full_read(&s), &parsed(apps_doc("led2")));
+    assert_eq!(full_read(&s), parsed(apps_doc("led2")));
 }
 
 #[tokio::test]
@@ -267,7 +267,7 @@ async fn redirect_keeps_basic_auth_given_in_the_url() {
     let url = follower.url().replace("http://", "http://alice:pa%3Ass@");
     let mut c = Running::start(config(&[url]));
     let first = c.settled("basic auth through redirect").await;
-    assert_eq!(full_read(&first), &parsed(apps_doc("basic")));
+    assert_eq!(full_read(&first), parsed(apps_doc("basic")));
     assert_eq!(leader.unauthorized(), 0);
     let state = format!("{:?}", c.state.borrow());
     assert!(
@@ -323,7 +323,7 @@ async fn bad_gateway_is_transient() {
     let snap = c
         .snapshot(Duration::from_secs(2), "after the leader is back")
         .await;
-    assert_eq!(full_read(&snap), &parsed(apps_doc("later")));
+    assert_eq!(full_read(&snap), parsed(apps_doc("later")));
     assert_eq!(
         snap.trigger,
         Trigger::Startup,
@@ -352,7 +352,7 @@ async fn garbage_body_never_becomes_a_snapshot() {
     );
     m.set_mode(Mode::Normal);
     let snap = c.snapshot(Duration::from_secs(2), "after garbage").await;
-    assert_eq!(full_read(&snap), &parsed(apps_doc("good")));
+    assert_eq!(full_read(&snap), parsed(apps_doc("good")));
     assert!(
         matches!(snap.trigger, Trigger::Event { .. }),
         "the retried read keeps the event trigger: {:?}",
@@ -372,7 +372,7 @@ async fn event_to_snapshot_within_200ms() {
         m.set_apps(apps_doc(&tag));
         let snap = c.snapshot(Duration::from_secs(1), "after set_apps").await;
         let latency = sent.elapsed();
-        assert_eq!(full_read(&snap), &parsed(apps_doc(&tag)));
+        assert_eq!(full_read(&snap), parsed(apps_doc(&tag)));
         let Trigger::Event { received } = snap.trigger else {
             panic!("trigger should be an event: {:?}", snap.trigger)
         };
@@ -464,7 +464,7 @@ async fn a_silent_stream_is_detected_and_reconnected() {
         m.event_connections() > connections,
         "a new stream was opened"
     );
-    assert_eq!(full_read(&snap), &parsed(json!({"apps": []})));
+    assert_eq!(full_read(&snap), parsed(json!({"apps": []})));
     c.state_until(Duration::from_secs(2), "connected again", |s| s.connected)
         .await;
     // The new stream works.
@@ -473,7 +473,7 @@ async fn a_silent_stream_is_detected_and_reconnected() {
     let snap = c
         .snapshot(Duration::from_secs(1), "event on the new stream")
         .await;
-    assert_eq!(full_read(&snap), &parsed(apps_doc("after")));
+    assert_eq!(full_read(&snap), parsed(apps_doc("after")));
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 //!
 //! Marathon 1.4 writes empty fields as `null` where 1.5+ leaves them out, so every field treats
 //! missing, `null` and empty alike. Unknown fields are ignored: each release adds some.
-use std::{borrow::Cow, collections::BTreeMap, fmt};
+use std::{borrow::Cow, collections::BTreeMap, fmt, ops::Range};
+
+use bytes::Bytes;
 
 use serde::{
     Deserialize, Deserializer, Serialize,
@@ -62,27 +64,110 @@ pub struct AppError {
     pub error: String,
 }
 
-/// Parses a `GET /v2/apps?embed=apps.tasks` body.
+/// Parses a `GET /v2/apps?embed=apps.tasks` body, all of it at once (tests, the benchmark, the
+/// catalog's own tests); the daemon takes an `AppsBody` app by app instead.
 pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, ApiError> {
-    let apps = match top_level(body, "apps")? {
-        None => Vec::new(),
-        Some(raw) => raw_array(raw, "apps")?,
-    };
-    let mut parsed = ParsedApps {
-        apps: Vec::with_capacity(apps.len()),
-        errors: Vec::new(),
-    };
-    for (index, raw) in apps.into_iter().enumerate() {
-        match parse_app(raw.get().as_bytes()) {
-            Ok(app) => parsed.apps.push(app),
-            Err(e) => parsed.errors.push(AppError {
-                index,
-                app_id: id_of(raw),
-                error: e.to_string(),
-            }),
-        }
+    Ok(AppsBody::split(Bytes::copy_from_slice(body))?.parsed())
+}
+
+/// A `GET /v2/apps?embed=apps.tasks` body checked at the top level and cut into its apps, which
+/// are not parsed yet: the catalog parses each as it takes it, so a full read of a large cluster
+/// never holds the whole state twice (the apps it replaces and all the new ones).
+#[derive(Clone, PartialEq)]
+pub struct AppsBody {
+    body: Bytes,
+    /// Where each element of `apps` lies in `body`.
+    apps: Vec<Range<usize>>,
+}
+
+impl AppsBody {
+    /// Accepts a body whose top level is what Marathon sends (an object with an `apps` array, or
+    /// `null`), and finds its apps; nothing inside an app is looked at yet.
+    pub fn split(body: Bytes) -> Result<Self, ApiError> {
+        let apps = match top_level(&body, "apps")? {
+            None => Vec::new(),
+            Some(raw) => {
+                let start = body.as_ptr() as usize;
+                raw_array(raw, "apps")?
+                    .into_iter()
+                    .map(|app| {
+                        let at = app.get().as_ptr() as usize - start;
+                        at..at + app.get().len()
+                    })
+                    .collect()
+            }
+        };
+        Ok(Self { body, apps })
     }
-    Ok(parsed)
+
+    /// How many apps the body lists.
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+    }
+
+    /// The apps, each parsed on its own when the iterator reaches it: an app that does not parse
+    /// is an `AppError` at its place, and the others are unaffected.
+    pub fn apps(&self) -> impl Iterator<Item = Result<App, AppError>> + '_ {
+        self.apps.iter().enumerate().map(|(index, span)| {
+            let raw = &self.body[span.clone()];
+            parse_app(raw).map_err(|e| AppError {
+                index,
+                app_id: serde_json::from_slice::<&RawValue>(raw)
+                    .ok()
+                    .and_then(id_of),
+                error: e.to_string(),
+            })
+        })
+    }
+
+    /// Every app parsed at once.
+    pub fn parsed(&self) -> ParsedApps {
+        let mut parsed = ParsedApps {
+            apps: Vec::with_capacity(self.len()),
+            errors: Vec::new(),
+        };
+        for app in self.apps() {
+            match app {
+                Ok(app) => parsed.apps.push(app),
+                Err(e) => parsed.errors.push(e),
+            }
+        }
+        parsed
+    }
+}
+
+impl fmt::Debug for AppsBody {
+    /// The size only: the body holds app environments, which may hold secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "AppsBody({} apps, {} bytes)",
+            self.len(),
+            self.body.len()
+        )
+    }
+}
+
+impl IntoIterator for ParsedApps {
+    type Item = Result<App, AppError>;
+    type IntoIter = std::iter::Chain<
+        std::iter::Map<std::vec::IntoIter<App>, fn(App) -> Result<App, AppError>>,
+        std::iter::Map<std::vec::IntoIter<AppError>, fn(AppError) -> Result<App, AppError>>,
+    >;
+
+    /// The apps, then the apps that did not parse.
+    fn into_iter(self) -> Self::IntoIter {
+        let ok: fn(App) -> Result<App, AppError> = Ok;
+        let err: fn(AppError) -> Result<App, AppError> = Err;
+        self.apps
+            .into_iter()
+            .map(ok)
+            .chain(self.errors.into_iter().map(err))
+    }
 }
 
 /// Parses a `GET /v2/apps/{id}?embed=app.tasks` body, `{"app": {...}}`. Unlike in `parse_apps`,
@@ -118,6 +203,7 @@ pub enum AppAnswerError {
 /// `App::task_errors`, so the app's other tasks still serve.
 pub fn parse_app(json: &[u8]) -> Result<App, serde_json::Error> {
     let mut app: App = serde_json::from_slice(json)?;
+    app.tasks.reserve_exact(app.read_tasks.len());
     for (index, task) in std::mem::take(&mut app.read_tasks).into_iter().enumerate() {
         match task {
             Ok(task) => app.tasks.push(task),
@@ -287,6 +373,18 @@ where
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
+/// Like `null_default`, for a list, which keeps no spare room: serde grows a list as it reads it
+/// (to 4 places for one element), and the catalog keeps tens of thousands of these.
+fn null_default_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let mut v = Option::<Vec<T>>::deserialize(d)?.unwrap_or_default();
+    v.shrink_to_fit();
+    Ok(v)
+}
+
 /// One Marathon app. Ports are `i64` so that a nonsensical number (negative, too large) costs
 /// only its port in the translation, not the whole app.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -298,9 +396,9 @@ pub struct App {
     #[serde(default, deserialize_with = "null_default")]
     pub instances: i64,
     /// Service ports of host-networked apps before `portDefinitions` (kept by 1.4 beside them).
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub ports: Vec<i64>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub port_definitions: Vec<PortDefinition>,
     #[serde(default)]
     pub container: Option<Container>,
@@ -308,9 +406,9 @@ pub struct App {
     #[serde(default)]
     pub ip_address: Option<IpAddress>,
     /// 1.5+'s networks; the last one's `mode` decides the networking mode.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub networks: Vec<Network>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub health_checks: Vec<HealthCheck>,
     #[serde(default)]
     pub version_info: Option<VersionInfo>,
@@ -344,7 +442,7 @@ pub struct Container {
     #[serde(default)]
     pub docker: Option<Docker>,
     /// 1.5+ place of the port mappings (any container type).
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub port_mappings: Vec<PortMapping>,
 }
 
@@ -355,7 +453,7 @@ pub struct Docker {
     #[serde(default)]
     pub network: Option<String>,
     /// 1.4 place of the port mappings.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub port_mappings: Vec<PortMapping>,
 }
 
@@ -387,7 +485,7 @@ pub struct IpAddress {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Discovery {
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub ports: Vec<DiscoveryPort>,
 }
 
@@ -446,15 +544,15 @@ pub struct Task {
     #[serde(default)]
     pub state: Option<String>,
     /// Host ports, by port index.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub ports: Vec<i64>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub ip_addresses: Vec<TaskIpAddress>,
     /// The Mesos agent's id (`…-S3`): Mesos-DNS's per-task names end with its last field.
     #[serde(default, alias = "agentId", deserialize_with = "null_default")]
     pub slave_id: String,
     /// Missing until Marathon has a result, which is not the same as healthy.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "null_default_vec")]
     pub health_check_results: Vec<HealthCheckResult>,
 }
 
@@ -525,6 +623,30 @@ mod tests {
                 "values stay out of errors: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_body_is_cut_into_apps_that_parse_one_by_one() {
+        let body = AppsBody::split(Bytes::from_static(
+            br#"{"apps": [{"id": "/a"}, {"id": "/b", "labels": []}, {"id": 7}, {"id": "/c"}]}"#,
+        ))
+        .expect("the top level is good");
+        assert_eq!(body.len(), 4);
+        let apps: Vec<_> = body.apps().collect();
+        let ids: Vec<_> = apps
+            .iter()
+            .map(|a| match a {
+                Ok(app) => (0, Some(app.id.as_str())),
+                Err(e) => (e.index, e.app_id.as_deref()),
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [(0, Some("/a")), (1, Some("/b")), (2, None), (0, Some("/c"))]
+        );
+        assert_eq!(format!("{body:?}"), "AppsBody(4 apps, 77 bytes)");
+        let empty = AppsBody::split(Bytes::from_static(br#"{"apps": null}"#)).expect("null");
+        assert!(empty.is_empty());
     }
 
     #[test]

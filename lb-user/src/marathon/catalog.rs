@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::{
-    api::{App, AppError, ParsedApps},
+    api::{App, AppError},
     translate::{
         Assigned, Part, Resolver, TranslateOptions, Translation, UnitKey, assign, needs_ports,
         settle, unit_key, units,
@@ -59,15 +59,30 @@ impl Catalog {
         &self.unreadable
     }
 
-    /// A full read: everything is replaced and translated anew. Marathon's app ids are unique;
-    /// should one repeat, the last listed counts.
+    /// A full read: everything is replaced and translated anew. Returns the ids of the apps that
+    /// changed (new, different, or gone). Apps are taken one at a time, each replacing its old
+    /// self as it comes, so a full read never holds two copies of the state. Marathon's app ids
+    /// are unique; should one repeat, the last listed counts.
     pub fn replace(
         &mut self,
-        parsed: ParsedApps,
+        apps: impl IntoIterator<Item = Result<App, AppError>>,
         resolve: &mut dyn FnMut(&str) -> Option<Ipv4Addr>,
-    ) {
-        self.apps = parsed.apps.into_iter().map(|a| (a.id.clone(), a)).collect();
-        self.unreadable = parsed.errors;
+    ) -> BTreeSet<String> {
+        let mut old = std::mem::take(&mut self.apps);
+        let mut changed = BTreeSet::new();
+        self.unreadable.clear();
+        for app in apps {
+            match app {
+                Ok(app) => {
+                    if old.remove(&app.id).as_ref() != Some(&app) {
+                        changed.insert(app.id.clone());
+                    }
+                    self.apps.insert(app.id.clone(), app);
+                }
+                Err(e) => self.unreadable.push(e),
+            }
+        }
+        changed.extend(old.into_keys().filter(|id| !self.apps.contains_key(id)));
         self.groups.clear();
         self.ip_per_task.clear();
         for app in self.apps.values() {
@@ -89,6 +104,7 @@ impl Catalog {
             self.orders.insert(key, part.order.clone());
             self.parts.insert(part.order.clone(), part);
         }
+        changed
     }
 
     /// A single-app read: `app` is the app `id` now, `None` when Marathon no longer has it.

@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
-use super::api::{self, App, ParsedApps};
+use super::api::{self, App, AppsBody};
 use super::backoff::{Backoff, BackoffState};
 use super::client::{ClientConfig, MarathonClient};
 use super::events::{self, EventStreamConfig, StreamSignal};
@@ -91,8 +91,9 @@ pub struct Snapshot {
 /// What was read: everything, or some apps.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Read {
-    /// `/v2/apps?embed=apps.tasks`, parsed; it replaces all that was known.
-    Full(ParsedApps),
+    /// `/v2/apps?embed=apps.tasks`, cut into its apps (each parses as the catalog takes it); it
+    /// replaces all that was known.
+    Full(AppsBody),
     /// `/v2/apps/{id}?embed=app.tasks` of each app an event named; the others are as they were.
     Apps(Vec<AppRead>),
 }
@@ -137,8 +138,9 @@ pub struct SyncState {
     pub stream_url: Option<String>,
 }
 
-/// Aborts the event stream task when the controller returns, however it returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts a task when its owner returns, however it returns (the event stream task when the
+/// controller does, the controller when the feed does).
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -333,25 +335,25 @@ fn handle_signal(
     }
 }
 
-/// One full read, parsed; failures are logged and recorded in `state`.
+/// One full read, checked at the top level and cut into its apps; failures are logged and
+/// recorded in `state`.
 async fn read_full(
     client: &MarathonClient,
     state: &watch::Sender<SyncState>,
-) -> Result<ParsedApps, ()> {
+) -> Result<AppsBody, ()> {
     state.send_modify(|s| s.requests_total += 1);
     let result = match client.fetch_apps().await {
         Err(e) => Err((e.to_string(), false)),
         Ok(body) => {
             let bytes = body.len();
-            // Megabytes on a large cluster: parsed off the runtime's threads, and the body is
-            // dropped as soon as it is parsed.
-            let parsed = tokio::task::spawn_blocking(move || api::parse_apps(&body))
+            // Megabytes on a large cluster: scanned off the runtime's threads.
+            let split = tokio::task::spawn_blocking(move || AppsBody::split(body))
                 .await
-                .expect("parsing does not panic");
-            match parsed {
-                Ok(parsed) => {
-                    tracing::debug!(apps = parsed.apps.len(), bytes, "read Marathon state");
-                    Ok(parsed)
+                .expect("splitting does not panic");
+            match split {
+                Ok(apps) => {
+                    tracing::debug!(apps = apps.len(), bytes, "read Marathon state");
+                    Ok(apps)
                 }
                 Err(e) => Err((format!("Marathon's /v2/apps answer: {e}"), true)),
             }

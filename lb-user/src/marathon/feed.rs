@@ -2,7 +2,7 @@
 //! into the catalog, whose services are handed to the daemon as `Update`s. Skipped apps and L7-only
 //! labels are reported once (not at every sync) so logs stay readable on a busy cluster.
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, ToSocketAddrs},
     sync::Arc,
     time::{Instant, SystemTime},
@@ -13,7 +13,9 @@ use tracing::{error, info, warn};
 
 use super::{
     catalog::Catalog,
-    controller::{self, AppRead, ControllerConfig, Read, Snapshot, SyncState, Trigger},
+    controller::{
+        self, AbortOnDrop, AppRead, ControllerConfig, Read, Snapshot, SyncState, Trigger,
+    },
     translate::TranslateOptions,
 };
 use crate::{
@@ -52,15 +54,31 @@ pub struct Update {
 /// and sends the services. Reads that queued up behind a slow translation are folded in, in
 /// order, before one `Update` answers them all. A read Marathon answered with garbage never gets
 /// here (the controller records it): the daemon keeps serving the last good state.
+///
+/// The translation runs on a thread of its own: a full read of a large cluster parses and
+/// translates for a few hundred milliseconds, which would hold one of the runtime's two workers,
+/// and the catalog's allocations then stay in one malloc arena instead of spreading over those
+/// of whichever threads ran it.
 pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Sender<SyncState>) {
-    let (snap_tx, mut snapshots) = mpsc::channel::<Snapshot>(4);
-    tokio::spawn(async move {
+    let (snap_tx, snapshots) = mpsc::channel::<Snapshot>(4);
+    // Should this future be dropped, the controller stops, which closes `snapshots` and so ends
+    // the translation thread too.
+    let _controller = AbortOnDrop(tokio::spawn(async move {
         if let Err(e) = controller::run(cfg.controller, snap_tx, sync).await {
             error!("Marathon controller stopped: {e:#}");
         }
-    });
-    let mut translator = Translator::new(cfg.translate, cfg.dns.as_ref());
-    while let Some(first) = snapshots.recv().await {
+    }));
+    let translator = Translator::new(cfg.translate, cfg.dns.as_ref());
+    let _ = tokio::task::spawn_blocking(move || translate(translator, snapshots, &updates)).await;
+}
+
+/// The feed's loop, on its own thread: until either channel closes.
+fn translate(
+    mut translator: Translator,
+    mut snapshots: mpsc::Receiver<Snapshot>,
+    updates: &mpsc::Sender<Update>,
+) {
+    while let Some(first) = snapshots.blocking_recv() {
         let mut trigger = first.trigger;
         let mut fetched_at = first.fetched_at;
         translator.apply(first.read);
@@ -80,7 +98,7 @@ pub async fn run(cfg: FeedConfig, updates: mpsc::Sender<Update>, sync: watch::Se
             },
             zone: translator.zone(),
         };
-        if updates.send(update).await.is_err() {
+        if updates.blocking_send(update).is_err() {
             return;
         }
     }
@@ -116,32 +134,12 @@ impl Translator {
         let dns = &mut self.dns;
         let mut resolve = |host: &str| resolve_cached(dns, host);
         match read {
-            Read::Full(parsed) => {
-                // The zone is kept app by app: only the apps this read changes are built again.
-                let changed: BTreeSet<String> = match &self.zone {
-                    None => BTreeSet::new(),
-                    Some(zone) => {
-                        let old = self.catalog.apps();
-                        let now: HashSet<&str> =
-                            parsed.apps.iter().map(|a| a.id.as_str()).collect();
-                        let mut ids: BTreeSet<String> = old
-                            .keys()
-                            .filter(|id| !now.contains(id.as_str()))
-                            .cloned()
-                            .collect();
-                        ids.extend(
-                            parsed
-                                .apps
-                                .iter()
-                                .filter(|a| old.get(&a.id) != Some(*a))
-                                .map(|a| a.id.clone()),
-                        );
-                        ids.extend(zone.unresolved().map(str::to_owned));
-                        ids
-                    }
-                };
-                self.catalog.replace(parsed, &mut resolve);
+            Read::Full(body) => {
+                let mut changed = self.catalog.replace(body.apps(), &mut resolve);
                 if let Some(zone) = &mut self.zone {
+                    // The zone is kept app by app: only the apps this read changes are built
+                    // again, and those whose agents' names did not resolve last time.
+                    changed.extend(zone.unresolved().map(str::to_owned));
                     for id in changed {
                         let app = self.catalog.apps().get(&id);
                         zone.set_app(&id, app, self.catalog.options(), &mut resolve);

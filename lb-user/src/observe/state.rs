@@ -2,8 +2,7 @@
 //! `lb status` can show names, interfaces and sync health from any process, daemon or not.
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{self, Write as _},
+    fs, io,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::Path,
     time::{SystemTime, UNIX_EPOCH},
@@ -74,14 +73,17 @@ impl DaemonState {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
         let tmp = path.with_extension("json.tmp");
-        let mut f = fs::OpenOptions::new()
+        let f = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        // Compact: with thousands of services the file is rewritten at every change.
-        f.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
+        // Compact: with thousands of services the file is rewritten at every change. Written
+        // as it is serialized, not built whole first (6 MB with 10,000 services).
+        let mut out = io::BufWriter::new(f);
+        serde_json::to_writer(&mut out, self).map_err(io::Error::other)?;
+        let f = out.into_inner().map_err(io::IntoInnerError::into_error)?;
         // A file left by an earlier build with wider permissions is narrowed too.
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
         drop(f);

@@ -126,7 +126,7 @@ impl Cx<'_, '_, '_> {
             .unwrap_or(&unit.name_id)
             .replace('/', "_");
         for port in ports {
-            let mut backends = Vec::new();
+            let mut backends = Vec::with_capacity(endpoints.len());
             for (task, ep) in &endpoints {
                 match ep.ports.get(port.index).copied().flatten() {
                     // A task of an older version may have fewer ports: it serves those it has.

@@ -207,6 +207,8 @@ impl Part {
         }
         let mut candidates = Vec::new();
         cx.unit(&unit, &mut candidates);
+        // Kept for as long as the unit does not change: no spare room (a unit has one or two).
+        candidates.shrink_to_fit();
         Part {
             order: (unit.name_id.clone(), unit.app.id.clone()),
             candidates,
