@@ -2,8 +2,8 @@
 //! desired services and the agent's interfaces until SIGTERM/SIGINT, leaving it all running.
 //!
 //! Tasks: the Marathon feed (reads and translates Marathon, sends `Update`s), the netlink
-//! watchers (links and addresses; routes and neighbours), the metrics HTTP server, the
-//! observer (state file and metrics, from what this task sends it), and this one, which owns
+//! watchers (links and addresses; routes and neighbours), the servers (`listeners`: metrics,
+//! DNS, the HTTP front end), the observer (state file and metrics, from what this task sends it), and this one, which owns
 //! the data plane and reacts to each of them in `Daemon::serve`: applies updates, re-attaches,
 //! invalidates cached routes, and every `SWEEP_EVERY` sweeps the flow table and hands the
 //! state to the observer.
@@ -37,23 +37,24 @@ use crate::{
         monotonic_ns,
         pins::PinLayout,
     },
-    dns::{
-        self,
-        zone::{Zone, ZoneOptions},
-    },
-    http::{FrontEnd, routes::Routes},
+    dns::zone::Zone,
+    http::routes::Routes,
     marathon::{
         controller::SyncState,
         feed::{self, FeedConfig, Update},
     },
     observe::{
-        http::{self, Health},
+        http::Health,
         metrics::Metrics,
         observer::{Observation, Observer},
         state::{DaemonState, SyncView, unix, unix_now},
     },
     services::{Cidr, Desired},
 };
+
+mod listeners;
+
+use listeners::Listeners;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// A large state file is written at most this often while Marathon changes keep coming.
@@ -548,93 +549,12 @@ fn load_config_file(path: &Path, allow: &[Cidr]) -> Result<Desired> {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    // Everything the operator typed is checked before the kernel is touched: bad input
-    // applies nothing.
+    // Everything the operator typed is checked, and every port bound, before the kernel is
+    // touched: bad input or a port in use applies nothing.
     let mut source = Source::from_args(&args)?;
-    let dns_bound = match (&args.dns.dns_listen[..], &mut source) {
-        ([], _) => None,
-        (_, Source::File(_)) => {
-            bail!("--dns-listen needs --marathon: the names come from Marathon's apps")
-        }
-        (listen, Source::Marathon(cfg)) => {
-            cfg.dns = Some(ZoneOptions {
-                domain: args.dns.dns_domain.clone(),
-            });
-            Some(dns::server::bind(listen).await?)
-        }
-    };
-    // Mesos-DNS's HTTP interface: bound before the kernel is touched, as the DNS ports are.
-    let dns_http = match (args.dns.dns_http_listen, &dns_bound) {
-        (None, _) => None,
-        (Some(_), None) => bail!("--dns-http-listen needs --dns-listen"),
-        (Some(addr), Some(_)) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding --dns-http-listen {addr}"))?,
-        ),
-    };
-    let front = match &source {
-        Source::Marathon(_) if !args.http.no_vhost => {
-            Some(FrontEnd::start(args.http.front_config()).await?)
-        }
-        _ => None,
-    };
-    let listener = tokio::net::TcpListener::bind(args.metrics)
-        .await
-        .with_context(|| format!("binding --metrics {}", args.metrics))?;
-    let fast_dns = dns_bound
-        .as_ref()
-        .and_then(|b| args.dns.fast_path(&b.addrs));
-    let mut d = Daemon::start(&args, &source, fast_dns)?;
-    let metrics_addr = listener.local_addr()?;
-    // Mesos-DNS's HTTP interface: on the metrics listener whenever DNS is on, and on
-    // --dns-http-listen too when given.
-    let dns_routes = |http_listen: SocketAddr| {
-        dns_bound.as_ref().map(|bound| {
-            dns::http::router(
-                dns::http::HttpConfig {
-                    domain: args.dns.dns_domain.clone(),
-                    ttl: args.dns.dns_ttl,
-                    dns_listen: bound.addrs.clone(),
-                    http_listen,
-                },
-                d.dns_zone.subscribe(),
-            )
-        })
-    };
-    let on_metrics = dns_routes(metrics_addr);
-    let alone = match dns_http {
-        Some(l) => Some((l.local_addr()?, l)),
-        None => None,
-    }
-    .and_then(|(addr, l)| Some((l, dns_routes(addr)?)));
-    info!(addr = %metrics_addr, mesos_dns = on_metrics.is_some(), "metrics and /healthz");
-    tokio::spawn(http::serve(
-        listener,
-        d.metrics.clone(),
-        d.health.subscribe(),
-        on_metrics.unwrap_or_default(),
-    ));
-    if let Some(front) = front {
-        tokio::spawn(front.run(d.routes.subscribe()));
-    }
-    if let Some((listener, routes)) = alone {
-        info!(addr = %listener.local_addr()?, "Mesos-DNS HTTP interface");
-        tokio::spawn(dns::http::serve(listener, routes));
-    }
-    if let Some(bound) = dns_bound {
-        d.dns = Some((bound.addrs.clone(), args.dns.dns_domain.clone()));
-        dns::server::spawn(
-            bound,
-            dns::server::ServeConfig {
-                domain: args.dns.dns_domain.clone(),
-                ttl: args.dns.dns_ttl,
-                upstream: args.dns.dns_upstream,
-            },
-            d.dns_zone.subscribe(),
-            d.metrics.dns.clone(),
-        );
-    }
+    let listeners = Listeners::bind(&args, &mut source).await?;
+    let mut d = Daemon::start(&args, &source, listeners.fast_dns(&args))?;
+    listeners.serve(&mut d, &args)?;
     let inputs = Inputs::start(&source)?;
     if let Source::File(desired) = source {
         d.apply_file(desired)?;
