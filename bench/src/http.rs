@@ -350,7 +350,7 @@ pub fn run(effort: &Effort, report: &mut Report) {
              `mode http`, `option forwardfor`, `http-request set-header X-Forwarded-Port %[dst_port]`, \
              `http-request add-header X-Forwarded-Proto https if {{ ssl_fc }}`), HAProxy's default threads (one \
              per core). lb: `lb run --marathon … --hook tc --http-listen 0.0.0.0:80` following the Marathon \
-             stand-in serving that app. Both open a new connection to a task per request. From the client: \
+             stand-in serving that app. HAProxy opens a new connection to a task per request; lb reuses one idle to that task (http/pool.rs). From the client: \
              `wrk -t1 -c{CONNECTIONS} -d{secs}s -H 'Host: {VHOST}'`, keep-alive, then with `Connection: close` \
              (a TCP connection per request); then the same over TLS to `https://{VHOST}/` (SNI {VHOST}; one \
              RSA 2048 certificate for both, HAProxy's `frontend marathon_https_in` with `bind *:443 ssl crt …` \

@@ -175,20 +175,38 @@ fn vhosts_route_balance_forward_and_refuse_as_marathon_lb() {
     assert_eq!(code, 503, "no Host");
 
     // One keep-alive connection, two vhosts: each request reaches its own app.
-    let answers = in_netns(&topo.ns("client"), || {
-        let (mut s, mut r) = connect(80);
-        let mut out = Vec::new();
-        for host in ["other.acme.org", "mytask.acme.org", "other.acme.org"] {
-            write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
-            let (status, _, body) = read_response(&mut r).expect("response on the same connection");
-            assert!(status.contains("200"), "{status}");
-            out.push(body.split_whitespace().next().unwrap().to_owned());
-        }
-        out
-    });
-    assert_eq!(answers[0], "other");
-    assert!(answers[1].starts_with('t'), "{answers:?}");
-    assert_eq!(answers[2], "other");
+    let ask = |hosts: &'static [&'static str]| {
+        in_netns(&topo.ns("client"), move || {
+            let (mut s, mut r) = connect(80);
+            let mut out = Vec::new();
+            for host in hosts {
+                write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+                let (status, _, body) =
+                    read_response(&mut r).expect("response on the same connection");
+                assert!(status.contains("200"), "{status}");
+                out.push(body);
+            }
+            out
+        })
+    };
+    let answers = ask(&["other.acme.org", "mytask.acme.org", "other.acme.org"]);
+    let name = |body: &String| body.split_whitespace().next().unwrap().to_owned();
+    let peer = |body: &String| {
+        body.split_whitespace()
+            .find_map(|w| w.strip_prefix("peer="))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(name(&answers[0]), "other");
+    assert!(name(&answers[1]).starts_with('t'), "{answers:?}");
+    assert_eq!(name(&answers[2]), "other");
+    // The task's connection was idle in the pool between the two: the second request to
+    // `other` came over it (same front-end port at the task); once idle past IDLE_FOR, a new
+    // connection is opened.
+    assert_eq!(peer(&answers[0]), peer(&answers[2]), "{answers:?}");
+    std::thread::sleep(lb_user::http::pool::IDLE_FOR + Duration::from_millis(500));
+    let later = ask(&["other.acme.org"]);
+    assert_ne!(peer(&later[0]), peer(&answers[2]), "{later:?}");
 
     // Expect: 100-continue and a chunked body go through.
     let (code, body, err) = curl(

@@ -8,6 +8,7 @@
 //! still balanced at L4 by the data plane.
 pub mod framing;
 pub mod idle;
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -93,6 +94,9 @@ impl FrontEnd {
     /// files are loaded, and the default listeners open once an app has a vhost.
     pub async fn run(mut self, mut routes: watch::Receiver<Arc<Routes>>) {
         let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
+        // Idle task connections past their time are closed even when no request comes.
+        let pool = table_rx.borrow().pool.clone();
+        let _pruner = pool::Pruner::spawn(pool);
         let mut cert_files: Option<Vec<String>> = None;
         let mut self_signed: Option<Cert> = None;
         let (tls_tx, tls_rx) = watch::channel(None::<Arc<rustls::ServerConfig>>);

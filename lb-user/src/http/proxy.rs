@@ -1,9 +1,11 @@
 //! One request through the front end, as HAProxy in marathon-lb's `mode http` with
 //! `option http-server-close` handles it: routed on its own, sent to the next backend of its
-//! rule over a new connection that closes after the response, with `option forwardfor`'s
-//! `X-Forwarded-For`, `X-Forwarded-Port` and (over TLS) `X-Forwarded-Proto`. An `Upgrade`
-//! answered 101 joins the two connections byte for byte.
+//! rule, with `option forwardfor`'s `X-Forwarded-For`, `X-Forwarded-Port` and (over TLS)
+//! `X-Forwarded-Proto`. Where HAProxy opens a connection to the task per request, this reuses
+//! an idle one to the same task when it has one (`pool`). An `Upgrade` answered 101 joins the
+//! two connections byte for byte (over a connection of its own).
 use std::{
+    collections::HashSet,
     net::{SocketAddr, SocketAddrV4},
     sync::{
         Arc,
@@ -15,8 +17,9 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
-    Request, Response, StatusCode,
+    Request, Response, StatusCode, Version,
     body::Incoming,
+    client::conn::http1::SendRequest,
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
@@ -25,6 +28,7 @@ use tracing::debug;
 
 use super::{
     idle::Idle,
+    pool::{Pool, Returning},
     routes::{Route, Routes, host_name},
 };
 
@@ -39,16 +43,25 @@ pub const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRIES: usize = 3;
 
 /// The routes in force, with a round-robin cursor per rule that survives route changes (kept
-/// by backend name), so that a Marathon event does not restart every rotation.
+/// by backend name), so that a Marathon event does not restart every rotation, and the idle
+/// connections to the tasks.
 #[derive(Debug, Default)]
 pub struct Table {
     pub routes: Arc<Routes>,
     cursors: Vec<Arc<AtomicUsize>>,
+    pub pool: Arc<Pool>,
 }
 
 impl Table {
-    /// The table for `routes`, taking over `old`'s cursors for the backends both have.
+    /// The table for `routes`, taking over `old`'s cursors for the backends both have, and its
+    /// idle connections to the tasks that are still in a rule.
     pub fn new(routes: Arc<Routes>, old: &Table) -> Self {
+        let tasks: HashSet<SocketAddrV4> = routes
+            .rules
+            .iter()
+            .flat_map(|r| r.backends.iter().copied())
+            .collect();
+        old.pool.keep_only(&tasks);
         let cursors = routes
             .rules
             .iter()
@@ -60,7 +73,11 @@ impl Table {
                     .map_or_else(Arc::default, |i| old.cursors[i].clone())
             })
             .collect();
-        Self { routes, cursors }
+        Self {
+            routes,
+            cursors,
+            pool: old.pool.clone(),
+        }
     }
 }
 
@@ -107,13 +124,15 @@ pub async fn handle(
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare(&mut req, &conn, upgrade);
-    let Some((backend, stream)) = connect(&rule.backends, &table.cursors[i]).await else {
+    // An upgrade takes its connection for good: it gets a new one, never a pooled one.
+    let pool = (!upgrade).then_some(&table.pool);
+    let Some(mut to) = Backend::next(&rule.backends, &table.cursors[i], pool).await else {
         return Ok(error_page(StatusCode::SERVICE_UNAVAILABLE));
     };
-    let mut resp = match exchange(stream, req).await {
+    let mut resp = match to.exchange(req.map(BodyExt::boxed)).await {
         Ok(r) => r,
         Err(status) => {
-            debug!(%backend, %status, "backend failed");
+            debug!(backend = %to.addr, %status, "backend failed");
             return Ok(error_page(status));
         }
     };
@@ -131,55 +150,103 @@ pub async fn handle(
         return Ok(resp.map(|b| b.boxed()));
     }
     strip_hop_by_hop(resp.headers_mut());
-    Ok(resp.map(|b| b.boxed()))
+    Ok(match pool {
+        Some(pool) => resp.map(|b| Returning::new(b, pool.clone(), to.addr, to.sender).boxed()),
+        None => resp.map(|b| b.boxed()),
+    })
 }
 
-/// Tries the rule's backends from the next in turn, on to the following one when a connection
-/// fails (HAProxy's redispatch), at most `RETRIES` times.
-async fn connect(
-    backends: &[SocketAddrV4],
-    cursor: &AtomicUsize,
-) -> Option<(SocketAddrV4, TcpStream)> {
-    if backends.is_empty() {
-        return None;
-    }
-    let start = cursor.fetch_add(1, Ordering::Relaxed);
-    for k in 0..backends.len().min(RETRIES + 1) {
-        let backend = backends[(start + k) % backends.len()];
-        match timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Some((backend, s));
+/// A connection to one backend, ready for a request.
+struct Backend {
+    addr: SocketAddrV4,
+    sender: SendRequest<Body>,
+    /// Taken from the pool: the task may have closed it as it was taken.
+    reused: bool,
+}
+
+impl Backend {
+    /// The rule's next backend in turn, over an idle connection from `pool` when it has one,
+    /// else a new one; on to the following backend when connecting fails (HAProxy's
+    /// redispatch), at most `RETRIES` times.
+    async fn next(
+        backends: &[SocketAddrV4],
+        cursor: &AtomicUsize,
+        pool: Option<&Arc<Pool>>,
+    ) -> Option<Self> {
+        if backends.is_empty() {
+            return None;
+        }
+        let start = cursor.fetch_add(1, Ordering::Relaxed);
+        for k in 0..backends.len().min(RETRIES + 1) {
+            let addr = backends[(start + k) % backends.len()];
+            while let Some(mut sender) = pool.and_then(|p| p.take(addr)) {
+                if sender.ready().await.is_ok() {
+                    return Some(Self {
+                        addr,
+                        sender,
+                        reused: true,
+                    });
+                }
             }
-            Ok(Err(e)) => debug!(%backend, "connect: {e}"),
-            Err(_) => debug!(%backend, "connect: timed out"),
+            if let Some(sender) = open(addr).await {
+                return Some(Self {
+                    addr,
+                    sender,
+                    reused: false,
+                });
+            }
+        }
+        None
+    }
+
+    /// Sends the request and waits for the response's head; a pooled connection the task had
+    /// closed before the request went out is replaced by a new one to the same task.
+    async fn exchange(&mut self, req: Request<Body>) -> Result<Response<Incoming>, StatusCode> {
+        let mut req = req;
+        loop {
+            match timeout(SERVER_TIMEOUT, self.sender.try_send_request(req)).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(mut e)) => {
+                    debug!(backend = %self.addr, reused = self.reused, "backend exchange: {}", e.error());
+                    match e.take_message() {
+                        Some(unsent) if self.reused => {
+                            self.sender = open(self.addr).await.ok_or(StatusCode::BAD_GATEWAY)?;
+                            self.reused = false;
+                            req = unsent;
+                        }
+                        _ => return Err(StatusCode::BAD_GATEWAY),
+                    }
+                }
+                Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
+            }
         }
     }
-    None
 }
 
-/// One request over its own backend connection: the response, or the status to answer with.
-async fn exchange(
-    stream: TcpStream,
-    req: Request<Incoming>,
-) -> Result<Response<Incoming>, StatusCode> {
-    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+/// A new connection to `backend`, its HTTP/1 driver running on a task of its own.
+async fn open(backend: SocketAddrV4) -> Option<SendRequest<Body>> {
+    let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%backend, "connect: {e}");
+            return None;
+        }
+        Err(_) => {
+            debug!(%backend, "connect: timed out");
+            return None;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(Idle::new(stream, SERVER_TIMEOUT)))
         .await
-        .map_err(|_| StatusCode::BAD_GATEWAY)?;
+        .ok()?;
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             debug!("backend connection: {e}");
         }
     });
-    match timeout(SERVER_TIMEOUT, sender.send_request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => {
-            debug!("backend exchange: {e}");
-            Err(StatusCode::BAD_GATEWAY)
-        }
-        Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
-    }
+    Some(sender)
 }
 
 fn wants_upgrade(h: &HeaderMap) -> bool {
@@ -191,10 +258,12 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Headers for the backend: hop-by-hop ones go (the backend connection is this request's
-/// alone, `Connection: close`, or `upgrade` when the client asked for one), `Expect` too (the
-/// front end already answered it), and marathon-lb's `X-Forwarded-*` are added.
+/// Headers for the backend: hop-by-hop ones go (the backend connection is kept alive for
+/// the next request, or carries `upgrade` when the client asked for one), `Expect` too (the
+/// front end already answered it), and marathon-lb's `X-Forwarded-*` are added. Tasks are
+/// spoken to in HTTP/1.1 whatever the client speaks, as HAProxy does.
 fn prepare(req: &mut Request<Incoming>, conn: &Conn, upgrade: bool) {
+    *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
     let upgrade_value = h.get(header::UPGRADE).cloned();
     strip_hop_by_hop(h);
@@ -202,8 +271,6 @@ fn prepare(req: &mut Request<Incoming>, conn: &Conn, upgrade: bool) {
     if let (true, Some(u)) = (upgrade, upgrade_value) {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, u);
-    } else {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // `option forwardfor` adds a header of its own after any the client sent.
     let ip = conn.client.ip().to_canonical().to_string();

@@ -3,7 +3,8 @@
 //! `GET /bytes/N` streams N bytes of a known pattern (for transfer-integrity checks).
 //! Behind the HTTP front end: the `X-Forwarded-*` headers it got are added to the answer
 //! (`xff=`, `xfport=`, `xfproto=`), and a request with `Upgrade` is answered 101, after which
-//! every byte is echoed back.
+//! every byte is echoed back. An HTTP/1.1 request without `Connection: close` keeps the
+//! connection open for the next one, as real servers do (HTTP/1.0 ones close it).
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -12,13 +13,28 @@ use std::{
 
 use lb_tests::pattern;
 
-fn serve(mut conn: TcpStream, name: &str) {
+fn serve(conn: TcpStream, name: &str) {
     let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut reader = BufReader::new(conn.try_clone().expect("clone stream"));
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
+    while let Some(reader_back) =
+        answer(conn.try_clone().expect("clone stream"), reader, name, &peer)
+    {
+        reader = reader_back;
     }
+}
+
+/// Answers one request; gives the reader back when the connection stays open for another.
+fn answer(
+    mut conn: TcpStream,
+    mut reader: BufReader<TcpStream>,
+    name: &str,
+    peer: &str,
+) -> Option<BufReader<TcpStream>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut keep_alive = line.trim_end().ends_with("HTTP/1.1");
     // Read the request headers, keeping those a proxy adds.
     let mut h = String::new();
     let mut seen = String::new();
@@ -35,6 +51,7 @@ fn serve(mut conn: TcpStream, name: &str) {
                 "upgrade" => upgrade = Some(v.to_owned()),
                 "content-length" => body_len = v.parse().unwrap_or(0),
                 "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                "connection" if v.eq_ignore_ascii_case("close") => keep_alive = false,
                 _ => {}
             }
         }
@@ -48,7 +65,7 @@ fn serve(mut conn: TcpStream, name: &str) {
         std::io::copy(&mut (&mut reader).take(body_len), &mut std::io::sink()).map(drop)
     };
     if body.is_err() {
-        return;
+        return None;
     }
     if let Some(proto) = upgrade {
         let _ = write!(
@@ -59,14 +76,15 @@ fn serve(mut conn: TcpStream, name: &str) {
         let early = reader.buffer().to_vec();
         let _ = conn.write_all(&early);
         let _ = std::io::copy(&mut reader.into_inner(), &mut conn);
-        return;
+        return None;
     }
+    let version = if keep_alive { "HTTP/1.1" } else { "HTTP/1.0" };
     let path = line.split_whitespace().nth(1).unwrap_or("/");
     if let Some(n) = path
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<usize>().ok())
     {
-        let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n");
+        let _ = write!(conn, "{version} 200 OK\r\nContent-Length: {n}\r\n\r\n");
         let mut buf = vec![0u8; 64 * 1024];
         let mut sent = 0;
         while sent < n {
@@ -75,7 +93,7 @@ fn serve(mut conn: TcpStream, name: &str) {
                 *b = pattern(sent + j);
             }
             if conn.write_all(&buf[..chunk]).is_err() {
-                return;
+                return None;
             }
             sent += chunk;
         }
@@ -83,10 +101,11 @@ fn serve(mut conn: TcpStream, name: &str) {
         let body = format!("{name} peer={peer}{seen}\n");
         let _ = write!(
             conn,
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            "{version} 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
     }
+    keep_alive.then_some(reader)
 }
 
 /// Reads a chunked body (RFC 9112 §7.1) to its end, trailers included.
