@@ -5,10 +5,12 @@
 //! per request: HAProxy in marathon-lb's mode opens and closes one for each.
 //!
 //! A connection goes back to the pool once its response has been read to the end; one the task
-//! closed, answered `Connection: close` on, or that carried an upgrade never does. Idle ones are
-//! dropped after `IDLE_FOR`, well below the keep-alive timeouts of common servers (nginx 75 s,
-//! Apache httpd and Node.js 5 s), so that the task does not close one as it is reused; and
-//! those of tasks that leave every rule go when the routes change.
+//! closed, answered `Connection: close` on, or that carried an upgrade never does, nor one
+//! authenticated per connection (NTLM, Negotiate), which must not serve another client. Idle
+//! ones are dropped after `IDLE_FOR`, below the keep-alive timeouts of common servers, so that
+//! the task seldom closes one as it is reused (a bodiless GET, HEAD or OPTIONS that meets such a
+//! close is sent again on a new connection); and those of tasks that leave every rule go when
+//! the routes change.
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddrV4,
@@ -26,8 +28,10 @@ use hyper::{
 
 use super::proxy::Body;
 
-/// How long a connection may wait idle in the pool.
-pub const IDLE_FOR: Duration = Duration::from_secs(2);
+/// How long a connection may wait idle in the pool: marathon-lb's `timeout http-keep-alive`,
+/// below the keep-alive timeouts of common servers (gunicorn 2 s, Apache httpd and Node.js
+/// 5 s, nginx 75 s).
+pub const IDLE_FOR: Duration = Duration::from_secs(1);
 /// Idle connections kept per task; more are closed.
 const MAX_IDLE_PER_BACKEND: usize = 64;
 
@@ -50,17 +54,17 @@ impl IdleConn {
 }
 
 impl Pool {
-    /// An idle connection to `backend`, the most recently used first.
+    /// An idle connection to `backend` that can take a request now, the most recently used
+    /// first. One still busy (its response was read, but the request's body is still going
+    /// out, as when a task answers an upload early) stays for later: no request waits behind
+    /// another client's.
     pub fn take(&self, backend: SocketAddrV4) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&backend)?;
         let now = Instant::now();
-        while let Some(conn) = list.pop() {
-            if conn.usable(now) {
-                return Some(conn.sender);
-            }
-        }
-        None
+        list.retain(|c| c.usable(now));
+        let ready = list.iter().rposition(|c| c.sender.is_ready())?;
+        Some(list.remove(ready).sender)
     }
 
     /// Keeps `sender` for the next request to `backend`, unless it is closed or the pool full.
@@ -193,10 +197,11 @@ mod tests {
     /// A client connection over an in-memory pipe, its driver running.
     async fn sender() -> (SendRequest<Body>, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1024);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
             .await
             .expect("handshake");
         tokio::spawn(conn);
+        sender.ready().await.expect("ready");
         (sender, theirs)
     }
 

@@ -123,9 +123,11 @@ pub async fn handle(
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare(&mut req, &conn, upgrade);
-    // An upgrade takes its connection for good: it gets a new one, never a pooled one.
-    let pool = (!upgrade).then_some(&table.pool);
+    prepare(&mut req, &conn, upgrade, name);
+    // An upgrade takes its connection for good, and a connection authenticated for one client
+    // must not serve another: those get a new one, never a pooled one.
+    let private = upgrade || per_connection_auth(req.headers(), header::AUTHORIZATION);
+    let pool = (!private).then_some(&table.pool);
     let Some(mut to) = Backend::next(&rule.backends, &table.cursors[i], pool).await else {
         return Ok(error_page(StatusCode::SERVICE_UNAVAILABLE));
     };
@@ -150,6 +152,7 @@ pub async fn handle(
         return Ok(resp.map(|b| b.boxed()));
     }
     strip_hop_by_hop(resp.headers_mut());
+    let pool = pool.filter(|_| !per_connection_auth(resp.headers(), header::WWW_AUTHENTICATE));
     Ok(match pool {
         Some(pool) => resp.map(|b| Returning::new(b, pool.clone(), to.addr, to.sender).boxed()),
         None => resp.map(|b| b.boxed()),
@@ -199,16 +202,18 @@ impl Backend {
         None
     }
 
-    /// Sends the request and waits for the response's head; a pooled connection the task had
-    /// closed before the request went out is replaced by a new one to the same task.
+    /// Sends the request and waits for the response's head. Over a pooled connection the task
+    /// closed as it was taken, the request goes again over a new one to the same task: when it
+    /// had not gone out, or when it is a bodiless GET, HEAD or OPTIONS (safe to send twice).
     async fn exchange(&mut self, req: Request<Body>) -> Result<Response<Incoming>, StatusCode> {
+        let mut replay = (self.reused && replayable(&req)).then(|| head_of(&req));
         let mut req = req;
         loop {
             match timeout(SERVER_TIMEOUT, self.sender.try_send_request(req)).await {
                 Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(mut e)) => {
                     debug!(backend = %self.addr, reused = self.reused, "backend exchange: {}", e.error());
-                    match e.take_message() {
+                    match e.take_message().or_else(|| replay.take()) {
                         Some(unsent) if self.reused => {
                             self.sender = open(self.addr).await.ok_or(StatusCode::BAD_GATEWAY)?;
                             self.reused = false;
@@ -221,6 +226,38 @@ impl Backend {
             }
         }
     }
+}
+
+/// A request that may be sent twice: no body, and a method without side effects.
+fn replayable(req: &Request<Body>) -> bool {
+    use hyper::body::Body as _;
+    matches!(
+        *req.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+    ) && req.body().is_end_stream()
+}
+
+/// A copy of a bodiless request.
+fn head_of(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Whether `field` names NTLM or Negotiate, which authenticate a connection rather than a
+/// request (RFC 4559): such a connection belongs to one client.
+fn per_connection_auth(h: &HeaderMap, field: HeaderName) -> bool {
+    h.get_all(field)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|v| v.split_whitespace().next())
+        .any(|scheme| {
+            scheme.eq_ignore_ascii_case("ntlm") || scheme.eq_ignore_ascii_case("negotiate")
+        })
 }
 
 /// A new connection to `backend`, its HTTP/1 driver running on a task of its own.
@@ -261,10 +298,17 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 /// Headers for the backend: hop-by-hop ones go (the backend connection is kept alive for
 /// the next request, or carries `upgrade` when the client asked for one), `Expect` too (the
 /// front end already answered it), and marathon-lb's `X-Forwarded-*` are added. Tasks are
-/// spoken to in HTTP/1.1 whatever the client speaks, as HAProxy does.
-fn prepare(req: &mut Request<Incoming>, conn: &Conn, upgrade: bool) {
+/// spoken to in HTTP/1.1 whatever the client speaks, as HAProxy does (with a `Host`).
+fn prepare(req: &mut Request<Incoming>, conn: &Conn, upgrade: bool, name: Option<&str>) {
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
+    // HTTP/1.1 needs a Host: an HTTP/1.0 client may have sent none (routed by SNI or by an
+    // absolute URI), and the name it was routed by stands in.
+    if !h.contains_key(header::HOST)
+        && let Some(v) = name.and_then(|n| HeaderValue::from_str(n).ok())
+    {
+        h.insert(header::HOST, v);
+    }
     let upgrade_value = h.get(header::UPGRADE).cloned();
     strip_hop_by_hop(h);
     h.remove(header::EXPECT);
@@ -438,6 +482,47 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["content-length", "x-kept"]);
+    }
+
+    #[test]
+    fn ntlm_and_negotiate_make_a_connection_private() {
+        let h = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
+            h
+        };
+        for private in [
+            "NTLM",
+            "Negotiate",
+            "Basic realm=\"x\", NTLM",
+            "negotiate abc==",
+        ] {
+            assert!(
+                per_connection_auth(&h(private), header::WWW_AUTHENTICATE),
+                "{private}"
+            );
+        }
+        for shared in ["Basic realm=\"ntlm\"", "Bearer", "Digest realm=\"x\""] {
+            assert!(
+                !per_connection_auth(&h(shared), header::WWW_AUTHENTICATE),
+                "{shared}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_bodiless_safe_requests_are_sent_twice() {
+        let req = |method: &str, body: &'static str| {
+            let mut r = Request::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+            *r.method_mut() = method.parse().unwrap();
+            r
+        };
+        assert!(replayable(&req("GET", "")));
+        assert!(replayable(&req("HEAD", "")));
+        assert!(!replayable(&req("GET", "x")));
+        assert!(!replayable(&req("POST", "")));
+        let copy = head_of(&req("OPTIONS", ""));
+        assert_eq!(copy.method(), "OPTIONS");
     }
 
     #[test]
