@@ -5,12 +5,13 @@
 //! requests are refused without disturbing the next client.
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     process::Command,
     time::Duration,
 };
 
 use lb_tests::{
+    client::http_get,
     lb::{self, NsStandin, wait_for},
     netns::{AGENT, CLIENT, TASKS, Topology, in_netns, server_bin},
 };
@@ -133,7 +134,16 @@ fn vhosts_route_balance_forward_and_refuse_as_marathon_lb() {
     let log = lb::start(
         &mut topo,
         "lb",
-        &["--iface", "eth*", "--iface", "cali*", "--marathon", &url],
+        &[
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--marathon",
+            &url,
+            "--metrics",
+            "127.0.0.1:9191",
+        ],
         2,
     );
     wait_for("the front end answers on :80", T, || {
@@ -207,6 +217,26 @@ fn vhosts_route_balance_forward_and_refuse_as_marathon_lb() {
     std::thread::sleep(lb_user::http::pool::IDLE_FOR + Duration::from_millis(500));
     let later = ask(&["other.acme.org"]);
     assert_ne!(peer(&later[0]), peer(&answers[2]), "{later:?}");
+    // /metrics counts the answers by code (the 503s above) and the reused task connections.
+    let metrics = in_netns(&topo.ns("agent"), || {
+        http_get(
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9191),
+            "/metrics",
+            Duration::from_secs(3),
+        )
+    })
+    .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    let count = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(count(r#"lb_http_responses_total{code="503"}"#) >= 2);
+    assert!(count(r#"lb_http_responses_total{code="200"}"#) >= 9);
+    assert!(count(r#"lb_http_task_connections_total{connection="reused"}"#) >= 1);
+    assert!(count(r#"lb_http_task_connections_total{connection="new"}"#) >= 3);
 
     // Expect: 100-continue and a chunked body go through.
     let (code, body, err) = curl(

@@ -105,7 +105,7 @@ impl Listeners {
             on_metrics.unwrap_or_default(),
         ));
         if let Some(front) = self.front {
-            tokio::spawn(front.run(d.routes.subscribe()));
+            tokio::spawn(front.run(d.routes.subscribe(), d.metrics.http.clone()));
         }
         if let Some((listener, routes)) = alone {
             info!(addr = %listener.local_addr()?, "Mesos-DNS HTTP interface");

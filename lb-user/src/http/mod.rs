@@ -11,6 +11,7 @@ pub mod idle;
 pub mod pool;
 pub mod proxy;
 pub mod routes;
+pub mod stats;
 pub mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -92,8 +93,12 @@ impl FrontEnd {
 
     /// Serves until the routes' sender goes: new routes replace the table, new certificate
     /// files are loaded, and the default listeners open once an app has a vhost.
-    pub async fn run(mut self, mut routes: watch::Receiver<Arc<Routes>>) {
-        let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
+    pub async fn run(
+        mut self,
+        mut routes: watch::Receiver<Arc<Routes>>,
+        stats: Arc<stats::FrontStats>,
+    ) {
+        let (table_tx, table_rx) = watch::channel(Arc::new(Table::empty(stats)));
         // Idle task connections past their time are closed even when no request comes.
         let pool = table_rx.borrow().pool.clone();
         let _pruner = pool::Pruner::spawn(pool);

@@ -30,6 +30,7 @@ use super::{
     idle::Idle,
     pool::{Pool, Returning},
     routes::{Route, Routes, host_name},
+    stats::FrontStats,
 };
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -50,9 +51,19 @@ pub struct Table {
     pub routes: Arc<Routes>,
     cursors: Vec<Arc<AtomicUsize>>,
     pub pool: Arc<Pool>,
+    /// What the front end did, for `/metrics`.
+    pub stats: Arc<FrontStats>,
 }
 
 impl Table {
+    /// No routes yet; requests are counted in `stats`.
+    pub fn empty(stats: Arc<FrontStats>) -> Self {
+        Self {
+            stats,
+            ..Self::default()
+        }
+    }
+
     /// The table for `routes`, taking over `old`'s cursors for the backends both have, and its
     /// idle connections to the tasks that are still in a rule.
     pub fn new(routes: Arc<Routes>, old: &Table) -> Self {
@@ -77,6 +88,7 @@ impl Table {
             routes,
             cursors,
             pool: old.pool.clone(),
+            stats: old.stats.clone(),
         }
     }
 }
@@ -94,14 +106,21 @@ pub struct Conn {
 
 /// Answers one request: a HAProxy error page, a redirect, or the backend's response.
 pub async fn handle(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     table: Arc<Table>,
     conn: Arc<Conn>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    let stats = table.stats.clone();
+    let resp = answer(req, table, conn).await;
+    stats.answered(resp.status().as_u16());
+    Ok(resp)
+}
+
+async fn answer(mut req: Request<Incoming>, table: Arc<Table>, conn: Arc<Conn>) -> Response<Body> {
     if req.headers().get_all(header::HOST).iter().count() > 1 {
         // RFC 9112 §3.2: a request with more than one Host is refused; which one a router
         // believes would be a way around it.
-        return Ok(error_page(StatusCode::BAD_REQUEST));
+        return error_page(StatusCode::BAD_REQUEST);
     }
     let host = req
         .headers()
@@ -113,13 +132,13 @@ pub async fn handle(
     let name = conn.sni.as_deref().or(host.as_deref());
     let route = table.routes.route(name, req.uri().path(), conn.tls);
     let i = match route {
-        Route::NoRoute => return Ok(error_page(StatusCode::SERVICE_UNAVAILABLE)),
-        Route::RedirectToHttps => return Ok(redirect_to_https(host.as_deref(), &req)),
+        Route::NoRoute => return error_page(StatusCode::SERVICE_UNAVAILABLE),
+        Route::RedirectToHttps => return redirect_to_https(host.as_deref(), &req),
         Route::Rule(i) => i,
     };
     let rule = &table.routes.rules[i];
     if !rule.admits(conn.client.ip()) {
-        return Ok(error_page(StatusCode::FORBIDDEN));
+        return error_page(StatusCode::FORBIDDEN);
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -129,13 +148,14 @@ pub async fn handle(
     let private = upgrade || per_connection_auth(req.headers(), header::AUTHORIZATION);
     let pool = (!private).then_some(&table.pool);
     let Some(mut to) = Backend::next(&rule.backends, &table.cursors[i], pool).await else {
-        return Ok(error_page(StatusCode::SERVICE_UNAVAILABLE));
+        return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
+    table.stats.task_connection(to.reused);
     let mut resp = match to.exchange(req.map(BodyExt::boxed)).await {
         Ok(r) => r,
         Err(status) => {
             debug!(backend = %to.addr, %status, "backend failed");
-            return Ok(error_page(status));
+            return error_page(status);
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -149,14 +169,14 @@ pub async fn handle(
             let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
         });
-        return Ok(resp.map(|b| b.boxed()));
+        return resp.map(|b| b.boxed());
     }
     strip_hop_by_hop(resp.headers_mut());
     let pool = pool.filter(|_| !per_connection_auth(resp.headers(), header::WWW_AUTHENTICATE));
-    Ok(match pool {
+    match pool {
         Some(pool) => resp.map(|b| Returning::new(b, pool.clone(), to.addr, to.sender).boxed()),
         None => resp.map(|b| b.boxed()),
-    })
+    }
 }
 
 /// A connection to one backend, ready for a request.

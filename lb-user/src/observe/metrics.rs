@@ -82,6 +82,8 @@ pub struct Metrics {
     event_to_map: Histogram,
     /// DNS queries and zone size, written by the DNS server.
     pub dns: Arc<crate::dns::stats::DnsStats>,
+    /// Responses and task connections of the HTTP front end.
+    pub http: Arc<crate::http::stats::FrontStats>,
 }
 
 impl Default for Metrics {
@@ -98,6 +100,8 @@ impl Metrics {
         registry.register_collector(Box::new(SnapshotCollector(latest.clone())));
         let dns = Arc::new(crate::dns::stats::DnsStats::default());
         registry.register_collector(Box::new(crate::dns::stats::DnsCollector(dns.clone())));
+        let http = Arc::new(crate::http::stats::FrontStats::default());
+        http.register(&mut registry);
         registry.register_with_unit(
             "lb_event_to_map",
             // The registry adds the final full stop.
@@ -110,6 +114,7 @@ impl Metrics {
             latest,
             event_to_map,
             dns,
+            http,
         }
     }
 
