@@ -7,8 +7,9 @@ use std::{
     path::PathBuf,
 };
 
+use bytes::Bytes;
 use lb_user::marathon::{
-    api::{App, AppsBody, ParsedApps, parse_app, parse_apps},
+    api::{App, AppsBody, parse_app},
     catalog::Catalog,
     translate::{PortRange, TranslateOptions, translate},
 };
@@ -71,12 +72,14 @@ fn fixtures_app_by_app_match_full_translation() {
     let mut checked = 0;
     for path in fixture_paths() {
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let parsed = parse_apps(&body).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let split =
+            AppsBody::split(body.into()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let parsed = split.parsed();
         for opts in options() {
             let what = format!("{} {opts:?}", path.display());
             // A full read.
             let mut full = Catalog::new(opts.clone());
-            full.replace(parsed.clone(), &mut resolve);
+            full.replace(split.apps(), &mut resolve);
             assert_eq!(
                 full.translation(),
                 translate(&parsed.apps, &opts, &mut resolve),
@@ -86,7 +89,7 @@ fn fixtures_app_by_app_match_full_translation() {
             // Built up app by app, in listing order and in reverse, then torn down.
             for reverse in [false, true] {
                 let mut c = Catalog::new(opts.clone());
-                c.replace(ParsedApps::default(), &mut resolve);
+                c.replace(std::iter::empty(), &mut resolve);
                 let mut order: Vec<&App> = parsed.apps.iter().collect();
                 if reverse {
                     order.reverse();
@@ -111,9 +114,9 @@ fn fixtures_app_by_app_match_full_translation() {
 #[test]
 fn a_single_read_clears_the_apps_unreadable_entry() {
     let body = br#"{"apps": [{"id": "/a", "labels": ["not", "a", "map"]}, {"id": 7}]}"#;
-    let parsed = parse_apps(body).expect("the document parses");
+    let split = AppsBody::split(Bytes::from_static(body)).expect("the document parses");
     let mut c = Catalog::new(TranslateOptions::default());
-    c.replace(parsed, &mut resolve);
+    c.replace(split.apps(), &mut resolve);
     assert_eq!(c.unreadable().len(), 2);
     c.set_app("/a", None, &mut resolve);
     assert_eq!(c.unreadable().len(), 1, "{:?}", c.unreadable());
@@ -239,15 +242,15 @@ fn full_read(
         .map(|a| (a["id"].as_str().expect("an id").to_owned(), a.clone()))
         .collect();
     let body = serde_json::to_vec(&json!({ "apps": apps })).expect("JSON");
-    let parsed = parse_apps(&body).expect("parses");
+    let split = AppsBody::split(body.into()).expect("splits");
+    let parsed = split.parsed();
     let differs = |id: &str| c.apps().get(id) != parsed.apps.iter().find(|a| a.id == id);
     let want: BTreeSet<String> = ids
         .iter()
         .filter(|id| differs(id))
         .map(|id| (*id).to_owned())
         .collect();
-    let body = AppsBody::split(body.into()).expect("splits");
-    assert_eq!(c.replace(body.apps(), &mut resolve), want);
+    assert_eq!(c.replace(split.apps(), &mut resolve), want);
 }
 
 #[test]

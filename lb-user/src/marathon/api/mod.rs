@@ -67,7 +67,12 @@ pub struct AppError {
 /// Parses a `GET /v2/apps?embed=apps.tasks` body, all of it at once (tests, the benchmark, the
 /// catalog's own tests); the daemon takes an `AppsBody` app by app instead.
 pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, ApiError> {
-    Ok(AppsBody::split(Bytes::copy_from_slice(body))?.parsed())
+    let spans = app_spans(body)?;
+    Ok(spans
+        .iter()
+        .enumerate()
+        .map(|(index, span)| parse_listed(body, index, span))
+        .collect())
 }
 
 /// A `GET /v2/apps?embed=apps.tasks` body checked at the top level and cut into its apps, which
@@ -84,19 +89,7 @@ impl AppsBody {
     /// Accepts a body whose top level is what Marathon sends (an object with an `apps` array, or
     /// `null`), and finds its apps; nothing inside an app is looked at yet.
     pub fn split(body: Bytes) -> Result<Self, ApiError> {
-        let apps = match top_level(&body, "apps")? {
-            None => Vec::new(),
-            Some(raw) => {
-                let start = body.as_ptr() as usize;
-                raw_array(raw, "apps")?
-                    .into_iter()
-                    .map(|app| {
-                        let at = app.get().as_ptr() as usize - start;
-                        at..at + app.get().len()
-                    })
-                    .collect()
-            }
-        };
+        let apps = app_spans(&body)?;
         Ok(Self { body, apps })
     }
 
@@ -112,31 +105,15 @@ impl AppsBody {
     /// The apps, each parsed on its own when the iterator reaches it: an app that does not parse
     /// is an `AppError` at its place, and the others are unaffected.
     pub fn apps(&self) -> impl Iterator<Item = Result<App, AppError>> + '_ {
-        self.apps.iter().enumerate().map(|(index, span)| {
-            let raw = &self.body[span.clone()];
-            parse_app(raw).map_err(|e| AppError {
-                index,
-                app_id: serde_json::from_slice::<&RawValue>(raw)
-                    .ok()
-                    .and_then(id_of),
-                error: e.to_string(),
-            })
-        })
+        self.apps
+            .iter()
+            .enumerate()
+            .map(|(index, span)| parse_listed(&self.body, index, span))
     }
 
     /// Every app parsed at once.
     pub fn parsed(&self) -> ParsedApps {
-        let mut parsed = ParsedApps {
-            apps: Vec::with_capacity(self.len()),
-            errors: Vec::new(),
-        };
-        for app in self.apps() {
-            match app {
-                Ok(app) => parsed.apps.push(app),
-                Err(e) => parsed.errors.push(e),
-            }
-        }
-        parsed
+        self.apps().collect()
     }
 }
 
@@ -152,22 +129,42 @@ impl fmt::Debug for AppsBody {
     }
 }
 
-impl IntoIterator for ParsedApps {
-    type Item = Result<App, AppError>;
-    type IntoIter = std::iter::Chain<
-        std::iter::Map<std::vec::IntoIter<App>, fn(App) -> Result<App, AppError>>,
-        std::iter::Map<std::vec::IntoIter<AppError>, fn(AppError) -> Result<App, AppError>>,
-    >;
-
-    /// The apps, then the apps that did not parse.
-    fn into_iter(self) -> Self::IntoIter {
-        let ok: fn(App) -> Result<App, AppError> = Ok;
-        let err: fn(AppError) -> Result<App, AppError> = Err;
-        self.apps
-            .into_iter()
-            .map(ok)
-            .chain(self.errors.into_iter().map(err))
+impl FromIterator<Result<App, AppError>> for ParsedApps {
+    fn from_iter<I: IntoIterator<Item = Result<App, AppError>>>(apps: I) -> Self {
+        let mut parsed = ParsedApps::default();
+        for app in apps {
+            match app {
+                Ok(app) => parsed.apps.push(app),
+                Err(e) => parsed.errors.push(e),
+            }
+        }
+        parsed
     }
+}
+
+/// Where each app of a `/v2/apps` body lies in it, once its top level is found sound.
+fn app_spans(body: &[u8]) -> Result<Vec<Range<usize>>, ApiError> {
+    let Some(raw) = top_level(body, "apps")? else {
+        return Ok(Vec::new());
+    };
+    let start = body.as_ptr() as usize;
+    Ok(raw_array(raw, "apps")?
+        .into_iter()
+        .map(|app| {
+            let at = app.get().as_ptr() as usize - start;
+            at..at + app.get().len()
+        })
+        .collect())
+}
+
+/// The app at `span` of a `/v2/apps` body, the `index`th listed.
+fn parse_listed(body: &[u8], index: usize, span: &Range<usize>) -> Result<App, AppError> {
+    let raw = &body[span.clone()];
+    parse_app(raw).map_err(|e| AppError {
+        index,
+        app_id: id_of(raw),
+        error: e.to_string(),
+    })
 }
 
 /// Parses a `GET /v2/apps/{id}?embed=app.tasks` body, `{"app": {...}}`. Unlike in `parse_apps`,
@@ -253,12 +250,12 @@ fn raw_array<'a>(raw: &'a RawValue, key: &'static str) -> Result<Vec<&'a RawValu
 }
 
 /// The `id` of a raw app or task, when it has a string one.
-fn id_of(raw: &RawValue) -> Option<String> {
+fn id_of(raw: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct Id {
         id: String,
     }
-    serde_json::from_str::<Id>(raw.get()).ok().map(|i| i.id)
+    serde_json::from_slice::<Id>(raw).ok().map(|i| i.id)
 }
 
 /// What kind of JSON value `raw` is, judged by its first byte (it is valid JSON).
@@ -360,7 +357,10 @@ fn lenient_tasks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ReadTask>, D::Er
         serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
     Ok(tasks
         .into_iter()
-        .map(|raw| serde_json::from_str::<Task>(raw.get()).map_err(|e| (id_of(raw), e.to_string())))
+        .map(|raw| {
+            serde_json::from_str::<Task>(raw.get())
+                .map_err(|e| (id_of(raw.get().as_bytes()), e.to_string()))
+        })
         .collect())
 }
 
