@@ -8,3 +8,4 @@ pub mod http;
 pub mod marathon;
 pub mod observe;
 pub mod services;
+pub mod task;

@@ -3,10 +3,10 @@
 //!
 //! Tasks: the Marathon feed (reads and translates Marathon, sends `Update`s), the netlink
 //! watchers (links and addresses; routes and neighbours), the servers (`listeners`: metrics,
-//! DNS, the HTTP front end), the observer (state file and metrics, from what this task sends it), and this one, which owns
-//! the data plane and reacts to each of them in `Daemon::serve`: applies updates, re-attaches,
-//! invalidates cached routes, and every `SWEEP_EVERY` sweeps the flow table and hands the
-//! state to the observer.
+//! DNS, the HTTP front end), the observer (state file and metrics, from what this task sends
+//! it), and this one, which owns the data plane and reacts to each of them in
+//! `Daemon::serve`: applies updates, re-attaches, invalidates cached routes, and every
+//! `SWEEP_EVERY` sweeps the flow table and hands the state to the observer.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},

@@ -100,8 +100,7 @@ impl FrontEnd {
     ) {
         let (table_tx, table_rx) = watch::channel(Arc::new(Table::empty(stats)));
         // Idle task connections past their time are closed even when no request comes.
-        let pool = table_rx.borrow().pool.clone();
-        let _pruner = pool::Pruner::spawn(pool);
+        let _pruner = pool::pruner(table_rx.borrow().pool.clone());
         let mut cert_files: Option<Vec<String>> = None;
         let mut self_signed: Option<Cert> = None;
         let (tls_tx, tls_rx) = watch::channel(None::<Arc<rustls::ServerConfig>>);

@@ -15,7 +15,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::SocketAddrV4,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -27,6 +27,7 @@ use hyper::{
 };
 
 use super::proxy::Body;
+use crate::task::AbortOnDrop;
 
 /// How long a connection may wait idle in the pool: marathon-lb's `timeout http-keep-alive`,
 /// below the keep-alive timeouts of common servers (gunicorn 2 s, Apache httpd and Node.js
@@ -54,12 +55,16 @@ impl IdleConn {
 }
 
 impl Pool {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddrV4, Vec<IdleConn>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// An idle connection to `backend` that can take a request now, the most recently used
     /// first. One still busy (its response was read, but the request's body is still going
     /// out, as when a task answers an upload early) stays for later: no request waits behind
     /// another client's.
     pub fn take(&self, backend: SocketAddrV4) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.lock();
         let list = idle.get_mut(&backend)?;
         let now = Instant::now();
         list.retain(|c| c.usable(now));
@@ -72,7 +77,7 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.lock();
         let list = idle.entry(backend).or_default();
         let now = Instant::now();
         list.retain(|c| c.usable(now));
@@ -92,7 +97,7 @@ impl Pool {
     }
 
     fn retain(&self, mut keep: impl FnMut(&SocketAddrV4) -> bool) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.lock();
         let now = Instant::now();
         idle.retain(|backend, list| {
             list.retain(|c| c.usable(now));
@@ -102,30 +107,20 @@ impl Pool {
 
     /// Idle connections held (for tests).
     pub fn idle(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = self.lock();
         idle.values().map(Vec::len).sum()
     }
 }
 
-/// Prunes a pool every half `IDLE_FOR` until dropped.
-pub struct Pruner(tokio::task::JoinHandle<()>);
-
-impl Pruner {
-    pub fn spawn(pool: Arc<Pool>) -> Self {
-        Self(tokio::spawn(async move {
-            let mut every = tokio::time::interval(IDLE_FOR / 2);
-            loop {
-                every.tick().await;
-                pool.prune();
-            }
-        }))
-    }
-}
-
-impl Drop for Pruner {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// Prunes `pool` every half `IDLE_FOR` until dropped.
+pub fn pruner(pool: Arc<Pool>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut every = tokio::time::interval(IDLE_FOR / 2);
+        loop {
+            every.tick().await;
+            pool.prune();
+        }
+    }))
 }
 
 /// A response body that hands its connection back to the pool when it has been read to the

@@ -110,13 +110,12 @@ pub async fn handle(
     table: Arc<Table>,
     conn: Arc<Conn>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    let stats = table.stats.clone();
-    let resp = answer(req, table, conn).await;
-    stats.answered(resp.status().as_u16());
+    let resp = answer(req, &table, &conn).await;
+    table.stats.answered(resp.status().as_u16());
     Ok(resp)
 }
 
-async fn answer(mut req: Request<Incoming>, table: Arc<Table>, conn: Arc<Conn>) -> Response<Body> {
+async fn answer(mut req: Request<Incoming>, table: &Table, conn: &Conn) -> Response<Body> {
     if req.headers().get_all(header::HOST).iter().count() > 1 {
         // RFC 9112 §3.2: a request with more than one Host is refused; which one a router
         // believes would be a way around it.
@@ -142,7 +141,7 @@ async fn answer(mut req: Request<Incoming>, table: Arc<Table>, conn: Arc<Conn>) 
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare(&mut req, &conn, upgrade, name);
+    prepare(&mut req, conn, upgrade, name);
     // An upgrade takes its connection for good, and a connection authenticated for one client
     // must not serve another: those get a new one, never a pooled one.
     let private = upgrade || per_connection_auth(req.headers(), header::AUTHORIZATION);
@@ -225,9 +224,8 @@ impl Backend {
     /// Sends the request and waits for the response's head. Over a pooled connection the task
     /// closed as it was taken, the request goes again over a new one to the same task: when it
     /// had not gone out, or when it is a bodiless GET, HEAD or OPTIONS (safe to send twice).
-    async fn exchange(&mut self, req: Request<Body>) -> Result<Response<Incoming>, StatusCode> {
+    async fn exchange(&mut self, mut req: Request<Body>) -> Result<Response<Incoming>, StatusCode> {
         let mut replay = (self.reused && replayable(&req)).then(|| head_of(&req));
-        let mut req = req;
         loop {
             match timeout(SERVER_TIMEOUT, self.sender.try_send_request(req)).await {
                 Ok(Ok(resp)) => return Ok(resp),

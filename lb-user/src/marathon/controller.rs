@@ -15,6 +15,7 @@ use super::api::{self, App, AppsBody};
 use super::backoff::{Backoff, BackoffState};
 use super::client::{ClientConfig, MarathonClient};
 use super::events::{self, EventStreamConfig, StreamSignal};
+use crate::task::AbortOnDrop;
 
 /// More named apps than this in one coalesced burst are read in one full read instead.
 const MAX_APPS_PER_READ: usize = 64;
@@ -136,16 +137,6 @@ pub struct SyncState {
     pub connected: bool,
     /// The (redacted) URL the event stream is open to.
     pub stream_url: Option<String>,
-}
-
-/// Aborts a task when its owner returns, however it returns (the event stream task when the
-/// controller does, the controller when the feed does).
-pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A read that is due, and when.

@@ -13,15 +13,14 @@ use tracing::{error, info, warn};
 
 use super::{
     catalog::Catalog,
-    controller::{
-        self, AbortOnDrop, AppRead, ControllerConfig, Read, Snapshot, SyncState, Trigger,
-    },
+    controller::{self, AppRead, ControllerConfig, Read, Snapshot, SyncState, Trigger},
     translate::TranslateOptions,
 };
 use crate::{
     dns::zone::{Zone, ZoneOptions, live::LiveZone},
     http::routes::{self, Routes},
     services::Desired,
+    task::AbortOnDrop,
 };
 
 /// Everything the feed needs: how to read Marathon, and marathon-lb's rules to apply.
