@@ -12,9 +12,22 @@ use std::{
 use serde_json::Value;
 
 use crate::{
+    client::http_get,
     marathon_standin::Standin,
-    netns::{Topology, lb_bin},
+    netns::{Topology, in_netns, lb_bin},
 };
+
+/// `GET path` from the daemon's HTTP listener on `127.0.0.1:port` in the agent namespace
+/// (`/metrics`, `/healthz`, Mesos-DNS's `/v1/…`); the body.
+pub fn agent_http(topo: &Topology, port: u16, path: &'static str) -> Result<Vec<u8>, String> {
+    in_netns(&topo.ns("agent"), move || {
+        http_get(
+            std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port),
+            path,
+            Duration::from_secs(3),
+        )
+    })
+}
 
 /// Starts `lb run` in the agent namespace with `args` (after `--pin-path`), logging to a file,
 /// and waits until its state shows `services` services applied.

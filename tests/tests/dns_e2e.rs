@@ -3,13 +3,12 @@
 //! Mesos-DNS and dcos-net give a task; a scale-up shows in answers within a second; NXDOMAIN
 //! carries the SOA; a set larger than 512 bytes comes back truncated over UDP and whole over
 //! TCP.
-use std::{net::SocketAddrV4, time::Duration};
+use std::time::Duration;
 
 use lb_tests::{
-    client::http_get,
     lb::{self, NsStandin, wait_for},
     marathon_standin::Mode,
-    netns::{AGENT, Topology, in_netns},
+    netns::{AGENT, Topology},
 };
 use lb_user::dns::names::task_hash;
 use serde_json::{Value, json};
@@ -273,14 +272,8 @@ fn dig_from_the_client_gets_every_name_fresh_and_whole() {
         (Some("mesos"), Some(5))
     );
     // The same interface on the metrics listener, with every task and its records.
-    let enumerated = in_netns(&topo.ns("agent"), || {
-        http_get(
-            SocketAddrV4::new("127.0.0.1".parse().unwrap(), 9191),
-            "/v1/enumerate",
-            Duration::from_secs(3),
-        )
-    })
-    .expect("/v1/enumerate on the metrics listener");
+    let enumerated = lb::agent_http(&topo, 9191, "/v1/enumerate")
+        .expect("/v1/enumerate on the metrics listener");
     let enumerated: Value = serde_json::from_slice(&enumerated).expect("enumerate JSON");
     let tasks = enumerated["frameworks"][0]["tasks"]
         .as_array()
@@ -380,14 +373,7 @@ fn dig_from_the_client_gets_every_name_fresh_and_whole() {
         human.contains("dns: on 0.0.0.0:53 for mesos, zone "),
         "{human}"
     );
-    let metrics = in_netns(&topo.ns("agent"), || {
-        http_get(
-            SocketAddrV4::new("127.0.0.1".parse().unwrap(), 9191),
-            "/metrics",
-            Duration::from_secs(3),
-        )
-    })
-    .expect("metrics");
+    let metrics = lb::agent_http(&topo, 9191, "/metrics").expect("metrics");
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
         metrics.contains(r#"lb_dns_queries_total{path="userspace",type="SRV",rcode="NOERROR"}"#),

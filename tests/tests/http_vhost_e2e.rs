@@ -5,13 +5,12 @@
 //! requests are refused without disturbing the next client.
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{SocketAddrV4, TcpStream},
     process::Command,
     time::Duration,
 };
 
 use lb_tests::{
-    client::http_get,
     lb::{self, NsStandin, wait_for},
     netns::{AGENT, CLIENT, TASKS, Topology, in_netns, server_bin},
 };
@@ -218,14 +217,7 @@ fn vhosts_route_balance_forward_and_refuse_as_marathon_lb() {
     let later = ask(&["other.acme.org"]);
     assert_ne!(peer(&later[0]), peer(&answers[2]), "{later:?}");
     // /metrics counts the answers by code (the 503s above) and the reused task connections.
-    let metrics = in_netns(&topo.ns("agent"), || {
-        http_get(
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9191),
-            "/metrics",
-            Duration::from_secs(3),
-        )
-    })
-    .expect("metrics");
+    let metrics = lb::agent_http(&topo, 9191, "/metrics").expect("metrics");
     let metrics = String::from_utf8_lossy(&metrics);
     let count = |series: &str| -> u64 {
         metrics

@@ -8,7 +8,7 @@ use std::{
 };
 
 use lb_tests::{
-    client::{http_get, tcp_ask},
+    client::tcp_ask,
     lb::{self, NsStandin, wait_for},
     marathon_standin::Mode,
     netns::{AGENT, CLIENT, TASKS, Topology, in_netns},
@@ -74,16 +74,6 @@ fn served_by(topo: &Topology, n: usize) -> Vec<String> {
     v.sort();
     v.dedup();
     v
-}
-
-fn agent_http(topo: &Topology, port: u16, path: &'static str) -> Result<Vec<u8>, String> {
-    in_netns(&topo.ns("agent"), move || {
-        http_get(
-            SocketAddrV4::new("127.0.0.1".parse().unwrap(), port),
-            path,
-            T,
-        )
-    })
 }
 
 #[test]
@@ -298,7 +288,7 @@ fn metrics_and_healthz_follow_attachment_sync_and_traffic() {
         .stderr(log);
     topo.spawn("lb", cmd);
     wait_for("metrics endpoint", Duration::from_secs(10), || {
-        agent_http(&topo, 19090, "/metrics").is_ok()
+        lb::agent_http(&topo, 19090, "/metrics").is_ok()
     });
     let health = |topo: &Topology| {
         in_netns(&topo.ns("agent"), || {
@@ -354,7 +344,7 @@ fn metrics_and_healthz_follow_attachment_sync_and_traffic() {
     let served = served_by(&topo, 10);
     assert_eq!(served, vec!["t1", "t2"]);
     std::thread::sleep(Duration::from_millis(2500));
-    let text = String::from_utf8(agent_http(&topo, 19091, "/metrics").unwrap()).unwrap();
+    let text = String::from_utf8(lb::agent_http(&topo, 19091, "/metrics").unwrap()).unwrap();
     let line = |name: &str, needle: &str| -> f64 {
         let l = text
             .lines()

@@ -13,26 +13,17 @@ use std::{
 
 use lb_tests::pattern;
 
-fn serve(conn: TcpStream, name: &str) {
+fn serve(mut conn: TcpStream, name: &str) {
     let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut reader = BufReader::new(conn.try_clone().expect("clone stream"));
-    while let Some(reader_back) =
-        answer(conn.try_clone().expect("clone stream"), reader, name, &peer)
-    {
-        reader = reader_back;
-    }
+    while answer(&mut conn, &mut reader, name, &peer) {}
 }
 
-/// Answers one request; gives the reader back when the connection stays open for another.
-fn answer(
-    mut conn: TcpStream,
-    mut reader: BufReader<TcpStream>,
-    name: &str,
-    peer: &str,
-) -> Option<BufReader<TcpStream>> {
+/// Answers one request; true when the connection stays open for another.
+fn answer(conn: &mut TcpStream, reader: &mut BufReader<TcpStream>, name: &str, peer: &str) -> bool {
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return None;
+        return false;
     }
     let mut keep_alive = line.trim_end().ends_with("HTTP/1.1");
     // Read the request headers, keeping those a proxy adds.
@@ -60,12 +51,12 @@ fn answer(
     // The request's body is read before answering: closing a socket with unread bytes resets
     // the connection and drops the answer not yet sent (a chunked upload then got a 502).
     let body = if chunked {
-        skip_chunked(&mut reader)
+        skip_chunked(reader)
     } else {
-        std::io::copy(&mut (&mut reader).take(body_len), &mut std::io::sink()).map(drop)
+        std::io::copy(&mut reader.take(body_len), &mut std::io::sink()).map(drop)
     };
     if body.is_err() {
-        return None;
+        return false;
     }
     if let Some(proto) = upgrade {
         let _ = write!(
@@ -75,8 +66,8 @@ fn answer(
         // Bytes the reader already holds came after the head: echo them first.
         let early = reader.buffer().to_vec();
         let _ = conn.write_all(&early);
-        let _ = std::io::copy(&mut reader.into_inner(), &mut conn);
-        return None;
+        let _ = std::io::copy(reader.get_mut(), conn);
+        return false;
     }
     let version = if keep_alive { "HTTP/1.1" } else { "HTTP/1.0" };
     let path = line.split_whitespace().nth(1).unwrap_or("/");
@@ -93,7 +84,7 @@ fn answer(
                 *b = pattern(sent + j);
             }
             if conn.write_all(&buf[..chunk]).is_err() {
-                return None;
+                return false;
             }
             sent += chunk;
         }
@@ -105,7 +96,7 @@ fn answer(
             body.len()
         );
     }
-    keep_alive.then_some(reader)
+    keep_alive
 }
 
 /// Reads a chunked body (RFC 9112 §7.1) to its end, trailers included.
