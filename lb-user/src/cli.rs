@@ -273,6 +273,11 @@ pub struct HttpArgs {
     #[arg(long, value_name = "FILE[,FILE...]", value_delimiter = ',')]
     pub ssl_certs: Vec<PathBuf>,
 
+    /// Relay upgraded connections (WebSocket and the like) through the daemon's buffers
+    /// instead of moving their bytes socket to socket in the kernel with splice(2).
+    #[arg(long, conflicts_with = "no_vhost")]
+    pub no_splice: bool,
+
     /// No HTTP front end: VHOST labels are only reported and their ports balanced at L4.
     #[arg(long, conflicts_with_all = ["http_listen", "https_listen", "ssl_certs"])]
     pub no_vhost: bool,
@@ -284,6 +289,7 @@ impl HttpArgs {
             http_listen: self.http_listen,
             https_listen: self.https_listen,
             ssl_certs: self.ssl_certs.clone(),
+            no_splice: self.no_splice,
         }
     }
 }

@@ -368,24 +368,37 @@ fn vhosts_route_balance_forward_and_refuse_as_marathon_lb() {
     let (code, body, _) = curl(&topo, &["-H", "Host: mytask.acme.org", &agent_url("/")]);
     assert_eq!(code, 200, "the next client is served: {body}");
 
-    // WebSocket: the 101 joins both sides; bytes echo through.
+    // WebSocket: the 101 joins both sides; bytes echo through, those sent with the request's
+    // head first, then 4 MiB both ways at once, relayed in the kernel (splice).
     let echoed = in_netns(&topo.ns("client"), || {
         let (mut s, mut r) = connect(80);
-        s.write_all(
-            b"GET /chat HTTP/1.1\r\nHost: other.acme.org\r\nConnection: Upgrade\r\n\
+        let msg = b"\x81\x05hello, byte for byte \x00\xff";
+        let mut head = b"GET /chat HTTP/1.1\r\nHost: other.acme.org\r\nConnection: Upgrade\r\n\
               Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .unwrap();
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+        head.extend_from_slice(msg);
+        s.write_all(&head).unwrap();
         let (status, headers, _) = read_response(&mut r).expect("101");
         assert!(status.contains("101"), "{status}\n{headers}");
-        let msg = b"\x81\x05hello, byte for byte \x00\xff";
-        s.write_all(msg).unwrap();
         let mut back = vec![0u8; msg.len()];
         r.read_exact(&mut back).expect("echo");
-        back == msg
+        assert_eq!(back, msg, "the bytes sent with the head come back first");
+        let bulk: Vec<u8> = (0..4 << 20).map(lb_tests::pattern).collect();
+        let up = bulk.clone();
+        let writer = std::thread::spawn(move || s.write_all(&up).map(|()| s));
+        let mut back = vec![0u8; bulk.len()];
+        r.read_exact(&mut back).expect("bulk echo");
+        writer.join().unwrap().expect("bulk sent");
+        back == bulk
     });
     assert!(echoed, "upgraded bytes come back unchanged");
+    let metrics = lb::agent_http(&topo, 9191, "/metrics").expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("lb_http_tunnels_total{relay=\"splice\"} 1"),
+        "{metrics}"
+    );
 
     lb::assert_no_drops(&topo, &[]);
     let text = std::fs::read_to_string(&log).unwrap();

@@ -277,6 +277,11 @@ impl<T> Framing<T> {
             watcher: Watcher::new(smuggled, max_head),
         }
     }
+
+    /// The connection, for an upgrade relayed below HTTP (the watcher has stopped there).
+    pub fn into_inner(self) -> T {
+        self.io
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Framing<T> {

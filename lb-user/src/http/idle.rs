@@ -34,6 +34,10 @@ impl<T> Idle<T> {
         }
     }
 
+    pub fn into_inner(self) -> T {
+        self.io
+    }
+
     /// Called when an operation would block: Ready(error) once the connection has been idle
     /// for the whole timeout.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {

@@ -11,6 +11,7 @@ pub mod idle;
 pub mod pool;
 pub mod proxy;
 pub mod routes;
+pub mod splice;
 pub mod stats;
 pub mod tls;
 
@@ -53,6 +54,8 @@ pub struct FrontConfig {
     pub https_listen: Option<SocketAddr>,
     /// `--ssl-certs`: PEM files, the first being the default certificate.
     pub ssl_certs: Vec<PathBuf>,
+    /// `--no-splice`: upgraded connections relayed through the daemon's buffers.
+    pub no_splice: bool,
 }
 
 pub const DEFAULT_HTTP: SocketAddr =
@@ -98,7 +101,8 @@ impl FrontEnd {
         mut routes: watch::Receiver<Arc<Routes>>,
         stats: Arc<stats::FrontStats>,
     ) {
-        let (table_tx, table_rx) = watch::channel(Arc::new(Table::empty(stats)));
+        let (table_tx, table_rx) =
+            watch::channel(Arc::new(Table::empty(stats, !self.cfg.no_splice)));
         // Idle task connections past their time are closed even when no request comes.
         let _pruner = pool::pruner(table_rx.borrow().pool.clone());
         let mut cert_files: Option<Vec<String>> = None;

@@ -3,7 +3,8 @@
 //! rule, with `option forwardfor`'s `X-Forwarded-For`, `X-Forwarded-Port` and (over TLS)
 //! `X-Forwarded-Proto`. Where HAProxy opens a connection to the task per request, this reuses
 //! an idle one to the same task when it has one (`pool`). An `Upgrade` answered 101 joins the
-//! two connections byte for byte (over a connection of its own).
+//! two connections byte for byte (over a connection of its own), in the kernel when both are
+//! plain TCP (`splice`).
 use std::{
     collections::HashSet,
     net::{SocketAddr, SocketAddrV4},
@@ -21,15 +22,23 @@ use hyper::{
     body::Incoming,
     client::conn::http1::SendRequest,
     header::{self, HeaderMap, HeaderName, HeaderValue},
+    upgrade::Upgraded,
 };
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, time::timeout};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
 use tracing::debug;
 
 use super::{
+    CLIENT_TIMEOUT,
+    framing::Framing,
     idle::Idle,
     pool::{Pool, Returning},
     routes::{Route, Routes, host_name},
+    splice,
     stats::FrontStats,
 };
 
@@ -53,13 +62,16 @@ pub struct Table {
     pub pool: Arc<Pool>,
     /// What the front end did, for `/metrics`.
     pub stats: Arc<FrontStats>,
+    /// Upgraded connections relayed with splice(2) (not `--no-splice`).
+    pub splice: bool,
 }
 
 impl Table {
     /// No routes yet; requests are counted in `stats`.
-    pub fn empty(stats: Arc<FrontStats>) -> Self {
+    pub fn empty(stats: Arc<FrontStats>, splice: bool) -> Self {
         Self {
             stats,
+            splice,
             ..Self::default()
         }
     }
@@ -89,6 +101,7 @@ impl Table {
             cursors,
             pool: old.pool.clone(),
             stats: old.stats.clone(),
+            splice: old.splice,
         }
     }
 }
@@ -161,12 +174,14 @@ async fn answer(mut req: Request<Incoming>, table: &Table, conn: &Conn) -> Respo
         && let Some(client_upgrade) = client_upgrade
     {
         let backend_upgrade = hyper::upgrade::on(&mut resp);
+        let (stats, splice) = (table.stats.clone(), table.splice);
         tokio::spawn(async move {
             let (Ok(client), Ok(server)) = (client_upgrade.await, backend_upgrade.await) else {
                 return;
             };
-            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            if let Err(e) = tunnel(client, server, splice, &stats).await {
+                debug!("tunnel: {e}");
+            }
         });
         return resp.map(|b| b.boxed());
     }
@@ -176,6 +191,50 @@ async fn answer(mut req: Request<Incoming>, table: &Table, conn: &Conn) -> Respo
         Some(pool) => resp.map(|b| Returning::new(b, pool.clone(), to.addr, to.sender).boxed()),
         None => resp.map(|b| b.boxed()),
     }
+}
+
+/// Relays an upgraded connection until both ends close: in the kernel (`splice::relay`) when
+/// the client's connection is plain TCP, through buffers otherwise (TLS, or `--no-splice`).
+/// The inactivity timeouts hold either way.
+async fn tunnel(
+    client: Upgraded,
+    server: Upgraded,
+    splice: bool,
+    stats: &FrontStats,
+) -> std::io::Result<()> {
+    type ClientIo = TokioIo<Framing<Idle<TcpStream>>>;
+    type ServerIo = TokioIo<Idle<TcpStream>>;
+    // Every task connection is a `ServerIo` (`open`); a client's is a `ClientIo` unless TLS.
+    let server = match server.downcast::<ServerIo>() {
+        Ok(s) if splice => s,
+        Ok(s) => return copy(client, &s.read_buf, s.io.into_inner(), stats).await,
+        Err(server) => return copy(client, &[], TokioIo::new(server), stats).await,
+    };
+    match client.downcast::<ClientIo>() {
+        Ok(c) => {
+            stats.tunnel(true);
+            let client = c.io.into_inner().into_inner().into_inner();
+            let idle = CLIENT_TIMEOUT.min(SERVER_TIMEOUT);
+            let task = server.io.into_inner().into_inner();
+            splice::relay(client, &c.read_buf, task, &server.read_buf, idle).await?;
+            Ok(())
+        }
+        Err(client) => copy(client, &server.read_buf, server.io.into_inner(), stats).await,
+    }
+}
+
+/// The tunnel through the daemon's buffers; `early` is what the task sent after its 101.
+async fn copy(
+    client: Upgraded,
+    early: &[u8],
+    mut server: impl AsyncRead + AsyncWrite + Unpin,
+    stats: &FrontStats,
+) -> std::io::Result<()> {
+    stats.tunnel(false);
+    let mut client = TokioIo::new(client);
+    client.write_all(early).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+    Ok(())
 }
 
 /// A connection to one backend, ready for a request.

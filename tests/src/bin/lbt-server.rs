@@ -66,7 +66,18 @@ fn answer(conn: &mut TcpStream, reader: &mut BufReader<TcpStream>, name: &str, p
         // Bytes the reader already holds came after the head: echo them first.
         let early = reader.buffer().to_vec();
         let _ = conn.write_all(&early);
-        let _ = std::io::copy(reader.get_mut(), conn);
+        // Large reads: a bulk echo should measure the path, not this loop.
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match reader.get_mut().read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         return false;
     }
     let version = if keep_alive { "HTTP/1.1" } else { "HTTP/1.0" };
