@@ -11,6 +11,22 @@ pub mod sustained;
 pub mod svg;
 pub mod traffic;
 
+/// One of the benchmark's helper binaries (`lbt-load`, `lbt-rate`, `lbt-tunnel`, the tests'
+/// `lbt-server`): `$env`, else beside the running benchmark binary.
+pub fn helper_bin(name: &str, env: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let p = exe.with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} not built: `cargo build --release -p lb-bench -p lb-tests --bins` (or set {env})",
+        p.display()
+    );
+    p
+}
+
 /// How long and how often to measure: `--quick` is a smoke run, the default a real one.
 #[derive(Clone, Copy, Debug)]
 pub struct Effort {

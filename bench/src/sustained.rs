@@ -1,6 +1,6 @@
 //! Sustained new-connection load through the agent: a minute of it from many client addresses,
 //! each contender on a fresh topology, so steady state shows (NAT ports, conntrack, TIME_WAIT).
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, thread, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, thread, time::Duration};
 
 use lb_tests::{lb, netns::Topology};
 use serde_json::{Value, json};
@@ -40,21 +40,6 @@ const TCP_COUNTERS: [&str; 5] = [
     "TcpEstabResets",
     "TcpOutRsts",
 ];
-
-/// `lbt-load`: `$LBT_LOAD`, else beside the running benchmark binary.
-fn load_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LBT_LOAD") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("the benchmark's own path");
-    let p = exe.with_file_name("lbt-load");
-    assert!(
-        p.exists(),
-        "{} not built: `cargo build --release -p lb-bench --bins` (or set LBT_LOAD)",
-        p.display()
-    );
-    p
-}
 
 fn clients() -> Vec<Ipv4Addr> {
     (0..CLIENTS)
@@ -111,7 +96,7 @@ fn measure(c: Contender, seconds: u64) -> Result<Run, String> {
         "net.ipv4.tcp_timestamps in the client namespace"
     );
     let before = tcp_counters(&topo);
-    let bin = load_bin();
+    let bin = super::helper_bin("lbt-load", "LBT_LOAD");
     let mut args: Vec<String> = vec![
         bin.to_string_lossy().into_owned(),
         "--connections".into(),

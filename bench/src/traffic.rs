@@ -198,11 +198,18 @@ fn log(dir: &str, name: &str) -> fs::File {
 }
 
 /// A fresh topology named `prefix` with nginx and an iperf3 server in every task and `c` in
-/// place on the agent.
+/// place on the agent, the veths set up for XDP.
 pub(super) fn topology(prefix: &str, c: Contender) -> Topology {
+    topology_for(prefix, c, true)
+}
+
+/// `topology`, with the veths set up for XDP (`xdp`: GRO on, checksum offload and with it
+/// TSO off at the far ends, for every contender alike) or left at the kernel's defaults (an L7
+/// proxy's view of a NIC: segmentation offloads on).
+pub(super) fn topology_for(prefix: &str, c: Contender, xdp: bool) -> Topology {
     let mut topo = Topology::new(prefix);
     // XDP needs these on veth (see tests/e2e.rs); every contender gets them, for fairness.
-    for ns in ["client", "t1", "t2", "agent2"] {
+    for ns in ["client", "t1", "t2", "agent2"].into_iter().filter(|_| xdp) {
         topo.sh(ns, "ethtool -K eth0 gro on tx off >/dev/null");
     }
     for ns in ["client", "agent", "agent2", "t1", "t2", "t3"] {

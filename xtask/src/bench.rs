@@ -27,7 +27,7 @@ pub fn run(quick: bool) -> Result<()> {
     setup::ensure_packages(PACKAGES)?;
     let lb = build_release()?;
     eprintln!("==> building the benchmark binaries");
-    // `lb-bench` and its load generator `lbt-load` (lb-bench), the task server (lb-tests).
+    // `lb-bench` and its load generators (lb-bench), the task server (lb-tests).
     crate::run(cargo().args([
         "build",
         "--release",
@@ -40,6 +40,10 @@ pub fn run(quick: bool) -> Result<()> {
         "--bin",
         "lbt-load",
         "--bin",
+        "lbt-rate",
+        "--bin",
+        "lbt-tunnel",
+        "--bin",
         "lbt-server",
     ]))?;
     let bin = root().join("target/release");
@@ -50,7 +54,9 @@ pub fn run(quick: bool) -> Result<()> {
     cmd.args(["--out", &root().join("target/bench").to_string_lossy()])
         .env("LB_BIN", &lb)
         .env("LBT_SERVER", bin.join("lbt-server"))
-        .env("LBT_LOAD", bin.join("lbt-load"));
+        .env("LBT_LOAD", bin.join("lbt-load"))
+        .env("LBT_RATE", bin.join("lbt-rate"))
+        .env("LBT_TUNNEL", bin.join("lbt-tunnel"));
     eprintln!(
         "==> running the benchmarks{}",
         if quick { " (quick)" } else { "" }
