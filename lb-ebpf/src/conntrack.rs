@@ -329,14 +329,13 @@ fn create<C: Packet>(
         flags: fwd.flags | FLOW_F_REPLY,
         ..fwd
     };
-    let mut rkey = FlowKey {
-        src: backend.addr,
-        dst: fwd.new_src,
-        sport: backend.port,
-        dport: key.sport,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
+    let mut rkey = FlowKey::new(
+        backend.addr,
+        fwd.new_src,
+        backend.port,
+        key.sport,
+        key.proto,
+    );
     if preserve {
         if !claim_reply(&rkey, &reply, cfg, now, key.proto == IPPROTO_TCP) {
             warn!(

@@ -173,14 +173,13 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
         0
     };
     Ok(Parsed {
-        key: FlowKey {
-            src: read(ctx, IP_SRC_OFF)?,
-            dst: read(ctx, IP_DST_OFF)?,
+        key: FlowKey::new(
+            read(ctx, IP_SRC_OFF)?,
+            read(ctx, IP_DST_OFF)?,
             sport,
             dport,
             proto,
-            _pad: [0; 3],
-        },
+        ),
         l4_off,
         tcp_flags,
         first_fragment,
