@@ -26,6 +26,7 @@ use lb_common::{DNS_ADDRS_MAX, DNS_NAME_MAX, DnsName, DnsStat, IPPROTO_UDP, Stat
 use crate::{
     context::{Packet, ptr_at},
     maps::{LB_DNS_A, LB_XDP_TX, count_dns},
+    mem::{copy_bytes, write_bytes, zero_name},
     parse::{ETH_LEN, Parsed},
 };
 
@@ -59,39 +60,6 @@ const EDNS_UDP_SIZE: u16 = 1232;
 /// (a mask: a power of two less one, so that the verifier keeps offsets bounded).
 const MAX_GROWTH: usize = 255;
 const _: () = assert!(DNS_ADDRS_MAX * ANSWER_LEN + OPT_LEN <= MAX_GROWTH);
-
-/// Copies `N` bytes one at a time. A plain copy (or zeroing) of an array is compiled by the BPF
-/// backend to a call to compiler-builtins' byte loop (six instructions a byte, and the call);
-/// volatile byte accesses stay inline, two instructions a byte.
-///
-/// # Safety
-/// `N` bytes at `from` readable, at `to` writable; either order of overlap is fine as long as
-/// `to` is below `from` (each byte is read before any later one is written).
-#[inline(always)]
-unsafe fn copy_bytes<const N: usize>(from: *const u8, to: *mut u8) {
-    let mut k = 0;
-    while k < N {
-        // SAFETY: within the N bytes the caller vouches for.
-        unsafe { core::ptr::write_volatile(to.add(k), core::ptr::read_volatile(from.add(k))) };
-        k += 1;
-    }
-}
-
-/// Writes `bytes` at `to` one at a time (see `copy_bytes`: zeros in an array literal become a
-/// memset call).
-///
-/// # Safety
-/// `N` bytes at `to` writable.
-#[inline(always)]
-unsafe fn write_bytes<const N: usize>(to: *mut [u8; N], bytes: [u8; N]) {
-    let to = to.cast::<u8>();
-    let mut k = 0;
-    while k < N {
-        // SAFETY: within the N bytes the caller vouches for.
-        unsafe { core::ptr::write_volatile(to.add(k), bytes[k]) };
-        k += 1;
-    }
-}
 
 /// Moves `len` bytes (at most 127) from `from` down to `to` (below it), in chunks of fixed
 /// sizes, lowest first: each chunk is read whole before it is written, so overlap is safe.
@@ -147,10 +115,6 @@ pub fn for_server(p: &Parsed) -> bool {
         && p.key.dport == port
         && (addr == 0 || p.key.dst == addr)
 }
-
-/// The map key on the stack, aligned so that it can be zeroed a word at a time.
-#[repr(C, align(8))]
-struct Key(DnsName);
 
 /// Why a query was not answered here.
 enum NotHere {
@@ -210,19 +174,9 @@ fn try_answer(ctx: &mut XdpContext, p: &Parsed) -> Result<u32, NotHere> {
     {
         return Err(Pass);
     }
-    // The name, lowercased into the map's key; labels only (no compression). Zeroed a word at
-    // a time (see `copy_bytes`).
-    let mut key = Key(DnsName {
-        wire: [0; DNS_NAME_MAX],
-    });
-    let words = (&raw mut key).cast::<u64>();
-    let mut w = 0;
-    while w < DNS_NAME_MAX / 8 {
-        // SAFETY: the key is 8-aligned and DNS_NAME_MAX bytes long.
-        unsafe { core::ptr::write_volatile(words.add(w), 0) };
-        w += 1;
-    }
-    let key = &mut key.0;
+    // The name, lowercased into the map's key; labels only (no compression).
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let key = zero_name(&mut slot);
     let mut name_len = 0usize;
     let mut left = 0u8;
     let mut i = 0usize;
