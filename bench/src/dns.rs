@@ -250,6 +250,56 @@ fn start_lb(topo: &mut Topology, url: &str, label: &str) {
     );
 }
 
+/// The kernel threads of NAPI instances (`napi/DEV-ID`), by pid.
+fn napi_threads() -> std::collections::BTreeSet<u32> {
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            comm.starts_with("napi/").then_some(pid)
+        })
+        .collect()
+}
+
+/// Moves the receive processing of `dev` in `role`'s namespace (XDP included) to a kernel
+/// thread of its own pinned to `cpu` (`/sys/class/net/DEV/threaded`).
+/// On a veth it otherwise runs in the softirq of the core that sent the frame, so the servers'
+/// receive work would land on the load generator's core; a NIC's interrupts go to the cores
+/// the operator gives them.
+fn pin_receive(topo: &Topology, role: &str, dev: &str, cpu: &str) {
+    let before = napi_threads();
+    topo.sh(role, &format!("echo 1 > /sys/class/net/{dev}/threaded"));
+    let new: Vec<u32> = napi_threads().difference(&before).copied().collect();
+    assert!(
+        !new.is_empty(),
+        "no NAPI thread appeared for {dev} in {role} (an XDP program gives a veth its NAPI)"
+    );
+    for pid in new {
+        lb_tests::netns::sh(&format!("taskset -pc {cpu} {pid} >/dev/null"));
+    }
+}
+
+/// Busy and total jiffies of one core so far (`/proc/stat`; idle and iowait are not busy).
+fn cpu_jiffies(cpu: &str) -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat
+        .lines()
+        .find(|l| {
+            l.strip_prefix("cpu")
+                .and_then(|r| r.split_whitespace().next())
+                == Some(cpu)
+        })
+        .expect("the core's line in /proc/stat");
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    (total - f[3] - f[4], total)
+}
+
 /// The topology with the Marathon stand-in, lb following it, NSD and unbound, all on one core.
 fn setup(ips: &[Vec<Ipv4Addr>]) -> (Topology, NsStandin, String) {
     let mut topo = Topology::new(PREFIX);
@@ -265,6 +315,10 @@ fn setup(ips: &[Vec<Ipv4Addr>]) -> (Topology, NsStandin, String) {
     // Started on the servers' core, so that lb sizes its runtime for one core as NSD and
     // unbound are configured for one (pinning it afterwards would leave two workers on one core).
     on_server_cpu(|| start_lb(&mut topo, &url, "lb"));
+    // Receive work where a NIC would put it: the agent's on the servers' core (lb's XDP program
+    // gives its uplink a NAPI instance), the client's on the client's.
+    pin_receive(&topo, "agent", "eth0", SERVER_CPU);
+    pin_receive(&topo, "client", "eth0", CLIENT_CPU);
 
     fs::write(format!("{dir}/mesos.zone"), zone_file(ips)).unwrap();
     fs::write(format!("{dir}/nsd.conf"), nsd_conf(&dir)).unwrap();
@@ -333,6 +387,9 @@ struct Perf {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    /// Share of the servers' core that was busy during the run (0–1), and of the client's.
+    server_busy: f64,
+    client_busy: f64,
 }
 
 fn parse_dnsperf(out: &str) -> Result<Perf, String> {
@@ -368,6 +425,8 @@ fn parse_dnsperf(out: &str) -> Result<Perf, String> {
         p50_us: quantile_sorted(&lat, 0.5),
         p99_us: quantile_sorted(&lat, 0.99),
         p999_us: quantile_sorted(&lat, 0.999),
+        server_busy: 0.0,
+        client_busy: 0.0,
     })
 }
 
@@ -379,6 +438,7 @@ fn dnsperf(topo: &Topology, dir: &str, s: Server, secs: u32) -> Result<Perf, Str
     );
     let file = format!("{dir}/queries.txt");
     let server = AGENT.to_string();
+    let (s0, c0) = (cpu_jiffies(SERVER_CPU), cpu_jiffies(CLIENT_CPU));
     let out = client_cmd(
         topo,
         &[
@@ -387,7 +447,13 @@ fn dnsperf(topo: &Topology, dir: &str, s: Server, secs: u32) -> Result<Perf, Str
         ],
         secs + 30,
     )?;
-    parse_dnsperf(&out)
+    let (s1, c1) = (cpu_jiffies(SERVER_CPU), cpu_jiffies(CLIENT_CPU));
+    let busy =
+        |(b0, t0): (u64, u64), (b1, t1): (u64, u64)| (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+    let mut perf = parse_dnsperf(&out)?;
+    perf.server_busy = busy(s0, s1);
+    perf.client_busy = busy(c0, c1);
+    Ok(perf)
 }
 
 /// From a Marathon change (one task of one app replaced) to lb answering the new address: a
@@ -473,6 +539,10 @@ pub fn run(effort: &Effort, report: &mut Report) {
             "p99 µs",
             "p99.9 µs",
             "lost",
+            "server core busy %",
+            "client core busy %",
+            "queries/s per busy server core",
+            "÷ fastest other, per core",
         ],
         &format!(
             "{APPS} Marathon apps × {TASKS_PER_APP} Calico tasks; every server answers the same A records \
@@ -486,10 +556,14 @@ pub fn run(effort: &Effort, report: &mut Report) {
              at saturation latency is mostly queueing). {rounds} round(s), interleaved, order rotated per round; \
              median (min–max) over rounds. One lb serves both of its rows: `--dns-fast-path --hook xdp \
              --xdp-redirect eth0`, answered by XDP on its first address ({fast}; {xdp_answered} queries answered there \
-             by XDP over the run, from `lb status`) and by the userspace server alone on its second ({slow}). The \
-             XDP program runs in the softirq of the core that delivers the frame, which on this veth is the \
-             sender's (CPU {CLIENT_CPU}, dnsperf's), not CPU {SERVER_CPU}; the client's veth end runs an XDP_PASS \
-             program (a veth wakes its peer for XDP_TX frames only then).",
+             by XDP over the run, from `lb status`) and by the userspace server alone on its second ({slow}). \
+             Receive work is where a NIC's interrupts would put it: the agent's uplink has threaded NAPI \
+             (`/sys/class/net/eth0/threaded`) with its thread pinned to CPU {SERVER_CPU}, so XDP and the kernel's \
+             UDP receive for NSD and unbound run on the servers' core, the client's end likewise on CPU \
+             {CLIENT_CPU} (on a bare veth both would run on the sending core, dnsperf's); the client's veth end \
+             runs an XDP_PASS program (a veth wakes its peer for XDP_TX frames only then). Busy shares are \
+             each core's non-idle time in /proc/stat over the dnsperf run; queries/s per busy server core is a \
+             run's rate over its server-core share: what one core of the servers answers when kept busy.",
             secs = effort.seconds,
             rounds = effort.rounds,
             fast = Server::LbXdp.addr(),
@@ -507,16 +581,36 @@ pub fn run(effort: &Effort, report: &mut Report) {
             .collect();
         (!v.is_empty()).then(|| Spread::of(&v))
     };
-    let best_other = [Server::Nsd, Server::Unbound]
-        .into_iter()
-        .filter_map(|s| qps_of(s).map(|q| (s, q.median)))
-        .max_by(|a, b| a.1.total_cmp(&b.1));
+    // What one core of the servers' answers when busy all the time: each run's rate over the
+    // share of the servers' core it kept busy (receive work included).
+    let per_core_of = |s: Server| -> Option<Spread> {
+        let v: Vec<f64> = samples
+            .iter()
+            .find(|(x, _)| *x == s)?
+            .1
+            .iter()
+            .map(|p| p.qps / p.server_busy.max(0.01))
+            .collect();
+        (!v.is_empty()).then(|| Spread::of(&v))
+    };
+    let best = |of: &dyn Fn(Server) -> Option<Spread>| {
+        [Server::Nsd, Server::Unbound]
+            .into_iter()
+            .filter_map(|s| of(s).map(|q| (s, q.median)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let best_other = best(&qps_of);
+    let best_other_per_core = best(&per_core_of);
     for (s, perfs) in &samples {
         let Some(q) = qps_of(*s) else {
             t.row(
                 vec![
                     s.label().into(),
                     "not measured".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
                     "—".into(),
                     "—".into(),
                     "—".into(),
@@ -531,18 +625,30 @@ pub fn run(effort: &Effort, report: &mut Report) {
         let (p50, p99, p999) = (sp(|p| p.p50_us), sp(|p| p.p99_us), sp(|p| p.p999_us));
         let lost: u64 = perfs.iter().map(|p| p.lost).sum();
         let ratio = best_other.map(|(_, b)| q.median / b);
+        let (server_busy, client_busy) =
+            (sp(|p| p.server_busy * 100.0), sp(|p| p.client_busy * 100.0));
+        let per_core = per_core_of(*s).expect("measured");
+        let per_core_ratio = best_other_per_core.map(|(_, b)| per_core.median / b);
+        let show_ratio = |r: Option<f64>| r.map_or("—".into(), |r| format!("{r:.2}"));
         t.row(
             vec![
                 s.label().into(),
                 q.show(0),
-                ratio.map_or("—".into(), |r| format!("{r:.2}")),
+                show_ratio(ratio),
                 p50.show(0),
                 p99.show(0),
                 p999.show(0),
                 lost.to_string(),
+                server_busy.show(0),
+                client_busy.show(0),
+                per_core.show(0),
+                show_ratio(per_core_ratio),
             ],
             json!({"server": s.label(), "qps": q.json(), "ratio_to_fastest_other": ratio,
-                   "p50_us": p50.json(), "p99_us": p99.json(), "p999_us": p999.json(), "lost": lost}),
+                   "p50_us": p50.json(), "p99_us": p99.json(), "p999_us": p999.json(), "lost": lost,
+                   "server_core_busy_pct": server_busy.json(), "client_core_busy_pct": client_busy.json(),
+                   "qps_per_busy_server_core": per_core.json(),
+                   "per_core_ratio_to_fastest_other": per_core_ratio}),
         );
     }
     report.tables.push(t);
