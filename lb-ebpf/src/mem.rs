@@ -1,8 +1,7 @@
-//! Zeroing and copying without the BPF backend's memset and memmove: it compiles an array's
-//! zeroing, and some copies, to calls to compiler-builtins' byte loops (six instructions a
-//! byte, plus the call), where volatile stores stay inline. Used by the DNS answer; the SYN
-//! path's struct defaults still make such calls (a generic word-zeroing `T` was turned back
-//! into a memset by the optimizer).
+//! Zeroing and writing without the BPF backend's memset: it compiles an array's zeroing to a
+//! call to compiler-builtins' byte loop (four to six instructions a byte, plus the call), where
+//! volatile stores stay inline. Used by the DNS answer; the SYN path's struct defaults still
+//! make such calls (a generic word-zeroing `T` was turned back into a memset by the optimizer).
 use core::{mem::MaybeUninit, ptr};
 
 use lb_common::{DNS_NAME_MAX, DnsName};
@@ -26,25 +25,8 @@ pub fn zero_name(slot: &mut MaybeUninit<NameSlot>) -> &mut DnsName {
     unsafe { &mut slot.assume_init_mut().0 }
 }
 
-/// Copies `N` bytes one at a time. A plain copy (or zeroing) of an array is compiled by the BPF
-/// backend to a call to compiler-builtins' byte loop (six instructions a byte, and the call);
-/// volatile byte accesses stay inline, two instructions a byte.
-///
-/// # Safety
-/// `N` bytes at `from` readable, at `to` writable; either order of overlap is fine as long as
-/// `to` is below `from` (each byte is read before any later one is written).
-#[inline(always)]
-pub unsafe fn copy_bytes<const N: usize>(from: *const u8, to: *mut u8) {
-    let mut k = 0;
-    while k < N {
-        // SAFETY: within the N bytes the caller vouches for.
-        unsafe { ptr::write_volatile(to.add(k), ptr::read_volatile(from.add(k))) };
-        k += 1;
-    }
-}
-
-/// Writes `bytes` at `to` one at a time (see `copy_bytes`: zeros in an array literal become a
-/// memset call).
+/// Writes `bytes` at `to` one at a time, inline (an array literal's zeros, written whole,
+/// become a memset call).
 ///
 /// # Safety
 /// `N` bytes at `to` writable.
