@@ -614,9 +614,13 @@ mod tests {
             "  balance roundrobin\n  mode http\n  option forwardfor\n",
             "  http-request set-header X-Forwarded-Port %[dst_port]\n",
             "  http-request add-header X-Forwarded-Proto https if { ssl_fc }\n",
+            "  acl host_echo_acme_org hdr(host) -i echo.acme.org\n  use_backend echo_10001 if host_echo_acme_org\n",
+            "backend echo_10001\n  balance roundrobin\n  mode http\n  option forwardfor\n",
         ] {
             assert!(c.contains(line), "{line:?} missing from:\n{c}");
         }
-        assert_eq!(c.matches("  server ").count(), TASKS.len());
+        // The nginx app's three tasks on :80, the echo app's on :8080.
+        assert_eq!(c.matches("  server ").count(), 2 * TASKS.len());
+        assert_eq!(c.matches(":8080\n").count(), TASKS.len());
     }
 }
