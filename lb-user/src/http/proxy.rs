@@ -233,6 +233,8 @@ async fn copy(
     stats.tunnel(false);
     let mut client = TokioIo::new(client);
     client.write_all(early).await?;
+    // TLS may hold the tail of what it took until flushed; the copy flushes only its own.
+    client.flush().await?;
     tokio::io::copy_bidirectional(&mut client, &mut server).await?;
     Ok(())
 }

@@ -59,7 +59,15 @@ pub async fn relay(
     }
 }
 
+/// What one read from a socket gave: bytes spliced into the pipe, or read past TCP's urgent
+/// mark into a buffer.
+enum Got {
+    Spliced(usize),
+    Read(usize),
+}
+
 /// `from` → `to` through a pipe of its own, `early` first; half-closes `to` at `from`'s end.
+/// Every byte moved, even part of a pipe's worth, counts as activity for the watchdog.
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
@@ -70,37 +78,79 @@ async fn one_way(
     touch();
     let pipe = Pipe::new()?;
     let mut moved = early.len() as u64;
+    let mut past_mark = [0u8; 4096];
     loop {
-        let n = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_BYTES)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+        // Readiness and try_io take nothing from the task's cooperative budget: without this a
+        // direction that never runs dry would hold its worker, and the other direction with it.
+        tokio::task::coop::consume_budget().await;
+        from.readable().await?;
+        let got = from.try_io(Interest::READABLE, || {
+            match splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_BYTES) {
+                // splice stops at TCP's urgent mark and never passes it; recv, as a copying
+                // relay reads, passes over the out-of-band byte and goes on.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && at_urgent_mark(from) => {
+                    recv(from, &mut past_mark).map(Got::Read)
+                }
+                r => r.map(Got::Spliced),
             }
+        });
+        let got = match got {
+            Ok(g) => g,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         };
-        if n == 0 {
-            // SAFETY: shutdown on a socket descriptor `to` owns.
-            if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } < 0 {
-                return Err(io::Error::last_os_error());
+        let n = match got {
+            Got::Spliced(0) | Got::Read(0) => {
+                // SAFETY: shutdown on a socket descriptor `to` owns.
+                if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                return Ok(moved);
             }
-            return Ok(moved);
-        }
-        let mut left = n;
+            Got::Read(n) => {
+                write_all(to, &past_mark[..n]).await?;
+                n
+            }
+            Got::Spliced(n) => n,
+        };
+        touch();
+        let mut left = if matches!(got, Got::Spliced(_)) { n } else { 0 };
         while left > 0 {
             to.writable().await?;
             match to.try_io(Interest::WRITABLE, || {
                 splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
             }) {
-                Ok(k) => left -= k,
+                Ok(k) => {
+                    left -= k;
+                    touch();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
         }
         moved += n as u64;
-        touch();
+    }
+}
+
+/// Linux's SIOCATMARK (asm-generic/sockios.h; the libc crate defines it for BSDs only).
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// Whether the next byte to read from `s` is TCP's urgent mark.
+fn at_urgent_mark(s: &TcpStream) -> bool {
+    let mut at: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int through the pointer it is given.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), SIOCATMARK as _, &mut at) };
+    rc == 0 && at != 0
+}
+
+/// One non-blocking recv(2) into `buf`.
+fn recv(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for its length; the socket is non-blocking (tokio's).
+    let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -207,6 +257,37 @@ mod tests {
         assert_eq!(writer.await.unwrap(), b"early-b reply");
         let (ab, ba) = relay.await.unwrap().unwrap();
         assert_eq!((ab, ba), (8 + big.len() as u64, 13));
+    }
+
+    #[tokio::test]
+    async fn urgent_data_does_not_stop_a_direction() {
+        let (client, a) = pair().await;
+        let (b, mut task) = pair().await;
+        let relay =
+            tokio::spawn(async move { relay(a, b"", b, b"", Duration::from_secs(5)).await });
+        let send = |bytes: &[u8], flags| {
+            // SAFETY: a valid socket and buffer.
+            let n = unsafe {
+                libc::send(
+                    client.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    flags,
+                )
+            };
+            assert_eq!(n, bytes.len() as isize);
+        };
+        send(b"before ", 0);
+        send(b"!", libc::MSG_OOB);
+        send(b"after", 0);
+        // As a copying relay reads: the urgent byte is out of band, the rest goes through.
+        let mut got = vec![0u8; b"before after".len()];
+        tokio::time::timeout(Duration::from_secs(3), task.read_exact(&mut got))
+            .await
+            .expect("the bytes after the urgent mark arrive")
+            .unwrap();
+        assert_eq!(got, b"before after");
+        relay.abort();
     }
 
     #[tokio::test(start_paused = true)]
