@@ -392,6 +392,14 @@ struct Perf {
     client_busy: f64,
 }
 
+impl Perf {
+    /// What one core of the servers answers when busy all the time: the run's rate over the
+    /// share of the servers' core it kept busy (receive work included).
+    fn per_busy_core(&self) -> f64 {
+        self.qps / self.server_busy.max(0.01)
+    }
+}
+
 fn parse_dnsperf(out: &str) -> Result<Perf, String> {
     let field = |key: &str| {
         out.lines()
@@ -571,36 +579,26 @@ pub fn run(effort: &Effort, report: &mut Report) {
             xdp_answered = xdp_answered,
         ),
     );
-    let qps_of = |s: Server| -> Option<Spread> {
+    // One figure of a server's runs, over the rounds; None when it has none.
+    let spread_of = |s: Server, f: fn(&Perf) -> f64| -> Option<Spread> {
         let v: Vec<f64> = samples
             .iter()
             .find(|(x, _)| *x == s)?
             .1
             .iter()
-            .map(|p| p.qps)
+            .map(f)
             .collect();
         (!v.is_empty()).then(|| Spread::of(&v))
     };
-    // What one core of the servers' answers when busy all the time: each run's rate over the
-    // share of the servers' core it kept busy (receive work included).
-    let per_core_of = |s: Server| -> Option<Spread> {
-        let v: Vec<f64> = samples
-            .iter()
-            .find(|(x, _)| *x == s)?
-            .1
-            .iter()
-            .map(|p| p.qps / p.server_busy.max(0.01))
-            .collect();
-        (!v.is_empty()).then(|| Spread::of(&v))
-    };
-    let best = |of: &dyn Fn(Server) -> Option<Spread>| {
+    let qps_of = |s: Server| spread_of(s, |p| p.qps);
+    let best = |f: fn(&Perf) -> f64| {
         [Server::Nsd, Server::Unbound]
             .into_iter()
-            .filter_map(|s| of(s).map(|q| (s, q.median)))
+            .filter_map(|s| spread_of(s, f).map(|q| (s, q.median)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
     };
-    let best_other = best(&qps_of);
-    let best_other_per_core = best(&per_core_of);
+    let best_other = best(|p| p.qps);
+    let best_other_per_core = best(Perf::per_busy_core);
     for (s, perfs) in &samples {
         let Some(q) = qps_of(*s) else {
             t.row(
@@ -627,7 +625,7 @@ pub fn run(effort: &Effort, report: &mut Report) {
         let ratio = best_other.map(|(_, b)| q.median / b);
         let (server_busy, client_busy) =
             (sp(|p| p.server_busy * 100.0), sp(|p| p.client_busy * 100.0));
-        let per_core = per_core_of(*s).expect("measured");
+        let per_core = sp(Perf::per_busy_core);
         let per_core_ratio = best_other_per_core.map(|(_, b)| per_core.median / b);
         let show_ratio = |r: Option<f64>| r.map_or("—".into(), |r| format!("{r:.2}"));
         t.row(

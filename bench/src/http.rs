@@ -311,13 +311,29 @@ fn download(topo: &Topology) -> Result<f64, String> {
     Ok(speed * 8.0 / 1e9)
 }
 
+/// Runs one of the benchmark's helpers (`name`, found by `env`) in the client namespace with
+/// `args`, bounded by `limit` seconds, and reads the JSON it prints.
+fn helper_json(
+    topo: &Topology,
+    name: &str,
+    env: &str,
+    args: &[&str],
+    limit: u32,
+) -> Result<Value, String> {
+    let bin = super::helper_bin(name, env);
+    let bin = bin.to_string_lossy();
+    let argv: Vec<&str> = std::iter::once(&*bin).chain(args.iter().copied()).collect();
+    let out = client_cmd(topo, &argv, limit)?;
+    serde_json::from_str(&out).map_err(|e| format!("{name} printed {out:?}: {e}"))
+}
+
 /// Latency at `FIXED_RATE` over 32 keep-alive connections (`lbt-rate`): p50, p99, p99.9 µs.
 fn fixed_rate(topo: &Topology, secs: u32) -> Result<[f64; 3], String> {
-    let bin = super::helper_bin("lbt-rate", "LBT_RATE");
-    let out = client_cmd(
+    let v = helper_json(
         topo,
+        "lbt-rate",
+        "LBT_RATE",
         &[
-            &bin.to_string_lossy(),
             "--to",
             &format!("{AGENT}:80"),
             "--host",
@@ -331,8 +347,6 @@ fn fixed_rate(topo: &Topology, secs: u32) -> Result<[f64; 3], String> {
         ],
         secs + 20,
     )?;
-    let v: Value =
-        serde_json::from_str(&out).map_err(|e| format!("lbt-rate printed {out:?}: {e}"))?;
     if v["errors"].as_u64() != Some(0) {
         return Err(format!("errors at a fixed rate: {v}"));
     }
@@ -342,11 +356,11 @@ fn fixed_rate(topo: &Topology, secs: u32) -> Result<[f64; 3], String> {
 
 /// One upgraded connection echoing `TUNNEL_BYTES` (`lbt-tunnel`); Gbit/s each way.
 fn tunnel(topo: &Topology) -> Result<f64, String> {
-    let bin = super::helper_bin("lbt-tunnel", "LBT_TUNNEL");
-    let out = client_cmd(
+    let v = helper_json(
         topo,
+        "lbt-tunnel",
+        "LBT_TUNNEL",
         &[
-            &bin.to_string_lossy(),
             "--to",
             &format!("{AGENT}:80"),
             "--host",
@@ -356,8 +370,6 @@ fn tunnel(topo: &Topology) -> Result<f64, String> {
         ],
         120,
     )?;
-    let v: Value =
-        serde_json::from_str(&out).map_err(|e| format!("lbt-tunnel printed {out:?}: {e}"))?;
     v["gbit_s"]
         .as_f64()
         .ok_or_else(|| format!("no gbit_s in {v}"))
