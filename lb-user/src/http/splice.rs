@@ -83,22 +83,18 @@ async fn one_way(
         // Readiness and try_io take nothing from the task's cooperative budget: without this a
         // direction that never runs dry would hold its worker, and the other direction with it.
         tokio::task::coop::consume_budget().await;
-        from.readable().await?;
-        let got = from.try_io(Interest::READABLE, || {
-            match splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_BYTES) {
-                // splice stops at TCP's urgent mark and never passes it; recv, as a copying
-                // relay reads, passes over the out-of-band byte and goes on.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && at_urgent_mark(from) => {
-                    recv(from, &mut past_mark).map(Got::Read)
+        let got = from
+            .async_io(Interest::READABLE, || {
+                match splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_BYTES) {
+                    // splice stops at TCP's urgent mark and never passes it; recv, as a copying
+                    // relay reads, passes over the out-of-band byte and goes on.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && at_urgent_mark(from) => {
+                        recv(from, &mut past_mark).map(Got::Read)
+                    }
+                    r => r.map(Got::Spliced),
                 }
-                r => r.map(Got::Spliced),
-            }
-        });
-        let got = match got {
-            Ok(g) => g,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
+            })
+            .await?;
         let n = match got {
             Got::Spliced(0) | Got::Read(0) => {
                 // SAFETY: shutdown on a socket descriptor `to` owns.
@@ -109,25 +105,23 @@ async fn one_way(
             }
             Got::Read(n) => {
                 write_all(to, &past_mark[..n]).await?;
+                touch();
                 n
             }
-            Got::Spliced(n) => n,
-        };
-        touch();
-        let mut left = if matches!(got, Got::Spliced(_)) { n } else { 0 };
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
-            }) {
-                Ok(k) => {
-                    left -= k;
+            Got::Spliced(n) => {
+                touch();
+                let mut left = n;
+                while left > 0 {
+                    left -= to
+                        .async_io(Interest::WRITABLE, || {
+                            splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+                        })
+                        .await?;
                     touch();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                n
             }
-        }
+        };
         moved += n as u64;
     }
 }
