@@ -24,6 +24,8 @@ const IPERF_PORT: u16 = 10001;
 const TASK_IPERF: u16 = 5201;
 /// Concurrent connections for the request-rate runs.
 pub(super) const CONNECTIONS: u32 = 32;
+/// wrk processes (one thread each) that share those connections, for every contender.
+const LOADERS: u32 = 3;
 /// Size of the file every task's nginx serves at `/big/100m`.
 pub(super) const BIG_FILE: u64 = 100 << 20;
 
@@ -357,8 +359,10 @@ fn parse_wrk(out: &str) -> Result<Wrk, String> {
     })
 }
 
-/// `conns` connections spread over `targets`, one wrk process per target run at the same time;
-/// their request rates summed (latency is left out: a sum of distributions is none of them).
+/// `conns` connections from [`LOADERS`] wrk processes run at the same time, the i-th aimed at
+/// `targets[i % len]`, their request rates summed (latency is left out: a sum of distributions is
+/// none of them). Every contender gets the same load generators: the limit's three aim at the
+/// three tasks, a balancer's three at its one address, so the difference is the balancer alone.
 fn wrk_spread(
     topo: &Topology,
     targets: &[SocketAddrV4],
@@ -366,17 +370,13 @@ fn wrk_spread(
     secs: u32,
     close: bool,
 ) -> Result<Wrk, String> {
-    if let [one] = targets {
-        return wrk(topo, &format!("http://{one}/"), conns, secs, close);
-    }
-    let n = targets.len() as u32;
+    let n = LOADERS;
     let results: Vec<Result<Wrk, String>> = thread::scope(|s| {
-        let runs: Vec<_> = targets
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                // The remainder goes to the first targets: 32 over 3 is 11, 11, 10.
-                let c = conns / n + u32::from((i as u32) < conns % n);
+        let runs: Vec<_> = (0..n)
+            .map(|i| {
+                let t = targets[i as usize % targets.len()];
+                // The remainder goes to the first loaders: 32 over 3 is 11, 11, 10.
+                let c = conns / n + u32::from(i < conns % n);
                 let url = format!("http://{t}/");
                 s.spawn(move || wrk(topo, &url, c, secs, close))
             })
@@ -392,7 +392,8 @@ fn wrk_spread(
         errors: None,
     };
     let mut errors = Vec::new();
-    for (t, r) in targets.iter().zip(results) {
+    for (i, r) in results.into_iter().enumerate() {
+        let t = targets[i % targets.len()];
         let w = r?;
         sum.rps += w.rps;
         if let Some(e) = w.errors {

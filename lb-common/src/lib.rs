@@ -31,6 +31,12 @@ pub const MAP_LOCAL_ADDRS: &str = "LB_LOCAL_ADDRS";
 /// `u32 ifindex -> u32`: interfaces where XDP may forward on its own: frames arrive with
 /// complete checksums and the interface accepts redirected XDP frames. Written by the daemon.
 pub const MAP_XDP_TX: &str = "LB_XDP_TX";
+/// `u32 ifindex -> u32`: veths of this namespace whose peer is in another one (a Calico
+/// task's `cali*` link). TC hands a packet bound there straight to the peer's ingress
+/// (`bpf_redirect_peer`), skipping the veth's queue and a second softirq pass. Written by the
+/// daemon from the interfaces it finds; a map of its own, so that pins of earlier builds are
+/// adopted as they are.
+pub const MAP_PEER_IFS: &str = "LB_PEER_IFS";
 /// `[0] -> Config`. Written by the daemon at start, read by the data plane.
 pub const MAP_CONFIG: &str = "LB_CONFIG";
 /// `service id -> u32` round-robin cursor, advanced atomically by the data plane.
@@ -101,6 +107,8 @@ pub const MAX_BACKEND_IDS: u32 = 65_536;
 pub const MAX_FLOW_ENTRIES: u32 = 524_288;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_XDP_TX: u32 = 1_024;
+/// Veths `LB_PEER_IFS` holds (one per task on the agent, plus room).
+pub const MAX_PEER_IFS: u32 = 16_384;
 /// Allowed ranges across all services (`LB_ACL`; its nodes are allocated as they are used).
 pub const MAX_ACL_ENTRIES: u32 = 65_536;
 /// Backends one service may have; bounds the data plane's index arithmetic.
@@ -312,6 +320,8 @@ const _: () = assert!(size_of::<Flow>() == 72);
 
 /// `Flow::rt_flags`: ingress and egress are both in `LB_XDP_TX`, so XDP may forward.
 pub const RT_F_XDP: u32 = 1;
+/// `Flow::rt_flags`: the egress is in `LB_PEER_IFS`, so TC may redirect to its peer.
+pub const RT_F_PEER: u32 = 2;
 
 impl FlowKey {
     /// The key of a 5-tuple, built as four words, padding included. Written out field by
@@ -626,7 +636,7 @@ const fn def<K, V>(name: &'static str, size: MapSize) -> MapDef {
 }
 
 /// Every map the data plane declares.
-pub const MAPS: [MapDef; 18] = [
+pub const MAPS: [MapDef; 19] = [
     def::<ServiceKey, Service>(MAP_SERVICES, MapSize::Services),
     def::<BackendKey, Backend>(MAP_BACKENDS, MapSize::BackendSlots),
     def::<FlowKey, Flow>(MAP_FLOWS, MapSize::FlowEntries),
@@ -645,6 +655,7 @@ pub const MAPS: [MapDef; 18] = [
     def::<AclKey, u32>(MAP_ACL, MapSize::Fixed(MAX_ACL_ENTRIES)),
     def::<u32, u64>(MAP_SERVICE_DENIED, MapSize::Services),
     def::<u32, u64>(MAP_BACKEND_LIVE, MapSize::BackendIds),
+    def::<u32, u32>(MAP_PEER_IFS, MapSize::Fixed(MAX_PEER_IFS)),
 ];
 
 #[cfg(test)]

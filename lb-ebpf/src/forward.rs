@@ -4,12 +4,12 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated::bpf_fib_lookup as fib_lookup,
 };
-use lb_common::{Flow, RT_F_XDP};
+use lb_common::{Flow, RT_F_PEER, RT_F_XDP};
 
 use crate::{
     conntrack::Tracked,
     context::Packet,
-    maps::{LB_XDP_TX, route_gen},
+    maps::{LB_PEER_IFS, LB_XDP_TX, route_gen},
     nat::Macs,
     parse::Parsed,
 };
@@ -67,11 +67,12 @@ pub fn route<C: Packet>(ctx: &C, p: &Parsed, flow: &Flow, tot_len: u16) -> Route
     }
 }
 
-/// Where a flow's packet goes, and whether XDP may send it there itself (ingress and egress
-/// both in `LB_XDP_TX`).
+/// Where a flow's packet goes, whether XDP may send it there itself (ingress and egress
+/// both in `LB_XDP_TX`), and whether TC may hand it to the egress veth's peer (`LB_PEER_IFS`).
 pub struct Hop {
     pub route: Route,
     pub xdp: bool,
+    pub peer: bool,
 }
 
 /// `route`, answered from the flow entry while the daemon's route generation and the ingress
@@ -89,6 +90,7 @@ pub fn cached_route<C: Packet>(ctx: &C, p: &Parsed, t: &Tracked, tot_len: u16) -
             return Hop {
                 route: Route::Stack,
                 xdp: false,
+                peer: false,
             };
         }
         return Hop {
@@ -101,13 +103,16 @@ pub fn cached_route<C: Packet>(ctx: &C, p: &Parsed, t: &Tracked, tot_len: u16) -
                 mtu,
             },
             xdp: flow.rt_flags & RT_F_XDP != 0,
+            peer: flow.rt_flags & RT_F_PEER != 0,
         };
     }
     let route = route(ctx, p, flow, tot_len);
-    let mut xdp = false;
+    let (mut xdp, mut peer) = (false, false);
     if let Route::Neighbour { ifindex, macs, mtu } = &route {
         // SAFETY: only tested for presence.
         xdp = unsafe { LB_XDP_TX.get(&ingress).is_some() && LB_XDP_TX.get(ifindex).is_some() };
+        // SAFETY: only tested for presence.
+        peer = unsafe { LB_PEER_IFS.get(ifindex).is_some() };
         if let Some(entry) = t.entry {
             // SAFETY: a live map element; a racing CPU writes the same answer. The generation
             // goes last, so a reader never takes a half-written entry for a valid one.
@@ -116,10 +121,12 @@ pub fn cached_route<C: Packet>(ctx: &C, p: &Parsed, t: &Tracked, tot_len: u16) -
                 (*entry).rt_in = ingress;
                 (*entry).rt_smac = macs.src;
                 (*entry).rt_dmac = macs.dst;
-                (*entry).rt_flags = ((*mtu as u32) << 16) | if xdp { RT_F_XDP } else { 0 };
+                (*entry).rt_flags = ((*mtu as u32) << 16)
+                    | if xdp { RT_F_XDP } else { 0 }
+                    | if peer { RT_F_PEER } else { 0 };
                 (*entry).rt_gen = gen_;
             }
         }
     }
-    Hop { route, xdp }
+    Hop { route, xdp, peer }
 }

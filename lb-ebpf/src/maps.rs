@@ -7,8 +7,8 @@ use aya_ebpf::{
 use lb_common::{
     AclData, Backend, BackendKey, Config, Counters, DNS_STAT_COUNT, DnsAddrs, DnsName, DnsStat,
     Flow, FlowKey, LocalAddr, MAX_ACL_ENTRIES, MAX_BACKEND_IDS, MAX_BACKEND_SLOTS, MAX_DNS_NAMES,
-    MAX_FLOW_ENTRIES, MAX_LOCAL_ADDRS, MAX_SERVICES, MAX_XDP_TX, PORT_BACKEND, PORT_GATE_WORDS,
-    PORT_SERVICE, STAT_COUNT, Service, ServiceKey, Stat, port_gate_slot,
+    MAX_FLOW_ENTRIES, MAX_LOCAL_ADDRS, MAX_PEER_IFS, MAX_SERVICES, MAX_XDP_TX, PORT_BACKEND,
+    PORT_GATE_WORDS, PORT_SERVICE, STAT_COUNT, Service, ServiceKey, Stat, port_gate_slot,
 };
 
 #[btf_map]
@@ -26,6 +26,9 @@ pub static LB_LOCAL_ADDRS: HashMap<u32, LocalAddr, { MAX_LOCAL_ADDRS as usize }>
 
 #[btf_map]
 pub static LB_XDP_TX: HashMap<u32, u32, { MAX_XDP_TX as usize }> = HashMap::new();
+
+#[btf_map]
+pub static LB_PEER_IFS: HashMap<u32, u32, { MAX_PEER_IFS as usize }> = HashMap::new();
 
 #[btf_map]
 pub static LB_CONFIG: Array<Config, 1> = Array::new();

@@ -100,6 +100,36 @@ fn read<C: Packet, T: Copy>(ctx: &C, off: usize) -> Result<T, Stat> {
     Ok(unsafe { p.read_unaligned() })
 }
 
+/// Makes the packet's headers directly readable and writable where the hook may hold them
+/// in fragments (TC), and no more: Ethernet, IPv4 with its options, the TCP header with its
+/// options (UDP's 8 bytes fit in the TCP minimum). Pulling a fixed `MAX_HEADERS` instead
+/// moved payload into the head of every segment whose payload sits in page fragments, as a
+/// local TCP sender's and GRO's do: a new head allocated and copied per packet, for the
+/// agent's other traffic too. A pull the head already covers makes no helper call.
+#[inline(always)]
+pub fn pull_headers<C: Packet>(ctx: &mut C) {
+    let len = ctx.frame_len() as u32;
+    let upto = |n: usize| if (n as u32) < len { n as u32 } else { len };
+    ctx.pull(upto(ETH_LEN + IP_MIN_LEN + TCP_MIN_LEN));
+    let Ok(vihl) = read::<C, u8>(ctx, IP_VIHL_OFF) else {
+        return;
+    };
+    let l4_off = ETH_LEN + (vihl & 0x0f) as usize * 4;
+    if l4_off > ETH_LEN + IP_MIN_LEN {
+        ctx.pull(upto(l4_off + TCP_MIN_LEN));
+    }
+    let (Ok(proto), Ok(doff)) = (
+        read::<C, u8>(ctx, ETH_LEN + offset_of!(Ipv4Hdr, proto)),
+        read::<C, u8>(ctx, l4_off + TCP_DOFF_OFF),
+    ) else {
+        return;
+    };
+    let tcp_len = (doff >> 4) as usize * 4;
+    if proto == IPPROTO_TCP && tcp_len > TCP_MIN_LEN {
+        ctx.pull(upto(l4_off + tcp_len));
+    }
+}
+
 #[inline(always)]
 pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, Stat> {
     let ether_type: u16 = read(ctx, ETH_TYPE_OFF).map_err(|_| Stat::PassNotIpv4)?;

@@ -2,7 +2,10 @@
 //! lets the kernel resolve a missing neighbour, or hands the rewritten packet to the stack.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, generated::bpf_redirect_neigh},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_redirect_neigh, bpf_redirect_peer},
+    },
     macros::classifier,
     programs::TcContext,
 };
@@ -14,7 +17,7 @@ use crate::{
     forward::{self, Route},
     maps::{count, count_traffic, may_be_ours},
     nat::{self, Hop},
-    parse::{MAX_HEADERS, parse},
+    parse::{parse, pull_headers},
 };
 
 #[classifier]
@@ -34,12 +37,7 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
-    let want = if ctx.len() < MAX_HEADERS {
-        ctx.len()
-    } else {
-        MAX_HEADERS
-    };
-    ctx.pull(want);
+    pull_headers(&mut ctx);
     let p = parse(&ctx)?;
     // The port gate first: the agent's other traffic leaves before any clock read or lookup.
     if !may_be_ours(&p.key) {
@@ -52,7 +50,7 @@ fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
     if p.ttl <= 1 {
         return Err(Stat::PassTtl);
     }
-    let route = forward::cached_route(&ctx, &p, &t, 0).route;
+    let forward::Hop { route, peer, .. } = forward::cached_route(&ctx, &p, &t, 0);
     // One rewrite for every way out: each inlined copy would cost the verifier again.
     let hop = match &route {
         Route::Neighbour { macs, .. } => Hop::to(*macs),
@@ -62,6 +60,14 @@ fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
     };
     nat::rewrite(&mut ctx, &p, flow, hop, now)?;
     let action = match route {
+        Route::Neighbour { ifindex, .. } if peer => {
+            count(Stat::Redirect);
+            // A veth whose peer is in another namespace (`LB_PEER_IFS`): the packet enters
+            // the peer's ingress at once, where a redirect to the veth would queue it for
+            // another softirq pass. Only from TC ingress, which this program is.
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+        }
         Route::Neighbour { ifindex, .. } => {
             count(Stat::Redirect);
             // SAFETY: plain helper call.

@@ -14,7 +14,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::{PROG_TC, PROG_XDP};
+use lb_common::{MAP_PEER_IFS, MAP_XDP_TX, PROG_TC, PROG_XDP};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -107,7 +107,9 @@ impl Attacher {
         }
         self.attached.retain(|name, _| present.contains_key(name));
         self.write_redirect_map(&mut dp.maps.xdp_tx, &present)?;
-        // Cached routes carry LB_XDP_TX's verdict: none may stand.
+        let peers = ifaces::peer_veths(&present);
+        write_set(&mut dp.maps.peer_ifs, MAP_PEER_IFS, &peers)?;
+        // Cached routes carry LB_XDP_TX's and LB_PEER_IFS's verdicts: none may stand.
         dp.maps.bump_route_gen()
     }
 
@@ -129,19 +131,7 @@ impl Attacher {
                 want.push(a.ifindex);
             }
         }
-        let stale: Vec<u32> = tx
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want.contains(k))
-            .collect();
-        for k in stale {
-            let _ = tx.remove(&k);
-        }
-        for k in want {
-            tx.insert(k, 1, 0)
-                .with_context(|| format!("LB_XDP_TX[{k}]"))?;
-        }
-        Ok(())
+        write_set(tx, MAP_XDP_TX, &want)
     }
 
     fn attach(&self, ebpf: &mut Ebpf, iface: &Iface) -> Result<Attached> {
@@ -254,4 +244,21 @@ pub fn detach_all(layout: &PinLayout) -> Result<Vec<String>> {
         }
     }
     Ok(removed)
+}
+
+/// Makes a `u32 ifindex -> 1` map (`LB_XDP_TX`, `LB_PEER_IFS`) hold exactly `want`.
+fn write_set(map: &mut HashMap<MapData, u32, u32>, name: &str, want: &[u32]) -> Result<()> {
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains(k))
+        .collect();
+    for k in stale {
+        let _ = map.remove(&k);
+    }
+    for &k in want {
+        map.insert(k, 1, 0)
+            .with_context(|| format!("{name}[{k}]"))?;
+    }
+    Ok(())
 }

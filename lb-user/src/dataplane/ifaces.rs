@@ -55,6 +55,83 @@ pub fn list() -> BTreeMap<String, Iface> {
     out
 }
 
+/// The veths of `present` whose peer is in another network namespace (a Calico task's
+/// `cali*` link): TC may hand a packet bound there to the peer directly (`bpf_redirect_peer`,
+/// which the kernel refuses, dropping the packet, for any other kind of link or for a peer in
+/// this namespace). A veth's `iflink` is its peer's index; the peer is here when an interface
+/// of that index is here and names this one back. A link whose driver cannot be read is left
+/// out: the data plane then redirects to it as to any link.
+pub fn peer_veths(present: &BTreeMap<String, Iface>) -> Vec<u32> {
+    let iflink = |name: &str| -> Option<u32> {
+        fs::read_to_string(Path::new("/sys/class/net").join(name).join("iflink"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let links: BTreeMap<u32, Option<u32>> = present
+        .values()
+        .map(|i| (i.index, iflink(&i.name)))
+        .collect();
+    let mut out: Vec<u32> = present
+        .values()
+        .filter(|i| driver(&i.name).as_deref() == Some("veth"))
+        .filter(|i| match links.get(&i.index).copied().flatten() {
+            Some(peer) if peer != i.index => links.get(&peer).copied().flatten() != Some(i.index),
+            _ => false,
+        })
+        .map(|i| i.index)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The kernel driver behind a link (`ethtool -i`'s `driver`), e.g. `veth`.
+/// Hand-written: one `SIOCETHTOOL` ioctl, which no crate we use wraps.
+fn driver(name: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+    // SAFETY: all-zero is a valid value of both plain C structs.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: SIOCETHTOOL with GDRVINFO writes at most size_of::<DrvInfo>() bytes into `info`,
+    // which outlives the call; `req` names the link, NUL-terminated (checked length).
+    let rc = unsafe {
+        use std::os::fd::AsRawFd as _;
+        libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &raw mut req)
+    };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 /// IPv4 addresses of this namespace with the interface index that holds each.
 pub fn ipv4_addresses() -> Vec<(Ipv4Addr, u32)> {
     let mut out = Vec::new();

@@ -15,7 +15,7 @@ use aya::{
 use lb_common::{
     AclData, Backend, BackendKey, Config, Counters, DnsAddrs, DnsName, Flow, FlowKey, LocalAddr,
     MAP_ACL, MAP_BACKEND_LIVE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_DNS_A,
-    MAP_DNS_STATS, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PORTS, MAP_RR,
+    MAP_DNS_STATS, MAP_FLOWS, MAP_LOCAL_ADDRS, MAP_NAT_CURSOR, MAP_PEER_IFS, MAP_PORTS, MAP_RR,
     MAP_SERVICE_DENIED, MAP_SERVICE_REFUSED, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
     MAP_XDP_TX, MAPS, MapDef, Service, ServiceKey,
 };
@@ -34,6 +34,7 @@ pub struct Maps {
     pub flows: HashMap<MapData, FlowKey, Flow>,
     pub local_addrs: HashMap<MapData, u32, LocalAddr>,
     pub xdp_tx: HashMap<MapData, u32, u32>,
+    pub peer_ifs: HashMap<MapData, u32, u32>,
     pub config: Array<MapData, Config>,
     pub rr: Array<MapData, u32>,
     pub nat_cursor: Array<MapData, u32>,
@@ -123,6 +124,7 @@ impl Maps {
             flows: HashMap::try_from(get(MAP_FLOWS)?)?,
             local_addrs: HashMap::try_from(get(MAP_LOCAL_ADDRS)?)?,
             xdp_tx: HashMap::try_from(get(MAP_XDP_TX)?)?,
+            peer_ifs: HashMap::try_from(get(MAP_PEER_IFS)?)?,
             config: Array::try_from(get(MAP_CONFIG)?)?,
             rr: Array::try_from(get(MAP_RR)?)?,
             nat_cursor: Array::try_from(get(MAP_NAT_CURSOR)?)?,
@@ -159,6 +161,7 @@ impl Maps {
             MAP_FLOWS => self.flows.map(),
             MAP_LOCAL_ADDRS => self.local_addrs.map(),
             MAP_XDP_TX => self.xdp_tx.map(),
+            MAP_PEER_IFS => self.peer_ifs.map(),
             MAP_CONFIG => self.config.map(),
             MAP_RR => self.rr.map(),
             MAP_NAT_CURSOR => self.nat_cursor.map(),
