@@ -583,15 +583,15 @@ pub fn run(effort: &Effort, report: &mut Report) {
              (one process, fixed 3-byte answer) in every task, load from the client namespace. Each contender runs \
              on a fresh topology per round ({} round(s), interleaved, order rotated per round); figures are the \
              median and min–max over rounds. Same tuning for all: GRO on and TX checksum offload off on the \
-             far-end veths (what XDP needs), tcp_tw_reuse on the client. Requests/s: `wrk -t1 -c{CONNECTIONS} \
-             -d{}s`, with `Connection: close` (a TCP connection per request) or keep-alive. Throughput: `iperf3 \
+             far-end veths (what XDP needs), tcp_tw_reuse on the client. Requests/s: three `wrk -t1` processes \
+             at the same time sharing {CONNECTIONS} connections (11, 11, 10), `-d{}s`, their rates summed, with \
+             `Connection: close` (a TCP connection per request) or keep-alive; the same three for every contender. Throughput: `iperf3 \
              -t {}` to t1's iperf3 server (one-backend service port for the balancers: iperf3's control and data \
              connections must meet the same server). Latency: wrk's latency distribution with one keep-alive \
              connection (closed loop: the next request leaves when the answer is in; not a fixed-rate test). The \
-             limit has no balancer: for requests/s, the client addresses the same three tasks itself, one wrk \
-             per task IP at the same time with a third of the connections each (11, 11, 10), their rates summed \
-             (three wrk threads where the balancers get one); for throughput and latency, which one connection \
-             measures, t1 directly. The balancers spread over t1, t2 and t3 (t3 one hop further). Ratios: median ÷ the limit's / HAProxy's median (for latency, above 1 is slower).",
+             limit has no balancer: for requests/s, the three wrk aim at the three tasks (one each) where a \
+             balancer's aim at its address; for throughput and latency, which one connection measures, t1 \
+             directly. The balancers spread over t1, t2 and t3 (t3 one hop further). Ratios: median ÷ the limit's / HAProxy's median (for latency, above 1 is slower).",
             effort.rounds, effort.seconds, effort.seconds
         ),
     );

@@ -1,7 +1,7 @@
 //! End to end through real veth links: a client, the agent running `lb run`, two Calico-style
 //! tasks on it and one behind a second agent. Real TCP and UDP from the client namespace.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
@@ -167,6 +167,38 @@ fn full_nat_over_tc_balances_tcp_and_udp_across_three_tasks() {
         web["new_flows"].as_u64().unwrap() >= 33,
         "counters follow traffic: {web}"
     );
+    // The veths whose peers are in other namespaces take packets by bpf_redirect_peer (the
+    // traffic above went that way to t1 and t2): LB_PEER_IFS names the tasks' links and the
+    // link to agent2. eth0's peer in the client namespace has eth0's own index, which the
+    // daemon cannot tell from a peer here, so it may be left out (a plain redirect then).
+    let index = |dev: &str| -> u32 {
+        let out = topo.sh("agent", &format!("cat /sys/class/net/{dev}/ifindex"));
+        out.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{dev}: {e}: {out}"))
+    };
+    let pin = topo.pin_path().display().to_string();
+    let dump = topo.sh(
+        "agent",
+        &format!("bpftool -j map dump pinned {pin}/LB_PEER_IFS"),
+    );
+    let entries: Vec<Value> = serde_json::from_str(&dump).unwrap_or_else(|e| panic!("{e}: {dump}"));
+    let keys: BTreeSet<u32> = entries
+        .iter()
+        .map(|e| {
+            e["formatted"]["key"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{e}")) as u32
+        })
+        .collect();
+    let needed: BTreeSet<u32> = ["cali-t1", "cali-t2", "eth1"].map(index).into();
+    assert!(
+        keys.is_superset(&needed),
+        "LB_PEER_IFS {keys:?}, veths {needed:?}"
+    );
+    let mut allowed = needed.clone();
+    allowed.insert(index("eth0"));
+    assert!(keys.is_subset(&allowed), "LB_PEER_IFS {keys:?}: only veths");
 }
 
 #[test]

@@ -113,6 +113,9 @@ pub fn scenario(rng: &mut StdRng, ifs: Ifaces, max: (u32, u32), now: u64) -> Sta
         if rng.random_bool(0.6) {
             st.xdp_tx.insert(i);
         }
+        if rng.random_bool(0.5) {
+            st.peer_ifs.insert(i);
+        }
     }
     let n_services = rng.random_range(1..=5);
     for _ in 0..n_services {

@@ -281,6 +281,9 @@ impl Kernel {
         for i in &st.xdp_tx {
             m.xdp_tx.insert(i, 1, 0).unwrap();
         }
+        for i in &st.peer_ifs {
+            m.peer_ifs.insert(i, 1, 0).unwrap();
+        }
         for (id, v) in &st.rr {
             m.rr.set(*id, *v, 0).unwrap();
         }
@@ -316,6 +319,9 @@ impl Kernel {
         }
         for i in &st.xdp_tx {
             m.xdp_tx.remove(i).ok();
+        }
+        for i in &st.peer_ifs {
+            m.peer_ifs.remove(i).ok();
         }
         for (w, _) in gate_words(st) {
             m.ports.set(w, 0, 0).unwrap();

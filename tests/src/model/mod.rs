@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, Counters, FLOW_F_BACKEND_CLOSED_FIRST,
     FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_REPLY, FLOW_F_TS,
-    FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_UDP, PORT_BACKEND, PORT_SERVICE, RT_F_XDP,
+    FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_UDP, PORT_BACKEND, PORT_SERVICE, RT_F_PEER, RT_F_XDP,
     SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST, Service, ServiceKey, Stat, TS_CLOCK_SHIFT,
 };
 
@@ -143,6 +143,8 @@ pub struct State {
     /// `LB_LOCAL_ADDRS` keys (raw).
     pub local_addrs: HashSet<u32>,
     pub xdp_tx: HashSet<u32>,
+    /// `LB_PEER_IFS` keys.
+    pub peer_ifs: HashSet<u32>,
     /// `LB_RR` and `LB_NAT_CURSOR` (an absent id holds 0).
     pub rr: HashMap<u32, u32>,
     pub nat_cursor: HashMap<u32, u32>,
@@ -739,13 +741,16 @@ impl Model {
         } = answer
         {
             xdp = tx.st.xdp_tx.contains(&ingress) && tx.st.xdp_tx.contains(&ifindex);
+            let peer = tx.st.peer_ifs.contains(&ifindex);
             if t.found {
                 tx.update(&h.key, |e| {
                     e.rt_ifindex = ifindex;
                     e.rt_in = ingress;
                     e.rt_smac = smac;
                     e.rt_dmac = dmac;
-                    e.rt_flags = ((mtu as u32) << 16) | if xdp { RT_F_XDP } else { 0 };
+                    e.rt_flags = ((mtu as u32) << 16)
+                        | if xdp { RT_F_XDP } else { 0 }
+                        | if peer { RT_F_PEER } else { 0 };
                     e.rt_gen = cfg.route_gen;
                 });
             }
