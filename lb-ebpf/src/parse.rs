@@ -100,34 +100,39 @@ fn read<C: Packet, T: Copy>(ctx: &C, off: usize) -> Result<T, Stat> {
     Ok(unsafe { p.read_unaligned() })
 }
 
-/// Makes the packet's headers directly readable and writable where the hook may hold them
-/// in fragments (TC), and no more: Ethernet, IPv4 with its options, the TCP header with its
-/// options (UDP's 8 bytes fit in the TCP minimum). Pulling a fixed `MAX_HEADERS` instead
-/// moved payload into the head of every segment whose payload sits in page fragments, as a
-/// local TCP sender's and GRO's do: a new head allocated and copied per packet, for the
-/// agent's other traffic too. A pull the head already covers makes no helper call.
+/// Makes the fixed headers directly readable and writable where the hook may hold them in
+/// fragments (TC), and no more: Ethernet, IPv4 with its options, the first 20 bytes of TCP
+/// (UDP's 8 fit in them). A TCP header's options follow with [`pull_tcp_options`], once the
+/// packet proves to be the data plane's. Pulling a fixed `MAX_HEADERS` instead moved payload
+/// into the head of every segment whose payload sits in page fragments, as a local TCP
+/// sender's and GRO's do: a new head allocated and copied per packet, for the agent's other
+/// traffic too. A pull the head already covers makes no helper call.
 #[inline(always)]
 pub fn pull_headers<C: Packet>(ctx: &mut C) {
-    let len = ctx.frame_len() as u32;
-    let upto = |n: usize| if (n as u32) < len { n as u32 } else { len };
-    ctx.pull(upto(ETH_LEN + IP_MIN_LEN + TCP_MIN_LEN));
+    let fixed = ETH_LEN + IP_MIN_LEN + TCP_MIN_LEN;
+    ctx.pull(upto(ctx, fixed));
     let Ok(vihl) = read::<C, u8>(ctx, IP_VIHL_OFF) else {
         return;
     };
-    let l4_off = ETH_LEN + (vihl & 0x0f) as usize * 4;
-    if l4_off > ETH_LEN + IP_MIN_LEN {
-        ctx.pull(upto(l4_off + TCP_MIN_LEN));
+    let options = (vihl & 0x0f) as usize * 4;
+    if options > IP_MIN_LEN {
+        ctx.pull(upto(ctx, fixed - IP_MIN_LEN + options));
     }
-    let (Ok(proto), Ok(doff)) = (
-        read::<C, u8>(ctx, ETH_LEN + offset_of!(Ipv4Hdr, proto)),
-        read::<C, u8>(ctx, l4_off + TCP_DOFF_OFF),
-    ) else {
-        return;
-    };
-    let tcp_len = (doff >> 4) as usize * 4;
-    if proto == IPPROTO_TCP && tcp_len > TCP_MIN_LEN {
-        ctx.pull(upto(l4_off + tcp_len));
+}
+
+/// Makes `p`'s TCP options directly readable and writable (see [`pull_headers`]).
+#[inline(always)]
+pub fn pull_tcp_options<C: Packet>(ctx: &mut C, p: &Parsed) {
+    if p.tcp_opt_len > 0 {
+        ctx.pull(upto(ctx, p.l4_off + TCP_MIN_LEN + p.tcp_opt_len));
     }
+}
+
+/// `n`, or the packet's length where that is shorter.
+#[inline(always)]
+fn upto<C: Packet>(ctx: &C, n: usize) -> u32 {
+    let len = ctx.frame_len();
+    (if n < len { n } else { len }) as u32
 }
 
 #[inline(always)]

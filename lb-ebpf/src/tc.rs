@@ -17,7 +17,7 @@ use crate::{
     forward::{self, Route},
     maps::{count, count_traffic, may_be_ours},
     nat::{self, Hop},
-    parse::{parse, pull_headers},
+    parse::{parse, pull_headers, pull_tcp_options},
 };
 
 #[classifier]
@@ -43,6 +43,7 @@ fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
     if !may_be_ours(&p.key) {
         return Err(Stat::PassNotService);
     }
+    pull_tcp_options(&mut ctx, &p);
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     let t = conntrack::track(&ctx, &p, now)?;
