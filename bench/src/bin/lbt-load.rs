@@ -320,8 +320,28 @@ fn report(args: &Args, plan: &Plan, mut t: Tally) -> Value {
         "latency_us": {
             "p50": quantile(&t.latency_us, 0.50),
             "p99": quantile(&t.latency_us, 0.99),
+            "p99.9": quantile(&t.latency_us, 0.999),
+            "max": t.latency_us.last(),
+            // Share of all successful requests' time spent in those over 100 ms: a few long
+            // stalls (a retransmission timer) idle a closed loop where percentiles hide them.
+            "share_over_100ms": share_over(&t.latency_us, 100_000),
         },
     })
+}
+
+/// The fraction of the summed latencies that belongs to latencies above `us`.
+fn share_over(sorted: &[u32], us: u32) -> f64 {
+    let total: u64 = sorted.iter().map(|&l| u64::from(l)).sum();
+    let over: u64 = sorted
+        .iter()
+        .filter(|&&l| l > us)
+        .map(|&l| u64::from(l))
+        .sum();
+    if total == 0 {
+        0.0
+    } else {
+        over as f64 / total as f64
+    }
 }
 
 fn main() {
