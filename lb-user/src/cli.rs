@@ -113,6 +113,14 @@ pub struct RunArgs {
     #[arg(long = "xdp-redirect", value_name = "GLOB")]
     pub xdp_redirect: Vec<String>,
 
+    /// Never hand a packet straight to a task veth's peer (`bpf_redirect_peer`); redirect it
+    /// out of the veth instead, through the veth's egress hooks. For agents where something
+    /// on the `cali*` links' egress must see every packet (a policy program attached the
+    /// legacy way, as a clsact filter; veths with a tcx egress program are left out by
+    /// themselves). Costs a queue and a softirq pass per packet to a task.
+    #[arg(long)]
+    pub no_redirect_peer: bool,
+
     /// Client addresses or ranges (`10.0.0.0/8`, repeatable) allowed to open connections to
     /// every service that sets none of its own (marathon-lb's
     /// HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL, a static file's `allow`). Others' packets are

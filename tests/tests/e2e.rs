@@ -177,20 +177,7 @@ fn full_nat_over_tc_balances_tcp_and_udp_across_three_tasks() {
             .parse()
             .unwrap_or_else(|e| panic!("{dev}: {e}: {out}"))
     };
-    let pin = topo.pin_path().display().to_string();
-    let dump = topo.sh(
-        "agent",
-        &format!("bpftool -j map dump pinned {pin}/LB_PEER_IFS"),
-    );
-    let entries: Vec<Value> = serde_json::from_str(&dump).unwrap_or_else(|e| panic!("{e}: {dump}"));
-    let keys: BTreeSet<u32> = entries
-        .iter()
-        .map(|e| {
-            e["formatted"]["key"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{e}")) as u32
-        })
-        .collect();
+    let keys = peer_ifs(&topo);
     let needed: BTreeSet<u32> = ["cali-t1", "cali-t2", "eth1"].map(index).into();
     assert!(
         keys.is_superset(&needed),
@@ -256,12 +243,33 @@ fn preserve_client_ip_lets_backends_see_the_client() {
             "--hook",
             "tc",
             "--preserve-client-ip",
+            "--no-redirect-peer",
             "--config",
             &services,
         ],
         2,
     );
     balances_and_leaves_the_rest_alone(&mut topo, false);
+    // Every packet went out of the veths (plain redirects): no veth was listed for its peer.
+    assert_eq!(peer_ifs(&topo), BTreeSet::new(), "--no-redirect-peer");
+}
+
+/// The ifindexes in `LB_PEER_IFS`, from bpftool.
+fn peer_ifs(topo: &Topology) -> BTreeSet<u32> {
+    let pin = topo.pin_path().display().to_string();
+    let dump = topo.sh(
+        "agent",
+        &format!("bpftool -j map dump pinned {pin}/LB_PEER_IFS"),
+    );
+    let entries: Vec<Value> = serde_json::from_str(&dump).unwrap_or_else(|e| panic!("{e}: {dump}"));
+    entries
+        .iter()
+        .map(|e| {
+            e["formatted"]["key"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{e}")) as u32
+        })
+        .collect()
 }
 
 #[test]

@@ -54,6 +54,8 @@ pub struct Attacher {
     pub patterns: Vec<String>,
     /// Interfaces that may receive XDP redirects; empty means "the non-virtual ones".
     pub redirect_patterns: Vec<String>,
+    /// Whether TC may hand packets to task veths' peers (`LB_PEER_IFS`; `--no-redirect-peer`).
+    pub redirect_peer: bool,
     pub attached: BTreeMap<String, Attached>,
 }
 
@@ -107,7 +109,11 @@ impl Attacher {
         }
         self.attached.retain(|name, _| present.contains_key(name));
         self.write_redirect_map(&mut dp.maps.xdp_tx, &present)?;
-        let peers = ifaces::peer_veths(&present);
+        let peers = if self.redirect_peer {
+            ifaces::peer_veths(&present)
+        } else {
+            Vec::new()
+        };
         write_set(&mut dp.maps.peer_ifs, MAP_PEER_IFS, &peers)?;
         // Cached routes carry LB_XDP_TX's and LB_PEER_IFS's verdicts: none may stand.
         dp.maps.bump_route_gen()

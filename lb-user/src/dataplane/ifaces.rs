@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::{SchedClassifier, tc::TcAttachType};
 use futures_util::StreamExt as _;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -60,7 +61,8 @@ pub fn list() -> BTreeMap<String, Iface> {
 /// which the kernel refuses, dropping the packet, for any other kind of link or for a peer in
 /// this namespace). A veth's `iflink` is its peer's index; the peer is here when an interface
 /// of that index is here and names this one back. A link whose driver cannot be read is left
-/// out: the data plane then redirects to it as to any link.
+/// out: the data plane then redirects to it as to any link. So is a veth with a tcx egress
+/// program (a policy program, say): a packet handed to the peer would pass it by.
 pub fn peer_veths(present: &BTreeMap<String, Iface>) -> Vec<u32> {
     let iflink = |name: &str| -> Option<u32> {
         fs::read_to_string(Path::new("/sys/class/net").join(name).join("iflink"))
@@ -76,6 +78,10 @@ pub fn peer_veths(present: &BTreeMap<String, Iface>) -> Vec<u32> {
     let mut out: Vec<u32> = present
         .values()
         .filter(|i| driver(&i.name).as_deref() == Some("veth"))
+        .filter(|i| {
+            SchedClassifier::query_tcx(&i.name, TcAttachType::Egress)
+                .is_ok_and(|(_, progs)| progs.is_empty())
+        })
         .filter(|i| match links.get(&i.index).copied().flatten() {
             Some(peer) if peer != i.index => links.get(&peer).copied().flatten() != Some(i.index),
             _ => false,
