@@ -270,7 +270,16 @@ pub(super) fn topology_for(prefix: &str, c: Contender, xdp: bool) -> Topology {
         }
         Contender::LbXdp | Contender::LbTc | Contender::LbTcPreserve => {
             let services = services_json(&dir);
-            let mut args = vec!["--iface", "eth*", "--iface", "cali*", "--config", &services];
+            // Peer redirect on: the bench's task veths carry no egress policy.
+            let mut args = vec![
+                "--iface",
+                "eth*",
+                "--iface",
+                "cali*",
+                "--redirect-peer",
+                "--config",
+                &services,
+            ];
             match c {
                 Contender::LbXdp => args.extend(["--hook", "xdp", "--xdp-redirect", "*"]),
                 Contender::LbTcPreserve => args.extend(["--hook", "tc", "--preserve-client-ip"]),

@@ -111,6 +111,9 @@ fn read<C: Packet, T: Copy>(ctx: &C, off: usize) -> Result<T, Stat> {
 pub fn pull_headers<C: Packet>(ctx: &mut C) {
     let fixed = ETH_LEN + IP_MIN_LEN + TCP_MIN_LEN;
     ctx.pull(upto(ctx, fixed));
+    if read::<C, u16>(ctx, ETH_TYPE_OFF) != Ok(ETH_P_IP_RAW) {
+        return;
+    }
     let Ok(vihl) = read::<C, u8>(ctx, IP_VIHL_OFF) else {
         return;
     };

@@ -113,13 +113,14 @@ pub struct RunArgs {
     #[arg(long = "xdp-redirect", value_name = "GLOB")]
     pub xdp_redirect: Vec<String>,
 
-    /// Never hand a packet straight to a task veth's peer (`bpf_redirect_peer`); redirect it
-    /// out of the veth instead, through the veth's egress hooks. For agents where something
-    /// on the `cali*` links' egress must see every packet (a policy program attached the
-    /// legacy way, as a clsact filter; veths with a tcx egress program are left out by
-    /// themselves). Costs a queue and a softirq pass per packet to a task.
+    /// Hand packets bound for a task's veth straight to the task's side
+    /// (`bpf_redirect_peer`): no veth queue and no second softirq pass per packet, but the
+    /// veth's egress hooks do not see them. Use it where nothing enforces policy on the
+    /// `cali*` links' egress (Calico's eBPF data plane does; a veth that carries a tcx egress
+    /// program when the daemon looks at its links is left out by itself, a legacy clsact
+    /// filter is not seen). Off by default: packets leave through the veth.
     #[arg(long)]
-    pub no_redirect_peer: bool,
+    pub redirect_peer: bool,
 
     /// Client addresses or ranges (`10.0.0.0/8`, repeatable) allowed to open connections to
     /// every service that sets none of its own (marathon-lb's

@@ -151,7 +151,15 @@ fn full_nat_over_tc_balances_tcp_and_udp_across_three_tasks() {
         &mut topo,
         "lb",
         &[
-            "--iface", "eth*", "--iface", "cali*", "--hook", "tc", "--config", &services,
+            "--iface",
+            "eth*",
+            "--iface",
+            "cali*",
+            "--hook",
+            "tc",
+            "--redirect-peer",
+            "--config",
+            &services,
         ],
         2,
     );
@@ -243,15 +251,14 @@ fn preserve_client_ip_lets_backends_see_the_client() {
             "--hook",
             "tc",
             "--preserve-client-ip",
-            "--no-redirect-peer",
             "--config",
             &services,
         ],
         2,
     );
     balances_and_leaves_the_rest_alone(&mut topo, false);
-    // Every packet went out of the veths (plain redirects): no veth was listed for its peer.
-    assert_eq!(peer_ifs(&topo), BTreeSet::new(), "--no-redirect-peer");
+    // Without --redirect-peer every packet goes out of the veths: none is listed for its peer.
+    assert_eq!(peer_ifs(&topo), BTreeSet::new(), "no --redirect-peer");
 }
 
 /// The ifindexes in `LB_PEER_IFS`, from bpftool.

@@ -240,7 +240,7 @@ impl Daemon {
             hook: args.hook.into(),
             patterns: args.ifaces.clone(),
             redirect_patterns: args.xdp_redirect.clone(),
-            redirect_peer: !args.no_redirect_peer,
+            redirect_peer: args.redirect_peer,
             attached: Default::default(),
         };
         attacher.reconcile(&mut dp)?;

@@ -54,7 +54,7 @@ pub struct Attacher {
     pub patterns: Vec<String>,
     /// Interfaces that may receive XDP redirects; empty means "the non-virtual ones".
     pub redirect_patterns: Vec<String>,
-    /// Whether TC may hand packets to task veths' peers (`LB_PEER_IFS`; `--no-redirect-peer`).
+    /// Whether TC may hand packets to task veths' peers (`LB_PEER_IFS`; `--redirect-peer`).
     pub redirect_peer: bool,
     pub attached: BTreeMap<String, Attached>,
 }
@@ -108,15 +108,18 @@ impl Attacher {
             }
         }
         self.attached.retain(|name, _| present.contains_key(name));
-        self.write_redirect_map(&mut dp.maps.xdp_tx, &present)?;
         let peers = if self.redirect_peer {
             ifaces::peer_veths(&present)
         } else {
             Vec::new()
         };
-        write_set(&mut dp.maps.peer_ifs, MAP_PEER_IFS, &peers)?;
-        // Cached routes carry LB_XDP_TX's and LB_PEER_IFS's verdicts: none may stand.
-        dp.maps.bump_route_gen()
+        let written = self
+            .write_redirect_map(&mut dp.maps.xdp_tx, &present)
+            .and_then(|()| write_set(&mut dp.maps.peer_ifs, MAP_PEER_IFS, &peers));
+        // Cached routes carry LB_XDP_TX's and LB_PEER_IFS's verdicts: none may stand, also
+        // when a write failed half-way.
+        dp.maps.bump_route_gen()?;
+        written
     }
 
     fn write_redirect_map(

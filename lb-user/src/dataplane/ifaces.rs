@@ -115,7 +115,8 @@ fn driver(name: &str) -> Option<String> {
     if name.len() >= libc::IFNAMSIZ {
         return None;
     }
-    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+    // Any socket takes the ioctl; unbound, it needs no address (nor `lo` up).
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
     // SAFETY: all-zero is a valid value of both plain C structs.
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
