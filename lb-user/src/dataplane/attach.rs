@@ -1,7 +1,11 @@
 //! Attaching the programs to every interface that matches `--iface`, including ones that
 //! appear later, through pinned BPF links: a link outlives the daemon, and a new daemon
 //! swaps the program inside it atomically instead of detaching the interface.
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -257,10 +261,12 @@ pub fn detach_all(layout: &PinLayout) -> Result<Vec<String>> {
 
 /// Makes a `u32 ifindex -> 1` map (`LB_XDP_TX`, `LB_PEER_IFS`) hold exactly `want`.
 fn write_set(map: &mut HashMap<MapData, u32, u32>, name: &str, want: &[u32]) -> Result<()> {
+    // A set: an agent may have thousands of task veths, and `stale` asks of each key.
+    let wanted: BTreeSet<u32> = want.iter().copied().collect();
     let stale: Vec<u32> = map
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| !want.contains(k))
+        .filter(|k| !wanted.contains(k))
         .collect();
     for k in stale {
         let _ = map.remove(&k);
