@@ -61,18 +61,19 @@ fn try_lb_tc(mut ctx: TcContext) -> Result<i32, Stat> {
     };
     nat::rewrite(&mut ctx, &p, flow, hop, now)?;
     let action = match route {
-        Route::Neighbour { ifindex, .. } if peer => {
+        Route::Neighbour { ifindex, .. } => {
             count(Stat::Redirect);
             // A veth whose peer is in another namespace (`LB_PEER_IFS`): the packet enters
             // the peer's ingress at once, where a redirect to the veth would queue it for
             // another softirq pass. Only from TC ingress, which this program is.
-            // SAFETY: plain helper call.
-            unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
-        }
-        Route::Neighbour { ifindex, .. } => {
-            count(Stat::Redirect);
-            // SAFETY: plain helper call.
-            unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as i32 }
+            // SAFETY: plain helper calls.
+            unsafe {
+                if peer {
+                    bpf_redirect_peer(ifindex, 0) as i32
+                } else {
+                    aya_ebpf::helpers::bpf_redirect(ifindex, 0) as i32
+                }
+            }
         }
         Route::NoNeighbour { ifindex } => {
             count(Stat::Redirect);
