@@ -380,18 +380,18 @@ fn wrk_spread(
     close: bool,
 ) -> Result<Wrk, String> {
     let n = LOADERS;
-    let results: Vec<Result<Wrk, String>> = thread::scope(|s| {
+    let results: Vec<(SocketAddrV4, Result<Wrk, String>)> = thread::scope(|s| {
         let runs: Vec<_> = (0..n)
             .map(|i| {
                 let t = targets[i as usize % targets.len()];
                 // The remainder goes to the first loaders: 32 over 3 is 11, 11, 10.
                 let c = conns / n + u32::from(i < conns % n);
                 let url = format!("http://{t}/");
-                s.spawn(move || wrk(topo, &url, c, secs, close))
+                (t, s.spawn(move || wrk(topo, &url, c, secs, close)))
             })
             .collect();
         runs.into_iter()
-            .map(|r| r.join().expect("a wrk thread panicked"))
+            .map(|(t, r)| (t, r.join().expect("a wrk thread panicked")))
             .collect()
     });
     let mut sum = Wrk {
@@ -401,8 +401,7 @@ fn wrk_spread(
         errors: None,
     };
     let mut errors = Vec::new();
-    for (i, r) in results.into_iter().enumerate() {
-        let t = targets[i % targets.len()];
+    for (t, r) in results {
         let w = r?;
         sum.rps += w.rps;
         if let Some(e) = w.errors {

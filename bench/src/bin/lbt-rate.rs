@@ -118,11 +118,12 @@ async fn worker(
         sleep_until(due).await;
         let counted = due >= from;
         // Late by more than the timer's slack, the program itself is behind: that counts.
-        let late = Instant::now().saturating_duration_since(due);
+        let now = Instant::now();
+        let late = now.saturating_duration_since(due);
         let sent_at = if free_at > due || late > TIMER_SLACK {
             due
         } else {
-            Instant::now()
+            now
         };
         let result = async {
             if conn.is_none() {
