@@ -25,7 +25,13 @@ use lb_tests::{
     packets::{Pkt, TCP_ACK, TCP_PSH, TCP_SYN},
 };
 use lb_user::{
-    dataplane::{Dataplane, ifaces, loader::Capacities},
+    dataplane::{
+        Dataplane,
+        fast_dns::FastRecords,
+        ifaces,
+        loader::{Capacities, FastDns},
+    },
+    dns::zone::{Records, Zone},
     services::{Balance, Desired, Listener, Protocol, ServiceSpec},
 };
 use serde_json::json;
@@ -36,7 +42,7 @@ use super::{
 };
 
 const NS: &str = "lbb-pkt";
-use lb_tests::packets::verdict::{TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT};
+use lb_tests::packets::verdict::{TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 /// The scale run's tables.
 const SCALE_SERVICES: u32 = 10_000;
@@ -120,8 +126,8 @@ struct Plane {
 
 impl Plane {
     /// Loads the object at `caps`; `setup` writes its tables.
-    fn load(caps: Capacities, setup: impl FnOnce(&mut Dataplane)) -> Self {
-        let mut dp = Dataplane::load(caps, None).expect("load the data plane");
+    fn load(caps: Capacities, dns: Option<FastDns>, setup: impl FnOnce(&mut Dataplane)) -> Self {
+        let mut dp = Dataplane::load_with_dns(caps, None, dns).expect("load the data plane");
         for name in ["bench_noop", "bench_redirect", "bench_drop"] {
             let p: &mut Xdp = dp.ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
@@ -191,6 +197,8 @@ enum Case {
     Reply,
     Udp,
     NotService,
+    DnsAnswer,
+    DnsToServer,
 }
 
 impl Case {
@@ -212,6 +220,8 @@ impl Case {
             Case::Reply => "reply (backend → client)",
             Case::Udp => "UDP datagram, known flow",
             Case::NotService => "not a service (passed)",
+            Case::DnsAnswer => "DNS A query, answered in place (3 addresses)",
+            Case::DnsToServer => "DNS A query for a name not held (passed to the server)",
         }
     }
 }
@@ -308,12 +318,8 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
         Case::Reply => (hook.lb(), Some(reply.bytes()), hook.forwarded()),
         Case::Udp => (hook.lb(), Some(udp.bytes()), hook.forwarded()),
         Case::NotService => (hook.lb(), Some(pk.not_service().bytes()), hook.passed()),
+        Case::DnsAnswer | Case::DnsToServer => unreachable!("measured by dns_cases"),
     };
-    let mut verdicts = BTreeMap::new();
-    let mut run_medians = Vec::new();
-    let mut run_ratios = Vec::new();
-    let mut samples = Vec::with_capacity(effort.calls);
-    let mut floors = Vec::with_capacity(effort.calls);
     let paired = case != Case::Noop;
     let syn_port = if case == Case::NewFlowLeastConn {
         pk.leastconn_port
@@ -321,37 +327,30 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
         pk.tcp_port
     };
     let mut n = 0usize;
+    let mut timed = Timed::default();
     for _ in 0..effort.runs {
-        samples.clear();
-        floors.clear();
-        for _ in 0..effort.calls {
-            let syn = fixed.is_none().then(|| {
-                n += 1;
-                pk.syn(syn_port, n - 1)
-            });
-            let bytes = match (&fixed, &syn) {
-                (Some(b), _) => b.clone(),
-                (None, Some(syn)) => syn.bytes(),
-                (None, None) => unreachable!("a SYN is built when no fixed packet is"),
-            };
-            if paired {
-                floors.push(plane.run(hook.noop(), &bytes, 1).1 as f64);
-            }
-            let (v, ns) = plane.run(prog, &bytes, 1);
-            if let Some(syn) = &syn {
-                // Not timed: the next SYN must find the table as this one did.
-                plane.forget(&key(syn));
-            }
-            *verdicts.entry(verdict_name(hook, v)).or_insert(0) += 1;
-            samples.push(ns as f64);
-        }
-        samples.sort_by(f64::total_cmp);
-        let median = super::report::median_sorted(&samples);
-        run_medians.push(median);
-        if paired {
-            floors.sort_by(f64::total_cmp);
-            run_ratios.push(median / super::report::median_sorted(&floors).max(1.0));
-        }
+        timed.run(
+            plane,
+            hook,
+            prog,
+            paired,
+            effort.calls,
+            |plane| match &fixed {
+                Some(b) => b.clone(),
+                None => {
+                    // The previous SYN's flow goes first (untimed): the next SYN must find
+                    // the table as that one did.
+                    if n > 0 {
+                        plane.forget(&key(&pk.syn(syn_port, n - 1)));
+                    }
+                    n += 1;
+                    pk.syn(syn_port, n - 1).bytes()
+                }
+            },
+        );
+    }
+    if fixed.is_none() && n > 0 {
+        plane.forget(&key(&pk.syn(syn_port, n - 1)));
     }
     // The kernel's own loop is valid only where the program leaves the packet as it found it.
     let hot_loop = match (case, &fixed) {
@@ -363,13 +362,132 @@ fn measure(plane: &mut Plane, hook: Hook, case: Case, pk: &Packets, effort: &Eff
         }
         _ => None,
     };
-    Measured {
-        per_call: Spread::of(&run_medians),
-        paired_ratio: paired.then(|| Spread::of(&run_ratios)),
-        hot_loop,
-        verdicts,
-        expected: verdict_name(hook, expected),
+    timed.measured(paired, hot_loop, verdict_name(hook, expected))
+}
+
+/// Per-call timings of one case over runs: each run's median duration, and its median over
+/// the no-op calls interleaved with it.
+#[derive(Default)]
+struct Timed {
+    run_medians: Vec<f64>,
+    run_ratios: Vec<f64>,
+    verdicts: BTreeMap<String, usize>,
+}
+
+impl Timed {
+    /// One run of `calls` calls of `prog`, each on the bytes `next` builds (untimed), each
+    /// after the no-op program on the same bytes when `paired`.
+    fn run(
+        &mut self,
+        plane: &mut Plane,
+        hook: Hook,
+        prog: &str,
+        paired: bool,
+        calls: usize,
+        mut next: impl FnMut(&mut Plane) -> Vec<u8>,
+    ) {
+        let mut samples = Vec::with_capacity(calls);
+        let mut floors = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let bytes = next(plane);
+            if paired {
+                floors.push(plane.run(hook.noop(), &bytes, 1).1 as f64);
+            }
+            let (v, ns) = plane.run(prog, &bytes, 1);
+            *self.verdicts.entry(verdict_name(hook, v)).or_insert(0) += 1;
+            samples.push(ns as f64);
+        }
+        samples.sort_by(f64::total_cmp);
+        let median = super::report::median_sorted(&samples);
+        self.run_medians.push(median);
+        if paired {
+            floors.sort_by(f64::total_cmp);
+            self.run_ratios
+                .push(median / super::report::median_sorted(&floors).max(1.0));
+        }
     }
+
+    fn measured(self, paired: bool, hot_loop: Option<Spread>, expected: String) -> Measured {
+        Measured {
+            per_call: Spread::of(&self.run_medians),
+            paired_ratio: paired.then(|| Spread::of(&self.run_ratios)),
+            hot_loop,
+            verdicts: self.verdicts,
+            expected,
+        }
+    }
+}
+
+/// The DNS fast path's port and its names: `DNS_NAMES` hold three addresses each.
+const DNS_PORT: u16 = 53;
+const DNS_NAMES: usize = 1_000;
+
+/// A standard A query for `name` with an EDNS0 OPT record (as dig and dnsperf send), from the
+/// client to the agent's DNS port.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    q.extend([0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
+    let mut p = Pkt::udp(
+        sa("10.0.0.2:41000"),
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), DNS_PORT),
+    );
+    p.payload = q;
+    p.bytes()
+}
+
+/// The XDP program with the DNS fast path on (`--dns-fast-path`), `DNS_NAMES` names in
+/// `LB_DNS_A` as the daemon writes them: a query answered in place, and one for a name the map
+/// does not hold, which goes to the userspace server. A plane of its own, so that the other
+/// cases run the program as it is built without the fast path.
+fn dns_cases(effort: &Effort) -> Vec<(Hook, Case, Measured)> {
+    let dns = FastDns {
+        addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
+        port: DNS_PORT,
+        ttl: 5,
+    };
+    let name = |i: usize| format!("app{i:04}.marathon.mesos");
+    let mut plane = Plane::load(Capacities::default(), Some(dns), |dp| {
+        let mut zone = Zone {
+            domain: "mesos".into(),
+            ..Zone::default()
+        };
+        for i in 0..DNS_NAMES {
+            let a = (1..=3)
+                .map(|t| Ipv4Addr::new(192, 168, (i / 250) as u8, (i % 250) as u8 + t))
+                .collect();
+            zone.names.insert(name(i), Records { a, srv: vec![] });
+        }
+        let mut fast = FastRecords::adopt(&dp.maps);
+        fast.sync(&mut dp.maps, &zone).expect("write LB_DNS_A");
+    });
+    let mut out = Vec::new();
+    for (case, expected) in [(Case::DnsAnswer, XDP_TX), (Case::DnsToServer, XDP_PASS)] {
+        let mut timed = Timed::default();
+        let mut i = 0usize;
+        for _ in 0..effort.runs {
+            timed.run(&mut plane, Hook::Xdp, "lb_xdp", true, effort.calls, |_| {
+                i += 1;
+                // Cycling through the names, as dnsperf does.
+                let asked = match case {
+                    Case::DnsAnswer => name(i % DNS_NAMES),
+                    _ => format!("gone{:04}.marathon.mesos", i % DNS_NAMES),
+                };
+                dns_query(i as u16, &asked)
+            });
+        }
+        out.push((
+            Hook::Xdp,
+            case,
+            timed.measured(true, None, verdict_name(Hook::Xdp, expected)),
+        ));
+    }
+    out
 }
 
 /// A small table set through the daemon's own `Dataplane::apply`: what `prog_test_run.rs` uses.
@@ -395,7 +513,7 @@ fn small_plane() -> Plane {
             .collect(),
         ..svc(10002, Protocol::Tcp)
     };
-    Plane::load(Capacities::default(), |dp| {
+    Plane::load(Capacities::default(), None, |dp| {
         let services = vec![
             svc(10000, Protocol::Tcp),
             svc(10001, Protocol::Udp),
@@ -415,7 +533,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
         flow_entries: 2 * SCALE_FLOWS + 262_144,
     };
     let t = Instant::now();
-    let mut p = Plane::load(caps, |_| {});
+    let mut p = Plane::load(caps, None, |_| {});
     report_setup.push((
         "load with raised capacities".into(),
         t.elapsed().as_secs_f64(),
@@ -761,6 +879,7 @@ pub fn run(effort: &Effort, report: &mut Report) {
                 small.push((hook, case, m));
             }
         }
+        small.extend(dns_cases(&e));
         let live = live_frames(&mut plane, &e);
         drop(plane);
         let mut setup = Vec::new();

@@ -14,20 +14,22 @@
 //! pointer `0xc00c`), rotated from a random start, authoritative, with an OPT record of
 //! 1,232 bytes (and no options) when the query had one. The UDP checksum is left at zero, which
 //! IPv4 allows, so the answer costs no pass over its bytes.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::xdp_action::XDP_TX,
     helpers::{
         bpf_get_prandom_u32, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
-        generated::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+        generated::bpf_xdp_load_bytes,
     },
     programs::XdpContext,
 };
-use lb_common::{DNS_ADDRS_MAX, DNS_NAME_MAX, DnsStat, IPPROTO_UDP, Stat};
+use lb_common::{DNS_ADDRS_MAX, DNS_NAME_MAX, DnsName, DnsStat, IPPROTO_UDP, Stat};
 
 use crate::{
     context::{Packet, ptr_at},
     maps::{LB_DNS_A, LB_XDP_TX, count_dns},
-    mem::{write_bytes, zero_name},
+    mem::{NAME_WORDS, NameSlot, write_bytes, zero_name},
     parse::{ETH_LEN, Parsed},
 };
 
@@ -62,40 +64,117 @@ const EDNS_UDP_SIZE: u16 = 1232;
 const MAX_GROWTH: usize = 255;
 const _: () = assert!(DNS_ADDRS_MAX * ANSWER_LEN + OPT_LEN <= MAX_GROWTH);
 
-/// Moves the `len` bytes (at most 127) at `from` to the frame's start, through `buf` in two
-/// pieces, lowest first (so the second is read before anything overwrites it): each piece two
-/// helper calls, a memcpy in the kernel each, where an inline copy costs two instructions a
-/// byte. `buf` is the name's key, no longer needed (the stack has no room for another).
+/// The length of the wire-format name at the start of `raw`, root label included, if its end
+/// lies within the first `loaded` bytes: labels only (a compression pointer or a reserved
+/// label type sends the query to the server). A label is at least one byte behind its length,
+/// so a name of `DNS_NAME_MAX` bytes has fewer than `DNS_NAME_MAX / 2` labels.
 #[inline(always)]
-fn move_to_start(
-    ctx: &XdpContext,
-    from: usize,
-    len: usize,
-    buf: &mut [u8; DNS_NAME_MAX],
-) -> Option<()> {
-    let len = len & 127;
-    let first = if len > DNS_NAME_MAX {
-        DNS_NAME_MAX
-    } else {
-        len
-    };
-    let second = (len - first) & (DNS_NAME_MAX - 1);
-    for (at, n) in [(0, first), (DNS_NAME_MAX, second)] {
-        if n == 0 {
-            continue;
-        }
-        // SAFETY: the buffer holds DNS_NAME_MAX bytes and n is at most that; the helpers check
-        // the offsets against the frame.
-        let moved = unsafe {
-            let b = buf.as_mut_ptr().cast();
-            bpf_xdp_load_bytes(ctx.ctx, (from + at) as u32, b, n as u32) == 0
-                && bpf_xdp_store_bytes(ctx.ctx, at as u32, b, n as u32) == 0
-        };
-        if !moved {
+fn name_len(raw: &DnsName, loaded: usize) -> Option<usize> {
+    let mut i = 0usize;
+    for _ in 0..DNS_NAME_MAX / 2 {
+        if i >= loaded {
             return None;
         }
+        let len = *raw.wire.get(i)? as usize;
+        if len == 0 {
+            return Some(i + 1);
+        }
+        if len > 63 {
+            return None;
+        }
+        i += len + 1;
     }
+    None
+}
+
+/// Eight bytes with `A`–`Z` made lowercase and every other byte as it was (label lengths are at
+/// most 63, below `A`, so a whole name is lowered at once), without a branch or a byte loop.
+#[inline(always)]
+fn lower8(x: u64) -> u64 {
+    const ONES: u64 = u64::MAX / 0xff;
+    let low7 = x & (0x7f * ONES);
+    // The top bit of each byte: its low seven bits are at least `A`, and above `Z`.
+    let from_a = low7 + (0x80 - b'A' as u64) * ONES;
+    let past_z = low7 + (0x7f - b'Z' as u64) * ONES;
+    let upper = from_a & !past_z & !x & (0x80 * ONES);
+    x | upper >> 2
+}
+
+/// Turns the name of `len` bytes in `slot` into the map's key: lowered, and zero after its
+/// end, a word at a time.
+#[inline(always)]
+fn make_key(slot: &mut NameSlot, len: usize) {
+    let words = slot.words_mut();
+    let mut w = 0;
+    while w < NAME_WORDS {
+        let at = w * 8;
+        // The bytes of this word before the name's end (memory order: the low bytes first).
+        let keep = if len >= at + 8 {
+            u64::MAX
+        } else if len <= at {
+            0
+        } else {
+            (1u64 << ((len - at) * 8)) - 1
+        };
+        words[w] = lower8(words[w]) & keep.to_le();
+        w += 1;
+    }
+}
+
+/// The most bytes `move_down` moves: the headers and a question of the longest name.
+const MAX_MOVE: usize = NAME_OFF + DNS_NAME_MAX + QTAIL;
+const _: () = assert!(MAX_MOVE < 128);
+
+/// Moves the first `len` bytes (8 to `MAX_MOVE`) at `by` bytes into the frame down to its
+/// start, eight at a time, lowest first: the copy goes to lower addresses, so no word is
+/// overwritten before it is read. The last eight bytes are read before anything is written
+/// and written last, so a length that is no multiple of eight needs no byte loop (a one-byte
+/// bounds check compiles to a comparison the verifier takes as proving nothing). Inline
+/// copies, where four helper calls (a load and a store per 64-byte piece, through the stack)
+/// cost more than the move.
+#[inline(always)]
+fn move_down(ctx: &XdpContext, by: usize, len: usize) -> Option<()> {
+    if !(8..=MAX_MOVE).contains(&len) {
+        return None;
+    }
+    // Masked (a no-op: MAX_MOVE is under 128) so that the offset stays one variable: the
+    // verifier refuses a packet pointer with a negative constant part.
+    let tail = (len - 8) & 127;
+    let last: *const u64 = checked(ctx, by + tail)?;
+    // SAFETY: checked against the frame. Word accesses on purpose, though the frame's words
+    // need not be aligned: `read_unaligned` compiles to eight byte loads and shifts on the BPF
+    // backend, and the kernel takes packet accesses at any alignment where the architecture
+    // has efficient unaligned access (x86-64, arm64), as the verifier checks.
+    let last = unsafe { *last };
+    let mut at = 0usize;
+    for _ in 0..MAX_MOVE / 8 {
+        if at + 8 > len {
+            break;
+        }
+        let from: *const u64 = checked(ctx, by + at)?;
+        let to: *mut u64 = checked(ctx, at)?;
+        // SAFETY: as above.
+        unsafe { *to = *from };
+        at += 8;
+    }
+    let to: *mut u64 = checked(ctx, tail)?;
+    // SAFETY: as above.
+    unsafe { *to = last };
     Some(())
+}
+
+/// `ptr_at` with the frame's end read again, volatile, so that the compiler keeps every such
+/// check: it would drop one it takes as implied by another (a word below one already checked),
+/// which the verifier cannot follow, as it does not relate two variable offsets.
+#[inline(always)]
+fn checked<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    // SAFETY: a read of the program's context.
+    let end = unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) } as usize;
+    let start = ctx.data();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
 }
 
 #[inline(always)]
@@ -175,38 +254,30 @@ fn try_answer(ctx: &mut XdpContext, p: &Parsed) -> Result<u32, NotHere> {
     {
         return Err(Pass);
     }
-    // The name, lowercased into the map's key; labels only (no compression).
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let key = zero_name(&mut slot);
-    let mut name_len = 0usize;
-    let mut left = 0u8;
-    let mut i = 0usize;
-    while i < DNS_NAME_MAX {
-        let b: *const u8 = ptr_at(ctx, NAME_OFF + i).ok_or(Pass)?;
-        // SAFETY: as above.
-        let b = unsafe { *b };
-        let Some(slot) = key.wire.get_mut(i) else {
-            return Err(Pass);
-        };
-        if left == 0 {
-            if b == 0 {
-                name_len = i + 1;
-                break;
-            }
-            if b > 63 {
-                return Err(Pass);
-            }
-            left = b;
-            *slot = b;
-        } else {
-            *slot = b.to_ascii_lowercase();
-            left -= 1;
-        }
-        i += 1;
-    }
-    if name_len == 0 {
+    // The name's first DNS_NAME_MAX bytes at most, by one helper call (the parser made sure
+    // the frame holds the IP datagram), made the map's key in place.
+    let datagram_end = ETH_LEN + p.tot_len as usize;
+    if datagram_end <= NAME_OFF {
         return Err(Pass);
     }
+    let loaded = (datagram_end - NAME_OFF).min(DNS_NAME_MAX);
+    let mut slot = MaybeUninit::uninit();
+    let key = zero_name(&mut slot);
+    // SAFETY: the slot holds DNS_NAME_MAX bytes and `loaded` is at most that; the helper
+    // checks the offset and length against the frame.
+    if unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            NAME_OFF as u32,
+            key.name_mut().wire.as_mut_ptr().cast(),
+            loaded as u32,
+        )
+    } != 0
+    {
+        return Err(Pass);
+    }
+    let name_len = name_len(key.name(), loaded).ok_or(Pass)?;
+    make_key(key, name_len);
     let q: *const [u8; QTAIL] = ptr_at(ctx, NAME_OFF + name_len).ok_or(Pass)?;
     // SAFETY: as above.
     let q = unsafe { *q };
@@ -226,11 +297,11 @@ fn try_answer(ctx: &mut XdpContext, p: &Parsed) -> Result<u32, NotHere> {
         }
         end += OPT_LEN + be16(o[9], o[10]) as usize;
     }
-    if end != UDP_OFF + udp_len || UDP_OFF + udp_len != ETH_LEN + p.tot_len as usize {
+    if end != UDP_OFF + udp_len || end != datagram_end {
         return Err(Pass);
     }
     // SAFETY: read-only lookup; the value is copied before the packet changes.
-    let rec = match unsafe { LB_DNS_A.get(&*key) } {
+    let rec = match unsafe { LB_DNS_A.get(key.name()) } {
         Some(r) => *r,
         None => return Err(Pass),
     };
@@ -257,7 +328,7 @@ fn try_answer(ctx: &mut XdpContext, p: &Parsed) -> Result<u32, NotHere> {
             return Err(Pass);
         }
         let grown = delta as usize & MAX_GROWTH;
-        move_to_start(ctx, grown, NAME_OFF + name_len + QTAIL, &mut key.wire).ok_or(Drop)?;
+        move_down(ctx, grown, NAME_OFF + name_len + QTAIL).ok_or(Drop)?;
     } else {
         // One way for a shrink and for no change (one path less for the verifier to walk).
         // SAFETY: the helper checks the new length; shrinking always fits.

@@ -6,23 +6,51 @@ use core::{mem::MaybeUninit, ptr};
 
 use lb_common::{DNS_NAME_MAX, DnsName};
 
-/// Room for a DNS name on an 8-byte boundary (`zero_name`).
+/// Words in a DNS name.
+pub const NAME_WORDS: usize = DNS_NAME_MAX / 8;
+
+/// Room for a DNS name on an 8-byte boundary, so that it can be read and written a word at a
+/// time (`zero_name`, `words`).
 #[repr(C, align(8))]
 pub struct NameSlot(DnsName);
 
-/// Zeroes `slot` a word at a time, in place, and hands out the name in it. (A zeroed value
-/// returned and copied is a memset again: the optimizer sees the zeros through the copy.)
+impl NameSlot {
+    #[inline(always)]
+    pub fn name(&self) -> &DnsName {
+        &self.0
+    }
+
+    #[inline(always)]
+    pub fn name_mut(&mut self) -> &mut DnsName {
+        &mut self.0
+    }
+
+    #[inline(always)]
+    pub fn words(&self) -> &[u64; NAME_WORDS] {
+        // SAFETY: the slot is 8-aligned and DNS_NAME_MAX bytes long; any bytes make words.
+        unsafe { &*(self as *const Self).cast() }
+    }
+
+    #[inline(always)]
+    pub fn words_mut(&mut self) -> &mut [u64; NAME_WORDS] {
+        // SAFETY: as in `words`; any words make a DnsName.
+        unsafe { &mut *(self as *mut Self).cast() }
+    }
+}
+
+/// Zeroes `slot` a word at a time, in place, and hands it out. (A zeroed value returned and
+/// copied is a memset again: the optimizer sees the zeros through the copy.)
 #[inline(always)]
-pub fn zero_name(slot: &mut MaybeUninit<NameSlot>) -> &mut DnsName {
+pub fn zero_name(slot: &mut MaybeUninit<NameSlot>) -> &mut NameSlot {
     let p = slot.as_mut_ptr().cast::<u64>();
     let mut i = 0;
-    while i < DNS_NAME_MAX / 8 {
+    while i < NAME_WORDS {
         // SAFETY: within the slot, which is 8-aligned and DNS_NAME_MAX bytes long.
         unsafe { ptr::write_volatile(p.add(i), 0) };
         i += 1;
     }
     // SAFETY: every byte written; any bytes make a DnsName.
-    unsafe { &mut slot.assume_init_mut().0 }
+    unsafe { slot.assume_init_mut() }
 }
 
 /// Writes `bytes` at `to` one at a time, inline (an array literal's zeros, written whole,
