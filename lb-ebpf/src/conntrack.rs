@@ -7,7 +7,7 @@ use aya_log_ebpf::warn;
 use lb_common::{
     Backend, BackendKey, CFG_F_PRESERVE_CLIENT_IP, Config, FLOW_F_BACKEND_CLOSED_FIRST,
     FLOW_F_CLOSED, FLOW_F_CLOSING, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_LEAST_CONN,
-    FLOW_F_REPLY, FLOW_F_TS, FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, LEASTCONN_SCAN,
+    FLOW_F_REPLY, FLOW_F_TS_INIT, Flow, FlowKey, IPPROTO_TCP, LEASTCONN_SCAN,
     MAX_BACKENDS_PER_SERVICE, NAT_PORT_TRIES, SVC_F_AFFINITY_SOURCE, SVC_F_ALLOW_LIST,
     SVC_F_LEAST_CONN, Service, ServiceKey, Stat,
 };
@@ -32,9 +32,10 @@ pub struct Tracked {
 }
 
 /// Returns the flow for this packet: an existing one, or a new one if the packet opens a
-/// connection to a service. `Err` says why the packet is not (or cannot be) balanced.
+/// connection to a service. `Err` says why the packet is not (or cannot be) balanced. The
+/// context only says which hook runs (a refused connection is the hook's to answer).
 #[inline(always)]
-pub fn track<C: Packet>(ctx: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> {
+pub fn track<C: Packet>(_hook: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> {
     let cfg = config();
     if let Some(entry) = LB_FLOWS.get_ptr_mut(&p.key) {
         // SAFETY: the map hands out a pointer to a live element; we copy it out.
@@ -100,7 +101,7 @@ pub fn track<C: Packet>(ctx: &C, p: &Parsed, now: u64) -> Result<Tracked, Stat> 
     if p.key.proto == IPPROTO_TCP && !p.is_tcp_open() {
         return Err(Stat::PassMidstream);
     }
-    create(ctx, p, &service, &cfg, now).map(|flow| Tracked { flow, entry: None })
+    create::<C>(p, &service, &cfg, now).map(|flow| Tracked { flow, entry: None })
 }
 
 /// Exact (address, port, protocol) first; then the wildcard, if the address is the agent's.
@@ -286,13 +287,7 @@ fn claim_reply(rkey: &FlowKey, reply: &Flow, cfg: &Config, now: u64, reopen: boo
 }
 
 #[inline(always)]
-fn create<C: Packet>(
-    ctx: &C,
-    p: &Parsed,
-    service: &Service,
-    cfg: &Config,
-    now: u64,
-) -> Result<Flow, Stat> {
+fn create<C: Packet>(p: &Parsed, service: &Service, cfg: &Config, now: u64) -> Result<Flow, Stat> {
     if service.count == 0 {
         return Err(refuse::<C>(service.id));
     }

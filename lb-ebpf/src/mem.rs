@@ -10,7 +10,7 @@ use lb_common::{DNS_NAME_MAX, DnsName};
 pub const NAME_WORDS: usize = DNS_NAME_MAX / 8;
 
 /// Room for a DNS name on an 8-byte boundary, so that it can be read and written a word at a
-/// time (`zero_name`, `words`).
+/// time (`zero_name`, `words_mut`).
 #[repr(C, align(8))]
 pub struct NameSlot(DnsName);
 
@@ -26,14 +26,8 @@ impl NameSlot {
     }
 
     #[inline(always)]
-    pub fn words(&self) -> &[u64; NAME_WORDS] {
-        // SAFETY: the slot is 8-aligned and DNS_NAME_MAX bytes long; any bytes make words.
-        unsafe { &*(self as *const Self).cast() }
-    }
-
-    #[inline(always)]
     pub fn words_mut(&mut self) -> &mut [u64; NAME_WORDS] {
-        // SAFETY: as in `words`; any words make a DnsName.
+        // SAFETY: the slot is 8-aligned and DNS_NAME_MAX bytes long; any words make a DnsName.
         unsafe { &mut *(self as *mut Self).cast() }
     }
 }

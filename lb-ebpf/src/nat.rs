@@ -1,7 +1,7 @@
 //! Address and port rewriting with incremental checksum updates: the IPv4 header checksum
 //! by hand (it is always complete), TCP/UDP through the hook, which knows the skb's state.
 use lb_common::{
-    FLOW_F_REPLY, FLOW_F_TS, FLOW_F_TS_INIT, Flow, FlowKey, Stat, TS_CLOCK_SHIFT,
+    FLOW_F_REPLY, FLOW_F_TS, FLOW_F_TS_INIT, Flow, Stat, TS_CLOCK_SHIFT,
     csum::{self, Diff},
     tcpopt::{TSECR_OFF, TSVAL_OFF},
 };

@@ -13,7 +13,6 @@ use lb_common::Stat;
 
 use crate::{
     conntrack,
-    context::Packet,
     forward::{self, Route},
     maps::{count, count_traffic, may_be_ours},
     nat::{self, Hop},
