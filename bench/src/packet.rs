@@ -531,6 +531,7 @@ fn scale_plane(report_setup: &mut Vec<(String, f64)>) -> (Plane, Packets) {
         backend_slots: 1_048_576 + 4_096,
         backend_ids: 1_048_576 + 4_096,
         flow_entries: 2 * SCALE_FLOWS + 262_144,
+        ..Capacities::default()
     };
     let t = Instant::now();
     let mut p = Plane::load(caps, None, |_| {});

@@ -561,7 +561,7 @@ mod pod {
 pub const DNS_NAME_MAX: usize = 64;
 /// Most A records in one answer of the fast path.
 pub const DNS_ADDRS_MAX: usize = 8;
-/// Names the fast path can hold.
+/// Names the fast path holds by default (`lb run --max-dns-names`).
 pub const MAX_DNS_NAMES: u32 = 65_536;
 
 /// A name in DNS wire format (lowercase labels behind their length bytes, the root's zero),
@@ -605,7 +605,8 @@ pub const DNS_STAT_COUNT: u32 = DnsStat::ToServer as u32 + 1;
 // ---- The map table -------------------------------------------------------------
 
 /// How many entries a map holds: fixed by this build, or one of the capacities the daemon
-/// chooses at load time (`lb run --max-services`, `--max-backends`, `--max-flows`).
+/// chooses at load time (`lb run --max-services`, `--max-backends`, `--max-flows`,
+/// `--max-dns-names`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapSize {
     Fixed(u32),
@@ -613,6 +614,7 @@ pub enum MapSize {
     BackendSlots,
     BackendIds,
     FlowEntries,
+    DnsNames,
 }
 
 /// One map of the data plane as both sides must agree on it: its name, key and value sizes,
@@ -650,7 +652,7 @@ pub const MAPS: [MapDef; 19] = [
     def::<u32, Counters>(MAP_BACKEND_STATS, MapSize::BackendIds),
     def::<u32, u64>(MAP_STATS, MapSize::Fixed(STAT_COUNT)),
     def::<u32, u64>(MAP_SERVICE_REFUSED, MapSize::Services),
-    def::<DnsName, DnsAddrs>(MAP_DNS_A, MapSize::Fixed(MAX_DNS_NAMES)),
+    def::<DnsName, DnsAddrs>(MAP_DNS_A, MapSize::DnsNames),
     def::<u32, u64>(MAP_DNS_STATS, MapSize::Fixed(DNS_STAT_COUNT)),
     def::<AclKey, u32>(MAP_ACL, MapSize::Fixed(MAX_ACL_ENTRIES)),
     def::<u32, u64>(MAP_SERVICE_DENIED, MapSize::Services),

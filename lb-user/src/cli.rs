@@ -168,6 +168,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = lb_common::MAX_BACKEND_IDS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_backends: u32,
 
+    /// Names the DNS fast path holds (`LB_DNS_A`); names beyond it are answered by the userspace
+    /// server. The table is made anew at another size on restart (the zone refills it).
+    #[arg(long, default_value_t = lb_common::MAX_DNS_NAMES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_dns_names: u32,
+
     /// Where the daemon records its state for `lb status` (default: under /run/lb, named after the pin path).
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
@@ -510,6 +515,7 @@ mod tests {
             ("--tcp-timeout", "0"),
             ("--udp-timeout", "-1"),
             ("--max-flows", "0"),
+            ("--max-dns-names", "0"),
             ("--nat-port-range", "9-1"),
         ] {
             let arg = format!("{flag}={value}");

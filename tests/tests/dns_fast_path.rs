@@ -8,7 +8,7 @@ use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
     rr::{RData, RecordType},
 };
-use lb_common::DnsStat;
+use lb_common::{DnsName, DnsStat};
 use lb_tests::packets::{
     Pkt, read,
     verdict::{XDP_PASS, XDP_TX},
@@ -23,6 +23,11 @@ use lb_user::{
 };
 
 const SERVER: &str = "10.0.0.1:53";
+const ON: FastDns = FastDns {
+    addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
+    port: 53,
+    ttl: 5,
+};
 const CLIENT: &str = "10.0.0.2:41000";
 /// `BPF_PROG_TEST_RUN` runs XDP programs as if on the loopback interface.
 const LO: u32 = 1;
@@ -62,25 +67,27 @@ fn zone() -> Zone {
 
 impl Fast {
     fn new(dns: Option<FastDns>) -> Self {
-        let mut dp = Dataplane::load_with_dns(Capacities::default(), None, dns)
-            .expect("the verifier accepts both programs with the DNS fast path");
-        dp.maps.xdp_tx.insert(LO, 1, 0).unwrap();
+        let mut f = Self::empty(Capacities::default(), dns);
         let zone = zone();
-        let mut fast = FastRecords::adopt(&dp.maps);
+        let mut fast = FastRecords::adopt(&f.dp.maps);
         assert_eq!(
-            fast.sync(&mut dp.maps, &zone).unwrap(),
+            fast.sync(&mut f.dp.maps, &zone).unwrap(),
             (4, 0),
             "nine addresses stay out"
         );
+        f
+    }
+
+    /// Loaded at `caps`, with no names yet.
+    fn empty(caps: Capacities, dns: Option<FastDns>) -> Self {
+        let mut dp = Dataplane::load_with_dns(caps, None, dns)
+            .expect("the verifier accepts both programs with the DNS fast path");
+        dp.maps.xdp_tx.insert(LO, 1, 0).unwrap();
         Self { dp }
     }
 
     fn on() -> Self {
-        Self::new(Some(FastDns {
-            addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            port: 53,
-            ttl: 5,
-        }))
+        Self::new(Some(ON))
     }
 
     fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
@@ -357,6 +364,66 @@ fn a_cleared_zone_empties_the_map() {
     let input = frame(query(1, "web.marathon.mesos", 1, None), SERVER);
     let (verdict, out) = f.run(&input);
     assert_eq!((verdict, &out), (XDP_PASS, &input), "no longer held");
+}
+
+/// `--max-dns-names 2` with four names to hold: two are answered in place, two pass to the
+/// server untouched, and no write fails; a name that leaves the zone makes room for one left
+/// out.
+#[test]
+fn a_full_map_leaves_names_to_the_server() {
+    let caps = Capacities {
+        dns_names: 2,
+        ..Capacities::default()
+    };
+    let mut f = Fast::empty(caps, Some(ON));
+    let mut zone = zone();
+    let mut fast = FastRecords::adopt(&f.dp.maps);
+    let (written, removed) = fast
+        .sync(&mut f.dp.maps, &zone)
+        .expect("a full map is no error");
+    assert_eq!((written, removed, fast.left_out()), (2, 0, 2));
+    let held: Vec<DnsName> = f.dp.maps.dns_a.keys().map(Result::unwrap).collect();
+    assert_eq!(held.len(), 2);
+    let names = [
+        "web.marathon.mesos",
+        "one.marathon.mesos",
+        "eight.marathon.mesos",
+        "nginx.marathon.containerip.dcos.thisdcos.directory",
+    ];
+    let verdicts: Vec<u32> = names
+        .iter()
+        .map(|name| {
+            let input = frame(query(1, name, 1, None), SERVER);
+            let (verdict, out) = f.run(&input);
+            if verdict == XDP_PASS {
+                assert_eq!(out, input, "{name} passes untouched");
+            }
+            verdict
+        })
+        .collect();
+    assert_eq!(
+        verdicts.iter().filter(|v| **v == XDP_TX).count(),
+        2,
+        "{verdicts:?}"
+    );
+    assert_eq!(
+        verdicts.iter().filter(|v| **v == XDP_PASS).count(),
+        2,
+        "{verdicts:?}"
+    );
+    // One held name leaves the zone: one left out takes its place.
+    let gone = names
+        .iter()
+        .zip(&verdicts)
+        .find(|(_, v)| **v == XDP_TX)
+        .map(|(n, _)| *n)
+        .unwrap();
+    zone.names.remove(gone);
+    assert_eq!(fast.sync(&mut f.dp.maps, &zone).unwrap(), (1, 1));
+    assert_eq!(fast.left_out(), 1);
+    let input = frame(query(2, gone, 1, None), SERVER);
+    let (verdict, out) = f.run(&input);
+    assert_eq!((verdict, &out), (XDP_PASS, &input), "{gone} is gone");
 }
 
 /// A DNS message cut into its parts as bytes: header flags and counts, the question, and each

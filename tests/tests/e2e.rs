@@ -330,12 +330,28 @@ fn restart_keeps_live_connections_and_detach_removes_everything() {
     assert_eq!(st["daemon"]["running"], false);
     assert_eq!(st["services"].as_array().unwrap().len(), 2);
 
-    lb::start(&mut topo, "lb2", &args, 2);
+    // The second daemon asks for another size of the DNS fast path's table, which is made
+    // anew (its names are the zone's); every other map is adopted as it is.
+    let mut args2 = args.to_vec();
+    args2.extend(["--max-dns-names", "1000"]);
+    lb::start(&mut topo, "lb2", &args2, 2);
     let log = fs::read_to_string(format!("/tmp/{}-lb2.log", topo.prefix)).unwrap();
     assert!(
         log.contains("adopted pinned data plane"),
         "second run adopts: {log}"
     );
+    assert!(
+        log.contains("LB_DNS_A: made anew"),
+        "LB_DNS_A replaced at its new size: {log}"
+    );
+    let dns_a = topo.pin_path().join("LB_DNS_A");
+    let json = topo.sh(
+        "agent",
+        &format!("bpftool -j map show pinned {}", dns_a.display()),
+    );
+    let v: Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("bpftool map JSON: {e}: {json}"));
+    assert_eq!(v["max_entries"], 1000, "{json}");
     assert!(
         !log.contains("services applied"),
         "nothing changed, nothing rewritten: {log}"

@@ -184,6 +184,7 @@ fn capacities(args: &RunArgs) -> Capacities {
             .max(lb_common::MAX_BACKEND_SLOTS),
         backend_ids: args.max_backends,
         flow_entries: args.max_flows.saturating_mul(2),
+        dns_names: args.max_dns_names,
     }
 }
 
@@ -383,11 +384,23 @@ impl Daemon {
         // Names first: DNS does not wait for the maps.
         if let Some(zone) = u.zone.take() {
             if let Some(fast) = &mut self.fast_records {
+                let before = fast.left_out();
                 match fast.sync(&mut self.dp.maps, &zone) {
-                    Ok((written, removed)) if written + removed > 0 => {
-                        debug!(written, removed, "DNS fast path records")
+                    Ok((written, removed)) => {
+                        if written + removed > 0 {
+                            debug!(written, removed, "DNS fast path records");
+                        }
+                        let left_out = fast.left_out();
+                        if left_out != before && left_out > 0 {
+                            warn!(
+                                left_out,
+                                "LB_DNS_A is full: these names are answered by the userspace \
+                                 server only (raise --max-dns-names)"
+                            );
+                        } else if left_out != before {
+                            info!("LB_DNS_A holds every name of the zone again");
+                        }
                     }
-                    Ok(_) => {}
                     Err(e) => self.record_error(&e),
                 }
             }

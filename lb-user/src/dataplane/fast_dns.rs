@@ -1,9 +1,11 @@
 //! The DNS fast path's records: the A records of the zone that the XDP program can answer
 //! (names of at most `DNS_NAME_MAX` wire bytes, 1 to `DNS_ADDRS_MAX` addresses), kept in
-//! `LB_DNS_A` as the zone changes. The rest of the zone is the userspace server's alone.
+//! `LB_DNS_A` as the zone changes. The rest of the zone is the userspace server's alone, and so
+//! are the names that find the map full (`--max-dns-names`): they are counted, not errors.
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
+use aya::maps::MapError;
 use lb_common::{DNS_ADDRS_MAX, DNS_NAME_MAX, DnsAddrs, DnsName, DnsStat};
 
 use super::maps::Maps;
@@ -13,6 +15,8 @@ use crate::dns::zone::Zone;
 #[derive(Debug, Default)]
 pub struct FastRecords {
     written: HashMap<DnsName, DnsAddrs>,
+    /// Names of the last zone the map had no room for.
+    left_out: usize,
 }
 
 /// The entries of `LB_DNS_A` for `zone`.
@@ -46,33 +50,64 @@ impl FastRecords {
     pub fn adopt(maps: &Maps) -> Self {
         Self {
             written: maps.dns_a.iter().filter_map(Result::ok).collect(),
+            left_out: 0,
         }
     }
 
-    /// Writes what differs between the map and `zone`; returns the names written and removed.
+    /// Names of the last zone synced that the map had no room for (the userspace server
+    /// answers them).
+    pub fn left_out(&self) -> usize {
+        self.left_out
+    }
+
+    /// Writes what differs between the map and `zone`, removals first; returns the names
+    /// written and removed. A name that finds the map full is left out (`left_out`); one
+    /// already held keeps its place.
     pub fn sync(&mut self, maps: &mut Maps, zone: &Zone) -> Result<(usize, usize)> {
         let want = entries(zone);
-        let mut removed = 0;
-        for name in self.written.keys() {
-            if !want.contains_key(name) {
-                maps.dns_a
-                    .remove(name)
-                    .context("removing a name from LB_DNS_A")?;
-                removed += 1;
-            }
+        let gone: Vec<DnsName> = self
+            .written
+            .keys()
+            .filter(|name| !want.contains_key(*name))
+            .copied()
+            .collect();
+        for name in &gone {
+            maps.dns_a
+                .remove(name)
+                .context("removing a name from LB_DNS_A")?;
+            self.written.remove(name);
         }
         let mut written = 0;
+        let mut left_out = 0;
         for (name, value) in &want {
-            if self.written.get(name) != Some(value) {
-                maps.dns_a
-                    .insert(name, value, 0)
-                    .context("writing a name to LB_DNS_A")?;
-                written += 1;
+            if self.written.get(name) == Some(value) {
+                continue;
+            }
+            match maps.dns_a.insert(name, value, 0) {
+                Ok(()) => {
+                    self.written.insert(*name, *value);
+                    written += 1;
+                }
+                Err(e) if is_full(&e) => {
+                    // An older value must not go on answering for the name.
+                    if self.written.remove(name).is_some() {
+                        maps.dns_a
+                            .remove(name)
+                            .context("removing a name from LB_DNS_A")?;
+                    }
+                    left_out += 1;
+                }
+                Err(e) => return Err(e).context("writing a name to LB_DNS_A"),
             }
         }
-        self.written = want;
-        Ok((written, removed))
+        self.left_out = left_out;
+        Ok((written, gone.len()))
     }
+}
+
+/// Whether a hash map refused an insert for want of room (`E2BIG`).
+fn is_full(e: &MapError) -> bool {
+    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
 }
 
 #[cfg(test)]

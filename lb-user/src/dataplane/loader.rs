@@ -8,7 +8,7 @@ use aya::{
     maps::MapData,
     programs::{SchedClassifier, Xdp},
 };
-use lb_common::{MAPS, MapSize, PROG_TC, PROG_XDP};
+use lb_common::{MAP_DNS_A, MAPS, MapSize, PROG_TC, PROG_XDP};
 use thiserror::Error;
 
 use super::{maps::mismatch, pins::PinLayout};
@@ -21,6 +21,8 @@ pub struct Capacities {
     pub backend_ids: u32,
     /// Flow-table entries; each flow takes two (one per direction).
     pub flow_entries: u32,
+    /// Names the DNS fast path holds (`LB_DNS_A`).
+    pub dns_names: u32,
 }
 
 impl Default for Capacities {
@@ -30,6 +32,7 @@ impl Default for Capacities {
             backend_slots: lb_common::MAX_BACKEND_SLOTS,
             backend_ids: lb_common::MAX_BACKEND_IDS,
             flow_entries: lb_common::MAX_FLOW_ENTRIES,
+            dns_names: lb_common::MAX_DNS_NAMES,
         }
     }
 }
@@ -43,6 +46,7 @@ impl Capacities {
             MapSize::BackendSlots => self.backend_slots,
             MapSize::BackendIds => self.backend_ids,
             MapSize::FlowEntries => self.flow_entries,
+            MapSize::DnsNames => self.dns_names,
         }
     }
 }
@@ -60,6 +64,11 @@ pub enum LoadError {
         found: u64,
         want: u64,
     },
+    #[error("replacing pinned map {path}: {source}")]
+    Replace {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("loading program {name} into the kernel: {source}")]
@@ -69,7 +78,9 @@ pub enum LoadError {
     },
 }
 
-/// Refuses to adopt pinned maps whose layout differs from this build's (an older `lb`).
+/// Refuses to adopt pinned maps whose layout differs from this build's (an older `lb`), but
+/// for `LB_DNS_A` at another size: its names are the zone's, which the daemon writes again at
+/// every start, so that map is unpinned and made anew at the size asked for.
 fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> {
     for def in &MAPS {
         let path = layout.map(def.name);
@@ -77,6 +88,19 @@ fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> 
             continue;
         };
         if let Some(m) = mismatch(def, &map, Some(caps)) {
+            if def.name == MAP_DNS_A && m.what == "max_entries" {
+                drop(map);
+                std::fs::remove_file(&path).map_err(|source| LoadError::Replace {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                tracing::info!(
+                    found = m.found,
+                    want = m.want,
+                    "{MAP_DNS_A}: made anew at the size asked for (the zone refills it)"
+                );
+                continue;
+            }
             return Err(LoadError::Incompatible {
                 path: path.display().to_string(),
                 root: layout.root.display().to_string(),
