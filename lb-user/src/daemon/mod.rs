@@ -489,10 +489,10 @@ impl Daemon {
         self.state.interfaces = self.attacher.attached.clone();
         self.state.services = self.dp.planner.services.values().cloned().collect();
         self.state.draining = self.dp.planner.draining.values().cloned().collect();
-        if self.fast_records.is_some() {
-            self.metrics
-                .dns
-                .fast_answers(fast_dns::answered(&self.dp.maps));
+        if let Some(fast) = &self.fast_records {
+            let dns = &self.metrics.dns;
+            dns.fast_answers(fast_dns::answered(&self.dp.maps));
+            dns.fast_left_out(fast.left_out());
         }
         self.state.dns = self
             .dns

@@ -44,6 +44,14 @@ fn render_dns(d: &crate::dns::stats::DnsView) -> String {
     } else {
         "no Marathon state yet (answering SERVFAIL)".to_owned()
     };
+    let zone = if d.fast_left_out > 0 {
+        format!(
+            "{zone}, {} names beyond the fast path's table (--max-dns-names)",
+            d.fast_left_out
+        )
+    } else {
+        zone
+    };
     let queries: Vec<String> = d.queries.iter().map(|(k, n)| format!("{k} {n}")).collect();
     format!(
         "dns: on {} for {}, {zone}; queries: {}\n",
@@ -239,4 +247,35 @@ pub fn render_flows(list: &[FlowView]) -> String {
     );
     out.push_str(&format!("{} flows\n", list.len()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dns::stats::DnsView;
+
+    #[test]
+    fn the_dns_line_names_what_the_fast_path_has_no_room_for() {
+        let mut d = DnsView {
+            listen: vec!["10.0.0.1:53".into()],
+            domain: "mesos".into(),
+            ready: true,
+            names: 3,
+            records: 5,
+            serial: 7,
+            ..DnsView::default()
+        };
+        let line = super::render_dns(&d);
+        assert_eq!(
+            line,
+            "dns: on 10.0.0.1:53 for mesos, zone 3 names, 5 records (serial 7); queries: none\n"
+        );
+        d.fast_left_out = 2;
+        assert!(
+            super::render_dns(&d).contains(
+                "zone 3 names, 5 records (serial 7), 2 names beyond the fast path's table (--max-dns-names);"
+            ),
+            "{}",
+            super::render_dns(&d)
+        );
+    }
 }
