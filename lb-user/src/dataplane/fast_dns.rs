@@ -88,16 +88,13 @@ impl FastRecords {
                     self.written.insert(*name, *value);
                     written += 1;
                 }
-                Err(e) if is_full(&e) => {
-                    // An older value must not go on answering for the name.
-                    if self.written.remove(name).is_some() {
-                        maps.dns_a
-                            .remove(name)
-                            .context("removing a name from LB_DNS_A")?;
-                    }
-                    left_out += 1;
+                // Only a new name can find the map full: the kernel replaces a held one's value
+                // in place (spare preallocated entries), so no stale value stays behind.
+                Err(e) if is_full(&e) => left_out += 1,
+                Err(e) => {
+                    self.left_out = left_out;
+                    return Err(e).context("writing a name to LB_DNS_A");
                 }
-                Err(e) => return Err(e).context("writing a name to LB_DNS_A"),
             }
         }
         self.left_out = left_out;

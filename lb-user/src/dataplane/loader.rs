@@ -80,8 +80,11 @@ pub enum LoadError {
 
 /// Refuses to adopt pinned maps whose layout differs from this build's (an older `lb`), but
 /// for `LB_DNS_A` at another size: its names are the zone's, which the daemon writes again at
-/// every start, so that map is unpinned and made anew at the size asked for.
+/// every start, so that map is unpinned and made anew at the size asked for, once every other
+/// map has passed (a refused start leaves every pin as it was, for `lb status` and the running
+/// programs' next owner).
 fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> {
+    let mut resized = None;
     for def in &MAPS {
         let path = layout.map(def.name);
         let Ok(map) = MapData::from_pin(&path) else {
@@ -89,16 +92,7 @@ fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> 
         };
         if let Some(m) = mismatch(def, &map, Some(caps)) {
             if def.name == MAP_DNS_A && m.what == "max_entries" {
-                drop(map);
-                std::fs::remove_file(&path).map_err(|source| LoadError::Replace {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                tracing::info!(
-                    found = m.found,
-                    want = m.want,
-                    "{MAP_DNS_A}: made anew at the size asked for (the zone refills it)"
-                );
+                resized = Some((path, m));
                 continue;
             }
             return Err(LoadError::Incompatible {
@@ -109,6 +103,17 @@ fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> 
                 want: m.want,
             });
         }
+    }
+    if let Some((path, m)) = resized {
+        std::fs::remove_file(&path).map_err(|source| LoadError::Replace {
+            path: path.display().to_string(),
+            source,
+        })?;
+        tracing::info!(
+            found = m.found,
+            want = m.want,
+            "{MAP_DNS_A}: made anew at the size asked for (the zone refills it)"
+        );
     }
     Ok(())
 }
