@@ -169,7 +169,7 @@ pub struct RunArgs {
     pub max_backends: u32,
 
     /// Names the DNS fast path holds (`LB_DNS_A`); names beyond it are answered by the userspace
-    /// server. The table is made anew at another size on restart (the zone refills it).
+    /// server. Another size on restart makes the table anew, with the old one's names.
     #[arg(long, default_value_t = lb_common::MAX_DNS_NAMES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_dns_names: u32,
 

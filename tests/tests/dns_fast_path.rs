@@ -8,7 +8,7 @@ use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
     rr::{RData, RecordType},
 };
-use lb_common::{DnsName, DnsStat};
+use lb_common::{DnsName, DnsStat, MAP_DNS_A};
 use lb_tests::packets::{
     Pkt, read,
     verdict::{XDP_PASS, XDP_TX},
@@ -18,6 +18,7 @@ use lb_user::{
         Dataplane,
         fast_dns::FastRecords,
         loader::{Capacities, FastDns},
+        pins::PinLayout,
     },
     dns::zone::{Records, Zone},
 };
@@ -424,6 +425,105 @@ fn a_full_map_leaves_names_to_the_server() {
     let input = frame(query(2, gone, 1, None), SERVER);
     let (verdict, out) = f.run(&input);
     assert_eq!((verdict, &out), (XDP_PASS, &input), "{gone} is gone");
+}
+
+/// A name taken out of `LB_DNS_A` behind the daemon's back (by hand, with bpftool) is what a
+/// removal wants: later syncs go on, where the removal's error used to fail each of them.
+#[test]
+fn a_name_already_gone_does_not_stop_later_syncs() {
+    let mut f = Fast::on();
+    let mut fast = FastRecords::adopt(&f.dp.maps);
+    let mut zone = zone();
+    let mut web = DnsName::default();
+    web.wire[..20].copy_from_slice(b"\x03web\x08marathon\x05mesos\x00");
+    f.dp.maps.dns_a.remove(&web).expect("held after the sync");
+    zone.names.remove("web.marathon.mesos");
+    zone.names.insert(
+        "new.marathon.mesos".into(),
+        Records {
+            a: addrs(2),
+            srv: vec![],
+        },
+    );
+    assert_eq!(fast.sync(&mut f.dp.maps, &zone).unwrap(), (1, 1));
+    let input = frame(query(1, "new.marathon.mesos", 1, None), SERVER);
+    assert_eq!(
+        f.run(&input).0,
+        XDP_TX,
+        "the name after the removal is written"
+    );
+}
+
+/// A directory of the test's own on a bpffs outside /sys (which may have none mounted),
+/// removed with what is pinned in it.
+struct PinDir(PinLayout);
+
+impl PinDir {
+    fn new(name: &str) -> Self {
+        let fs = PinLayout::new("/run/lbt-bpffs");
+        fs.ensure().expect("a bpffs at /run/lbt-bpffs");
+        let layout = PinLayout::new(fs.root.join(format!("{name}-{}", std::process::id())));
+        layout.ensure().expect("a pin directory on bpffs");
+        Self(layout)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0.root);
+    }
+}
+
+/// `--max-dns-names` changed across a restart: the new `LB_DNS_A`, at the new size, holds the
+/// names the old one held (as many as fit) before the zone's first sync, so queries are
+/// answered in place from the first packet, as after a restart at the same size; it takes the
+/// old one's pin, and nothing is left beside it.
+#[test]
+fn a_resized_table_answers_its_names_before_the_first_sync() {
+    let pins = PinDir::new("dns-resize");
+    let at = |dns_names| Capacities {
+        dns_names,
+        ..Capacities::default()
+    };
+    let names = [
+        "web.marathon.mesos",
+        "one.marathon.mesos",
+        "eight.marathon.mesos",
+        "nginx.marathon.containerip.dcos.thisdcos.directory",
+    ];
+    let answered = |f: &mut Fast| {
+        names
+            .iter()
+            .filter(|name| f.run(&frame(query(1, name, 1, None), SERVER)).0 == XDP_TX)
+            .count()
+    };
+    let pinned_entries = || {
+        let data = aya::maps::MapData::from_pin(pins.0.map(MAP_DNS_A)).expect("LB_DNS_A pinned");
+        data.info().unwrap().max_entries()
+    };
+    {
+        let dp = Dataplane::load_with_dns(at(1000), Some(&pins.0), Some(ON)).unwrap();
+        let mut f = Fast { dp };
+        f.dp.maps.xdp_tx.insert(LO, 1, 0).unwrap();
+        let mut fast = FastRecords::adopt(&f.dp.maps);
+        assert_eq!(fast.sync(&mut f.dp.maps, &zone()).unwrap(), (4, 0));
+        assert_eq!(answered(&mut f), 4);
+    }
+    for (size, held) in [(64, 4), (2, 2), (1000, 2)] {
+        let dp = Dataplane::load_with_dns(at(size), Some(&pins.0), Some(ON))
+            .unwrap_or_else(|e| panic!("restart at {size} names: {e:#}"));
+        let mut f = Fast { dp };
+        f.dp.maps.xdp_tx.insert(LO, 1, 0).unwrap();
+        assert_eq!(pinned_entries(), size, "the pin is the new table");
+        assert_eq!(answered(&mut f), held, "at {size} names, before any sync");
+        let beside: Vec<_> = std::fs::read_dir(&pins.0.root)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(MAP_DNS_A) && n != MAP_DNS_A)
+            .collect();
+        assert!(beside.is_empty(), "{beside:?}");
+    }
 }
 
 /// A DNS message cut into its parts as bytes: header flags and counts, the question, and each

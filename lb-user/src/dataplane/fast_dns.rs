@@ -72,9 +72,12 @@ impl FastRecords {
             .copied()
             .collect();
         for name in &gone {
-            maps.dns_a
-                .remove(name)
-                .context("removing a name from LB_DNS_A")?;
+            match maps.dns_a.remove(name) {
+                // Already gone (removed by hand, say): what was wanted.
+                Ok(()) => {}
+                Err(e) if is_absent(&e) => {}
+                Err(e) => return Err(e).context("removing a name from LB_DNS_A"),
+            }
             self.written.remove(name);
         }
         let mut written = 0;
@@ -103,8 +106,20 @@ impl FastRecords {
 }
 
 /// Whether a hash map refused an insert for want of room (`E2BIG`).
-fn is_full(e: &MapError) -> bool {
-    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
+pub(super) fn is_full(e: &MapError) -> bool {
+    errno(e) == Some(libc::E2BIG)
+}
+
+/// Whether a removal found the name already gone (`ENOENT`).
+fn is_absent(e: &MapError) -> bool {
+    errno(e) == Some(libc::ENOENT)
+}
+
+fn errno(e: &MapError) -> Option<i32> {
+    match e {
+        MapError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 //! counters survive restarts.
 use std::net::Ipv4Addr;
 
+use std::path::{Path, PathBuf};
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapData,
+    maps::{HashMap, Map, MapData, MapError},
     programs::{SchedClassifier, Xdp},
 };
-use lb_common::{MAP_DNS_A, MAPS, MapSize, PROG_TC, PROG_XDP};
+use lb_common::{DnsAddrs, DnsName, MAP_DNS_A, MAPS, MapSize, PROG_TC, PROG_XDP};
 use thiserror::Error;
 
 use super::{maps::mismatch, pins::PinLayout};
@@ -69,6 +71,8 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
+    #[error("copying the names of pinned map {path} into its new table: {source}")]
+    Refill { path: String, source: MapError },
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("loading program {name} into the kernel: {source}")]
@@ -78,12 +82,18 @@ pub enum LoadError {
     },
 }
 
+/// A pinned `LB_DNS_A` of another size than asked for, replaced once the programs load.
+struct Resized {
+    path: PathBuf,
+    old: MapData,
+}
+
 /// Refuses to adopt pinned maps whose layout differs from this build's (an older `lb`), but
 /// for `LB_DNS_A` at another size: its names are the zone's, which the daemon writes again at
-/// every start, so that map is unpinned and made anew at the size asked for, once every other
-/// map has passed (a refused start leaves every pin as it was, for `lb status` and the running
-/// programs' next owner).
-fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> {
+/// every start, so that map is made anew at the size asked for (`Resized`). Nothing is unpinned
+/// here: a refused start leaves every pin as it was, for `lb status` and the running programs'
+/// next owner.
+fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<Option<Resized>, LoadError> {
     let mut resized = None;
     for def in &MAPS {
         let path = layout.map(def.name);
@@ -92,7 +102,12 @@ fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> 
         };
         if let Some(m) = mismatch(def, &map, Some(caps)) {
             if def.name == MAP_DNS_A && m.what == "max_entries" {
-                resized = Some((path, m));
+                tracing::info!(
+                    found = m.found,
+                    want = m.want,
+                    "{MAP_DNS_A}: made anew at the size asked for, with the names it held"
+                );
+                resized = Some(Resized { path, old: map });
                 continue;
             }
             return Err(LoadError::Incompatible {
@@ -104,18 +119,51 @@ fn check_pinned(layout: &PinLayout, caps: &Capacities) -> Result<(), LoadError> 
             });
         }
     }
-    if let Some((path, m)) = resized {
-        std::fs::remove_file(&path).map_err(|source| LoadError::Replace {
+    Ok(resized)
+}
+
+impl Resized {
+    /// Copies the old table's names into `new` (as many as it has room for: the zone's next
+    /// sync settles the rest), so the fast path answers what it answered before from the
+    /// first packet, then pins `new` in the old one's place in one step (a pin beside it,
+    /// renamed over it).
+    fn replace(self, new: &mut Map) -> Result<(), LoadError> {
+        let Self { path, old } = self;
+        let refill = |source| LoadError::Refill {
             path: path.display().to_string(),
             source,
-        })?;
-        tracing::info!(
-            found = m.found,
-            want = m.want,
-            "{MAP_DNS_A}: made anew at the size asked for (the zone refills it)"
-        );
+        };
+        let old: HashMap<MapData, DnsName, DnsAddrs> =
+            HashMap::try_from(Map::HashMap(old)).map_err(refill)?;
+        let mut table: HashMap<&mut MapData, DnsName, DnsAddrs> =
+            HashMap::try_from(&mut *new).map_err(refill)?;
+        for entry in old.iter() {
+            let (name, addrs) = entry.map_err(refill)?;
+            match table.insert(name, addrs, 0) {
+                Ok(()) => {}
+                Err(e) if super::fast_dns::is_full(&e) => break,
+                Err(e) => return Err(refill(e)),
+            }
+        }
+        let replace = |source| LoadError::Replace {
+            path: path.display().to_string(),
+            source,
+        };
+        let beside = beside(&path);
+        new.pin(&beside)
+            .map_err(|e| replace(std::io::Error::other(e)))?;
+        std::fs::rename(&beside, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&beside);
+            replace(e)
+        })
     }
-    Ok(())
+}
+
+/// Where a map is pinned before it takes `path`'s place (bpffs refuses names with a dot).
+fn beside(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push("-resized");
+    path.with_file_name(name)
 }
 
 /// Where the DNS server listens, for the XDP program to answer A queries there itself.
@@ -152,10 +200,15 @@ pub fn load(
             .override_global("LB_DNS_ADDR", &addr, true)
             .override_global("LB_DNS_TTL", &ttl, true);
     }
+    let mut resized = None;
     let paths: Vec<_> = match pins {
         Some(layout) => {
-            check_pinned(layout, caps)?;
-            MAPS.iter().map(|d| (d.name, layout.map(d.name))).collect()
+            resized = check_pinned(layout, caps)?;
+            MAPS.iter()
+                // A resized table is created unpinned and pinned once the programs load.
+                .filter(|d| resized.is_none() || d.name != MAP_DNS_A)
+                .map(|d| (d.name, layout.map(d.name)))
+                .collect()
         }
         None => Vec::new(),
     };
@@ -182,5 +235,11 @@ pub fn load(
         name: PROG_TC,
         source,
     })?;
+    if let Some(resized) = resized {
+        let new = ebpf
+            .map_mut(MAP_DNS_A)
+            .expect("the object defines LB_DNS_A");
+        resized.replace(new)?;
+    }
     Ok(ebpf)
 }
