@@ -22,7 +22,7 @@ use lb_common::{
 };
 use lb_tests::{
     netns::{FibNs, in_netns},
-    packets::{Pkt, TCP_ACK, TCP_PSH, TCP_SYN},
+    packets::{self, Pkt, TCP_ACK, TCP_PSH, TCP_SYN},
 };
 use lb_user::{
     dataplane::{
@@ -425,19 +425,11 @@ const DNS_NAMES: usize = 1_000;
 /// A standard A query for `name` with an EDNS0 OPT record (as dig and dnsperf send), from the
 /// client to the agent's DNS port.
 fn dns_query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend(label.as_bytes());
-    }
-    q.extend([0, 0, 1, 0, 1]);
-    q.extend([0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
     let mut p = Pkt::udp(
         sa("10.0.0.2:41000"),
         SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), DNS_PORT),
     );
-    p.payload = q;
+    p.payload = packets::dns_query(id, name, 1, Some((0, &[])));
     p.bytes()
 }
 

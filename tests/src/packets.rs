@@ -85,6 +85,27 @@ pub fn ts_option(tsval: u32, tsecr: u32) -> Vec<u8> {
     o
 }
 
+/// A DNS query as dig sends it (RD and AD set): header, one question for `name` of type
+/// `qtype`, and an OPT record (DO set) when `edns` gives its version and option bytes.
+pub fn dns_query(id: u16, name: &str, qtype: u16, edns: Option<(u8, &[u8])>) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend([0x01, 0x20]);
+    q.extend([0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.push(0);
+    q.extend(qtype.to_be_bytes());
+    q.extend([0, 1]);
+    if let Some((version, options)) = edns {
+        q.extend([0, 0, 41, 0x10, 0x00, 0, version, 0x80, 0]);
+        q.extend((options.len() as u16).to_be_bytes());
+        q.extend(options);
+    }
+    q
+}
+
 impl Pkt {
     /// The flow-table key this packet looks up: its addresses, ports and protocol as the
     /// data plane reads them (network order).

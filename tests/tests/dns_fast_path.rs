@@ -10,7 +10,7 @@ use hickory_proto::{
 };
 use lb_common::{DnsName, DnsStat, MAP_DNS_A};
 use lb_tests::packets::{
-    Pkt, read,
+    Pkt, dns_query, read,
     verdict::{XDP_PASS, XDP_TX},
 };
 use lb_user::{
@@ -122,27 +122,6 @@ impl Fast {
     }
 }
 
-/// A DNS query: header, one question, and an OPT record when `edns` gives its version and
-/// option bytes.
-fn query(id: u16, name: &str, qtype: u16, edns: Option<(u8, &[u8])>) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend([0x01, 0x20]); // RD, AD (as dig sends)
-    q.extend([0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend(label.as_bytes());
-    }
-    q.push(0);
-    q.extend(qtype.to_be_bytes());
-    q.extend([0, 1]);
-    if let Some((version, options)) = edns {
-        q.extend([0, 0, 41, 0x10, 0x00, 0, version, 0x80, 0]);
-        q.extend((options.len() as u16).to_be_bytes());
-        q.extend(options);
-    }
-    q
-}
-
 fn frame(payload: Vec<u8>, to: &str) -> Vec<u8> {
     let mut p = Pkt::udp(CLIENT.parse().unwrap(), to.parse().unwrap());
     p.payload = payload;
@@ -198,7 +177,7 @@ fn the_verifier_accepts_the_fast_path_with_headroom() {
 #[test]
 fn a_queries_for_held_names_are_answered_in_place() {
     let mut f = Fast::on();
-    let input = frame(query(0x1234, "WeB.Marathon.MESOS", 1, None), SERVER);
+    let input = frame(dns_query(0x1234, "WeB.Marathon.MESOS", 1, None), SERVER);
     let (verdict, out) = f.run(&input);
     assert_eq!(verdict, XDP_TX);
     let m = answer_of(&input, &out);
@@ -225,7 +204,7 @@ fn a_queries_for_held_names_are_answered_in_place() {
     assert!(m.additionals.is_empty() && m.authorities.is_empty() && m.edns.is_none());
     // One and eight addresses: the smallest and the largest answer.
     for (name, n) in [("one.marathon.mesos", 1), ("eight.marathon.mesos", 8)] {
-        let input = frame(query(7, name, 1, None), SERVER);
+        let input = frame(dns_query(7, name, 1, None), SERVER);
         let (verdict, out) = f.run(&input);
         assert_eq!(verdict, XDP_TX, "{name}");
         let mut got = a_records(&answer_of(&input, &out));
@@ -247,7 +226,7 @@ fn edns_queries_get_an_opt_record_without_their_options() {
         ("web.marathon.mesos", &cookie[..]),
         (long, &cookie[..]),
     ] {
-        let input = frame(query(9, name, 1, Some((0, options))), SERVER);
+        let input = frame(dns_query(9, name, 1, Some((0, options))), SERVER);
         let (verdict, out) = f.run(&input);
         assert_eq!(verdict, XDP_TX, "{name}, options {options:?}");
         let m = answer_of(&input, &out);
@@ -264,7 +243,7 @@ fn answers_rotate_from_a_random_start() {
     let mut f = Fast::on();
     let mut firsts = std::collections::BTreeSet::new();
     for id in 0..64 {
-        let input = frame(query(id, "web.marathon.mesos", 1, None), SERVER);
+        let input = frame(dns_query(id, "web.marathon.mesos", 1, None), SERVER);
         let (_, out) = f.run(&input);
         let got = a_records(&answer_of(&input, &out));
         // A rotation of the sorted list, whatever its start.
@@ -280,8 +259,8 @@ fn answers_rotate_from_a_random_start() {
 #[test]
 fn everything_else_to_the_server_passes_untouched() {
     let mut f = Fast::on();
-    let web = |id| query(id, "web.marathon.mesos", 1, None);
-    let mut compressed = query(1, "web.marathon.mesos", 1, None);
+    let web = |id| dns_query(id, "web.marathon.mesos", 1, None);
+    let mut compressed = dns_query(1, "web.marathon.mesos", 1, None);
     compressed.truncate(12);
     compressed.extend([3, b'w', b'e', b'b', 0xc0, 12, 0, 1, 0, 1]);
     let mut response = web(2);
@@ -294,17 +273,17 @@ fn everything_else_to_the_server_passes_untouched() {
     opcode[2] |= 0x28; // UPDATE
     let long = format!("{}.marathon.mesos", "x".repeat(50));
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("AAAA", query(10, "web.marathon.mesos", 28, None)),
-        ("SRV", query(11, "web.marathon.mesos", 33, None)),
+        ("AAAA", dns_query(10, "web.marathon.mesos", 28, None)),
+        ("SRV", dns_query(11, "web.marathon.mesos", 33, None)),
         (
             "a name it does not hold",
-            query(12, "nope.marathon.mesos", 1, None),
+            dns_query(12, "nope.marathon.mesos", 1, None),
         ),
         (
             "a name with nine addresses",
-            query(13, "nine.marathon.mesos", 1, None),
+            dns_query(13, "nine.marathon.mesos", 1, None),
         ),
-        ("a name longer than the key", query(14, &long, 1, None)),
+        ("a name longer than the key", dns_query(14, &long, 1, None)),
         ("compression in the question", compressed),
         ("a response", response),
         ("two questions", two_questions),
@@ -312,7 +291,7 @@ fn everything_else_to_the_server_passes_untouched() {
         ("another opcode", opcode),
         (
             "EDNS version 1",
-            query(15, "web.marathon.mesos", 1, Some((1, &[]))),
+            dns_query(15, "web.marathon.mesos", 1, Some((1, &[]))),
         ),
     ];
     for (what, payload) in &cases {
@@ -348,7 +327,7 @@ fn everything_else_to_the_server_passes_untouched() {
 #[test]
 fn with_the_fast_path_off_nothing_is_answered_or_counted() {
     let mut f = Fast::new(None);
-    let input = frame(query(1, "web.marathon.mesos", 1, None), SERVER);
+    let input = frame(dns_query(1, "web.marathon.mesos", 1, None), SERVER);
     let (verdict, out) = f.run(&input);
     assert_eq!((verdict, &out), (XDP_PASS, &input));
     assert_eq!(
@@ -362,7 +341,7 @@ fn a_cleared_zone_empties_the_map() {
     let mut f = Fast::on();
     let mut fast = FastRecords::adopt(&f.dp.maps);
     assert_eq!(fast.sync(&mut f.dp.maps, &Zone::default()).unwrap(), (0, 4));
-    let input = frame(query(1, "web.marathon.mesos", 1, None), SERVER);
+    let input = frame(dns_query(1, "web.marathon.mesos", 1, None), SERVER);
     let (verdict, out) = f.run(&input);
     assert_eq!((verdict, &out), (XDP_PASS, &input), "no longer held");
 }
@@ -394,7 +373,7 @@ fn a_full_map_leaves_names_to_the_server() {
     let verdicts: Vec<u32> = names
         .iter()
         .map(|name| {
-            let input = frame(query(1, name, 1, None), SERVER);
+            let input = frame(dns_query(1, name, 1, None), SERVER);
             let (verdict, out) = f.run(&input);
             if verdict == XDP_PASS {
                 assert_eq!(out, input, "{name} passes untouched");
@@ -422,7 +401,7 @@ fn a_full_map_leaves_names_to_the_server() {
     zone.names.remove(gone);
     assert_eq!(fast.sync(&mut f.dp.maps, &zone).unwrap(), (1, 1));
     assert_eq!(fast.left_out(), 1);
-    let input = frame(query(2, gone, 1, None), SERVER);
+    let input = frame(dns_query(2, gone, 1, None), SERVER);
     let (verdict, out) = f.run(&input);
     assert_eq!((verdict, &out), (XDP_PASS, &input), "{gone} is gone");
 }
@@ -446,7 +425,7 @@ fn a_name_already_gone_does_not_stop_later_syncs() {
         },
     );
     assert_eq!(fast.sync(&mut f.dp.maps, &zone).unwrap(), (1, 1));
-    let input = frame(query(1, "new.marathon.mesos", 1, None), SERVER);
+    let input = frame(dns_query(1, "new.marathon.mesos", 1, None), SERVER);
     assert_eq!(
         f.run(&input).0,
         XDP_TX,
@@ -494,7 +473,7 @@ fn a_resized_table_answers_its_names_before_the_first_sync() {
     let answered = |f: &mut Fast| {
         names
             .iter()
-            .filter(|name| f.run(&frame(query(1, name, 1, None), SERVER)).0 == XDP_TX)
+            .filter(|name| f.run(&frame(dns_query(1, name, 1, None), SERVER)).0 == XDP_TX)
             .count()
     };
     let pinned_entries = || {
@@ -622,7 +601,7 @@ fn both_paths_give_the_same_answer_sections() {
     };
     // The server makes its records from the zone on its own task: wait for them.
     let t = std::time::Instant::now();
-    while ask(&query(1, "web.marathon.mesos", 1, None))[3] & 0x0f != 0 {
+    while ask(&dns_query(1, "web.marathon.mesos", 1, None))[3] & 0x0f != 0 {
         assert!(
             t.elapsed().as_secs() < 5,
             "the server never answered NOERROR"
@@ -638,7 +617,7 @@ fn both_paths_give_the_same_answer_sections() {
         "nginx.marathon.containerip.dcos.thisdcos.directory",
     ] {
         for edns in [None, Some((0, &[][..])), Some((0, &cookie[..]))] {
-            let q = query(0x4242, name, 1, edns);
+            let q = dns_query(0x4242, name, 1, edns);
             let (verdict, out) = f.run(&frame(q.clone(), SERVER));
             assert_eq!(verdict, XDP_TX, "{name} {edns:?}");
             let kernel = sections(&out[42..]);
