@@ -22,7 +22,7 @@ use lb_tests::{
 use serde_json::{Value, json};
 
 use super::{
-    Effort,
+    Effort, cpu,
     report::{Report, Spread, Table, Target, quantile_sorted},
     traffic::client_cmd,
 };
@@ -280,26 +280,6 @@ fn pin_receive(topo: &Topology, role: &str, dev: &str, cpu: &str) {
     }
 }
 
-/// Busy and total jiffies of one core so far (`/proc/stat`; idle and iowait are not busy).
-fn cpu_jiffies(cpu: &str) -> (u64, u64) {
-    let stat = fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let line = stat
-        .lines()
-        .find(|l| {
-            l.strip_prefix("cpu")
-                .and_then(|r| r.split_whitespace().next())
-                == Some(cpu)
-        })
-        .expect("the core's line in /proc/stat");
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = f.iter().take(8).sum();
-    (total - f[3] - f[4], total)
-}
-
 /// The topology with the Marathon stand-in, lb following it, NSD and unbound, all on one core.
 fn setup(ips: &[Vec<Ipv4Addr>]) -> (Topology, NsStandin, String) {
     let mut topo = Topology::new(PREFIX);
@@ -446,7 +426,8 @@ fn dnsperf(topo: &Topology, dir: &str, s: Server, secs: u32) -> Result<Perf, Str
     );
     let file = format!("{dir}/queries.txt");
     let server = AGENT.to_string();
-    let (s0, c0) = (cpu_jiffies(SERVER_CPU), cpu_jiffies(CLIENT_CPU));
+    let core = |c: &str| cpu::core_jiffies(c.parse().expect("a core number"));
+    let (s0, c0) = (core(SERVER_CPU), core(CLIENT_CPU));
     let out = client_cmd(
         topo,
         &[
@@ -455,7 +436,7 @@ fn dnsperf(topo: &Topology, dir: &str, s: Server, secs: u32) -> Result<Perf, Str
         ],
         secs + 30,
     )?;
-    let (s1, c1) = (cpu_jiffies(SERVER_CPU), cpu_jiffies(CLIENT_CPU));
+    let (s1, c1) = (core(SERVER_CPU), core(CLIENT_CPU));
     let busy =
         |(b0, t0): (u64, u64), (b1, t1): (u64, u64)| (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
     let mut perf = parse_dnsperf(&out)?;

@@ -3,6 +3,7 @@
 //! plane (`control`), DNS (`dns`) and HTTP virtual hosts (`http`) against their usual servers.
 //! They report, never judge.
 pub mod control;
+pub mod cpu;
 pub mod dns;
 pub mod http;
 pub mod packet;
