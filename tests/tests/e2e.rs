@@ -146,6 +146,11 @@ fn topology(prefix: &str) -> Topology {
 #[test]
 fn full_nat_over_tc_balances_tcp_and_udp_across_three_tasks() {
     let mut topo = topology("lbe1");
+    // A veth pair with both ends in the agent: neither end's peer is elsewhere.
+    topo.sh(
+        "agent",
+        "ip link add lbpair0 type veth peer name lbpair1 && ip link set lbpair0 up && ip link set lbpair1 up",
+    );
     let services = write_services(&topo);
     lb::start(
         &mut topo,
@@ -176,24 +181,37 @@ fn full_nat_over_tc_balances_tcp_and_udp_across_three_tasks() {
         "counters follow traffic: {web}"
     );
     // The veths whose peers are in other namespaces take packets by bpf_redirect_peer (the
-    // traffic above went that way to t1 and t2): LB_PEER_IFS names the tasks' links and the
-    // link to agent2. eth0's peer in the client namespace has eth0's own index, which the
-    // daemon cannot tell from a peer here, so it may be left out (a plain redirect then).
+    // traffic above went that way to t1 and t2): LB_PEER_IFS names the tasks' links, the link
+    // to agent2 and the uplink (whose peer in the client namespace has the uplink's own index,
+    // which `iflink` could not tell from a peer here), and neither end of the pair whose peers
+    // are both here.
     let index = |dev: &str| -> u32 {
         let out = topo.sh("agent", &format!("cat /sys/class/net/{dev}/ifindex"));
         out.trim()
             .parse()
             .unwrap_or_else(|e| panic!("{dev}: {e}: {out}"))
     };
-    let keys = peer_ifs(&topo);
-    let needed: BTreeSet<u32> = ["cali-t1", "cali-t2", "eth1"].map(index).into();
-    assert!(
-        keys.is_superset(&needed),
-        "LB_PEER_IFS {keys:?}, veths {needed:?}"
+    let iflink = |dev: &str| -> u32 {
+        let out = topo.sh("agent", &format!("cat /sys/class/net/{dev}/iflink"));
+        out.trim().parse().unwrap()
+    };
+    assert_eq!(
+        iflink("eth0"),
+        index("eth0"),
+        "the uplink's peer has its index"
     );
-    let mut allowed = needed.clone();
-    allowed.insert(index("eth0"));
-    assert!(keys.is_subset(&allowed), "LB_PEER_IFS {keys:?}: only veths");
+    let keys = peer_ifs(&topo);
+    let elsewhere: BTreeSet<u32> = ["cali-t1", "cali-t2", "eth0", "eth1"].map(index).into();
+    assert_eq!(
+        keys, elsewhere,
+        "LB_PEER_IFS: every veth of the agent with its peer elsewhere"
+    );
+    for dev in ["lbpair0", "lbpair1"] {
+        assert!(
+            !keys.contains(&index(dev)),
+            "{dev}'s peer is here: {keys:?}"
+        );
+    }
 }
 
 #[test]

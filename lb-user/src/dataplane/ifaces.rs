@@ -59,37 +59,82 @@ pub fn list() -> BTreeMap<String, Iface> {
 /// The veths of `present` whose peer is in another network namespace (a Calico task's
 /// `cali*` link): TC may hand a packet bound there to the peer directly (`bpf_redirect_peer`,
 /// which the kernel refuses, dropping the packet, for any other kind of link or for a peer in
-/// this namespace). A veth's `iflink` is its peer's index; the peer is here when an interface
-/// of that index is here and names this one back. A link whose driver cannot be read is left
-/// out: the data plane then redirects to it as to any link. So is a veth with a tcx egress
-/// program (a policy program, say): a packet handed to the peer would pass it by.
+/// this namespace). The kernel says where a link's peer is: `IFLA_LINK_NETNSID` comes with a
+/// link whose peer is in another namespace, and only then. A link whose driver or whose peer's
+/// place cannot be read is left out: the data plane then redirects to it as to any link. So
+/// is a veth with a tcx egress program (a policy program, say): a packet handed to the peer
+/// would pass it by.
 pub fn peer_veths(present: &BTreeMap<String, Iface>) -> Vec<u32> {
-    let iflink = |name: &str| -> Option<u32> {
-        fs::read_to_string(Path::new("/sys/class/net").join(name).join("iflink"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    let elsewhere = match links_with_peer_elsewhere() {
+        Ok(set) => set,
+        Err(e) => {
+            warn!("reading where the links' peers are (netlink): {e}; none taken as a peer");
+            return Vec::new();
+        }
     };
-    let links: BTreeMap<u32, Option<u32>> = present
-        .values()
-        .map(|i| (i.index, iflink(&i.name)))
-        .collect();
     let mut out: Vec<u32> = present
         .values()
+        .filter(|i| elsewhere.contains(&i.index))
         .filter(|i| driver(&i.name).as_deref() == Some("veth"))
         .filter(|i| {
             SchedClassifier::query_tcx(&i.name, TcAttachType::Egress)
                 .is_ok_and(|(_, progs)| progs.is_empty())
         })
-        .filter(|i| match links.get(&i.index).copied().flatten() {
-            Some(peer) if peer != i.index => links.get(&peer).copied().flatten() != Some(i.index),
-            _ => false,
-        })
         .map(|i| i.index)
         .collect();
     out.sort_unstable();
     out
+}
+
+/// The indexes of this namespace's links that carry `IFLA_LINK_NETNSID`: their peer (or
+/// lower link) is in another network namespace. One `RTM_GETLINK` dump, read synchronously:
+/// the caller runs on the daemon's data-plane task between two map writes.
+fn links_with_peer_elsewhere() -> io::Result<std::collections::BTreeSet<u32>> {
+    use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader};
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+    );
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut out = std::collections::BTreeSet::new();
+    loop {
+        let (bytes, _) = socket.recv_from_full()?;
+        let mut at = 0;
+        while at < bytes.len() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[at..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
+                    if link
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_))) =>
+                {
+                    out.insert(link.header.index);
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+    }
 }
 
 /// The kernel driver behind a link (`ethtool -i`'s `driver`), e.g. `veth`.
