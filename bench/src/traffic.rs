@@ -270,13 +270,17 @@ pub(super) fn topology_for(prefix: &str, c: Contender, xdp: bool) -> Topology {
         }
         Contender::LbXdp | Contender::LbTc | Contender::LbTcPreserve => {
             let services = services_json(&dir);
-            // Peer redirect on: the bench's task veths carry no egress policy.
+            // Peer redirect on for the tasks' veths, which carry no egress policy here; not for
+            // the uplink and the link to agent2, whose peers stand for other hosts (a NIC there
+            // could not hand a packet into the far side).
             let mut args = vec![
                 "--iface",
                 "eth*",
                 "--iface",
                 "cali*",
                 "--redirect-peer",
+                "--redirect-peer-iface",
+                "cali*",
                 "--config",
                 &services,
             ];

@@ -122,6 +122,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub redirect_peer: bool,
 
+    /// With `--redirect-peer`, only veths whose names match (repeatable glob, e.g. `cali*`):
+    /// a veth to a namespace that stands for another host (a test rig's uplink) keeps its
+    /// queue, as a NIC would. Default: every veth whose peer is in another namespace.
+    #[arg(
+        long = "redirect-peer-iface",
+        value_name = "GLOB",
+        requires = "redirect_peer"
+    )]
+    pub redirect_peer_ifaces: Vec<String>,
+
     /// Client addresses or ranges (`10.0.0.0/8`, repeatable) allowed to open connections to
     /// every service that sets none of its own (marathon-lb's
     /// HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL, a static file's `allow`). Others' packets are
@@ -498,6 +508,30 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn redirect_peer_ifaces_need_redirect_peer() {
+        use clap::Parser as _;
+        let base = ["lb", "run", "--iface", "eth0", "--config", "f"];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        let e = with(&["--redirect-peer-iface", "cali*"])
+            .expect_err("refused without --redirect-peer")
+            .to_string();
+        assert!(e.contains("--redirect-peer"), "{e}");
+        let cli = with(&[
+            "--redirect-peer",
+            "--redirect-peer-iface",
+            "cali*",
+            "--redirect-peer-iface",
+            "tap*",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert!(args.redirect_peer);
+        assert_eq!(args.redirect_peer_ifaces, ["cali*", "tap*"]);
     }
 
     #[test]

@@ -185,18 +185,9 @@ fn full_nat_over_tc_balances_tcp_and_udp_across_three_tasks() {
     // to agent2 and the uplink (whose peer in the client namespace has the uplink's own index,
     // which `iflink` could not tell from a peer here), and neither end of the pair whose peers
     // are both here.
-    let index = |dev: &str| -> u32 {
-        let out = topo.sh("agent", &format!("cat /sys/class/net/{dev}/ifindex"));
-        out.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{dev}: {e}: {out}"))
-    };
-    let iflink = |dev: &str| -> u32 {
-        let out = topo.sh("agent", &format!("cat /sys/class/net/{dev}/iflink"));
-        out.trim().parse().unwrap()
-    };
+    let index = |dev: &str| agent_link(&topo, dev, "ifindex");
     assert_eq!(
-        iflink("eth0"),
+        agent_link(&topo, "eth0", "iflink"),
         index("eth0"),
         "the uplink's peer has its index"
     );
@@ -277,6 +268,14 @@ fn preserve_client_ip_lets_backends_see_the_client() {
     balances_and_leaves_the_rest_alone(&mut topo, false);
     // Without --redirect-peer every packet goes out of the veths: none is listed for its peer.
     assert_eq!(peer_ifs(&topo), BTreeSet::new(), "no --redirect-peer");
+}
+
+/// A number the agent's sysfs gives for link `dev` (`ifindex`, `iflink`).
+fn agent_link(topo: &Topology, dev: &str, what: &str) -> u32 {
+    let out = topo.sh("agent", &format!("cat /sys/class/net/{dev}/{what}"));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{dev} {what}: {e}: {out}"))
 }
 
 /// The ifindexes in `LB_PEER_IFS`, from bpftool.
@@ -721,6 +720,10 @@ fn full_nat_reuses_ports_the_backend_closed_first_for_clients_with_their_own_clo
             "20000-20099",
             "--tcp-closed-timeout",
             "1",
+            // Only the tasks' links: the uplink's peer stands for the client hosts.
+            "--redirect-peer",
+            "--redirect-peer-iface",
+            "cali*",
             "--config",
             &path,
         ],
@@ -770,6 +773,10 @@ fn full_nat_reuses_ports_the_backend_closed_first_for_clients_with_their_own_clo
         .unwrap_or_else(|| panic!("no SYN retransmit counter in {retrans}"));
     assert_eq!(syn_retrans, 0, "no SYN was refused and retried");
     lb::assert_no_drops(&topo, &[]);
+    let tasks: BTreeSet<u32> = ["cali-t1", "cali-t2"]
+        .map(|dev| agent_link(&topo, dev, "ifindex"))
+        .into();
+    assert_eq!(peer_ifs(&topo), tasks, "--redirect-peer-iface cali*");
 }
 
 /// `balance leastconn` with long-lived connections: after one task's connections close, the

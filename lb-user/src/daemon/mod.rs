@@ -242,6 +242,7 @@ impl Daemon {
             patterns: args.ifaces.clone(),
             redirect_patterns: args.xdp_redirect.clone(),
             redirect_peer: args.redirect_peer,
+            redirect_peer_patterns: args.redirect_peer_ifaces.clone(),
             attached: Default::default(),
         };
         attacher.reconcile(&mut dp)?;

@@ -60,6 +60,8 @@ pub struct Attacher {
     pub redirect_patterns: Vec<String>,
     /// Whether TC may hand packets to task veths' peers (`LB_PEER_IFS`; `--redirect-peer`).
     pub redirect_peer: bool,
+    /// The veths it may do so for (`--redirect-peer-iface`); empty means every one.
+    pub redirect_peer_patterns: Vec<String>,
     pub attached: BTreeMap<String, Attached>,
 }
 
@@ -113,7 +115,18 @@ impl Attacher {
         }
         self.attached.retain(|name, _| present.contains_key(name));
         let peers = if self.redirect_peer {
-            ifaces::peer_veths(&present)
+            let named: BTreeMap<String, Iface> = present
+                .iter()
+                .filter(|(name, _)| {
+                    self.redirect_peer_patterns.is_empty()
+                        || self
+                            .redirect_peer_patterns
+                            .iter()
+                            .any(|p| glob_match(p, name))
+                })
+                .map(|(name, i)| (name.clone(), i.clone()))
+                .collect();
+            ifaces::peer_veths(&named)
         } else {
             Vec::new()
         };
