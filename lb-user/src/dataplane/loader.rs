@@ -1,9 +1,10 @@
 //! Loads the BPF object, its maps sized and pinned by the map table of `lb-common`: maps
 //! already pinned (by an earlier `lb run`) are adopted with their contents, so flows and
 //! counters survive restarts.
-use std::net::Ipv4Addr;
-
-use std::path::{Path, PathBuf};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -150,6 +151,8 @@ impl Resized {
             source,
         };
         let beside = beside(&path);
+        // Left by a start that stopped between the pin and the rename: the next takes its name.
+        let _ = std::fs::remove_file(&beside);
         new.pin(&beside)
             .map_err(|e| replace(std::io::Error::other(e)))?;
         std::fs::rename(&beside, &path).map_err(|e| {
