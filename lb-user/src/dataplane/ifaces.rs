@@ -65,7 +65,7 @@ pub fn list() -> BTreeMap<String, Iface> {
 /// is a veth with a tcx egress program (a policy program, say): a packet handed to the peer
 /// would pass it by.
 pub fn peer_veths(present: &BTreeMap<String, Iface>) -> Vec<u32> {
-    let elsewhere = match links_with_peer_elsewhere() {
+    let elsewhere = match links_with_peer_elsewhere_settled() {
         Ok(set) => set,
         Err(e) => {
             warn!("reading where the links' peers are (netlink): {e}; none taken as a peer");
@@ -86,11 +86,29 @@ pub fn peer_veths(present: &BTreeMap<String, Iface>) -> Vec<u32> {
     out
 }
 
+/// How often a dump that links changed under (`NLM_F_DUMP_INTR`) is read again before the
+/// last one is taken as it is (the link event that interrupted it makes the daemon read again).
+const DUMP_ATTEMPTS: u32 = 4;
+
+/// [`links_with_peer_elsewhere`], read again while the kernel says links changed during the
+/// dump, so that a link created or moved meanwhile is not missed.
+fn links_with_peer_elsewhere_settled() -> io::Result<std::collections::BTreeSet<u32>> {
+    let mut attempt = 1;
+    loop {
+        let (links, interrupted) = links_with_peer_elsewhere()?;
+        if !interrupted || attempt == DUMP_ATTEMPTS {
+            return Ok(links);
+        }
+        attempt += 1;
+    }
+}
+
 /// The indexes of this namespace's links that carry `IFLA_LINK_NETNSID`: their peer (or
 /// lower link) is in another network namespace. One `RTM_GETLINK` dump, read synchronously:
 /// the caller runs on the daemon's data-plane task between two map writes.
-fn links_with_peer_elsewhere() -> io::Result<std::collections::BTreeSet<u32>> {
-    use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader};
+/// The second value says whether the kernel flagged the dump as interrupted by a change.
+fn links_with_peer_elsewhere() -> io::Result<(std::collections::BTreeSet<u32>, bool)> {
+    use netlink_packet_core::{NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader};
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
     use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -109,6 +127,7 @@ fn links_with_peer_elsewhere() -> io::Result<std::collections::BTreeSet<u32>> {
     req.serialize(&mut buf);
     socket.send(&buf, 0)?;
     let mut out = std::collections::BTreeSet::new();
+    let mut interrupted = false;
     loop {
         let (bytes, _) = socket.recv_from_full()?;
         let mut at = 0;
@@ -116,8 +135,9 @@ fn links_with_peer_elsewhere() -> io::Result<std::collections::BTreeSet<u32>> {
             let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[at..])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             let len = msg.header.length as usize;
+            interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
             match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Done(_) => return Ok((out, interrupted)),
                 NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
                     if link
