@@ -92,11 +92,21 @@ const DUMP_ATTEMPTS: u32 = 4;
 
 /// [`links_with_peer_elsewhere`], read again while the kernel says links changed during the
 /// dump, so that a link created or moved meanwhile is not missed.
+///
+/// A read that fails outright is an error even after an interrupted one: the caller then takes
+/// no link as a peer, the safe side (the data plane redirects to them as to any link).
 fn links_with_peer_elsewhere_settled() -> io::Result<std::collections::BTreeSet<u32>> {
     let mut attempt = 1;
     loop {
         let (links, interrupted) = links_with_peer_elsewhere()?;
-        if !interrupted || attempt == DUMP_ATTEMPTS {
+        if !interrupted {
+            return Ok(links);
+        }
+        if attempt == DUMP_ATTEMPTS {
+            warn!(
+                "links kept changing during {DUMP_ATTEMPTS} reads of where their peers are \
+                 (netlink); using the last, until the next link event"
+            );
             return Ok(links);
         }
         attempt += 1;
@@ -137,6 +147,10 @@ fn links_with_peer_elsewhere() -> io::Result<(std::collections::BTreeSet<u32>, b
             let len = msg.header.length as usize;
             interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
             match msg.payload {
+                // A dump that failed in the kernel says so in its end message.
+                NetlinkPayload::Done(done) if done.code != 0 => {
+                    return Err(io::Error::from_raw_os_error(-done.code));
+                }
                 NetlinkPayload::Done(_) => return Ok((out, interrupted)),
                 NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
