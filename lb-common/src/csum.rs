@@ -84,6 +84,59 @@ impl Diff {
     }
 }
 
+/// The kernel's update of a complete checksum field by a whole difference
+/// (`csum_replace_by_diff`, what `bpf_l4_csum_replace` does with size 0 to an skb whose
+/// checksum is not partial): `csum_fold(csum_add(diff, ~csum_unfold(check)))`, 32-bit adds.
+#[inline(always)]
+pub const fn replace_by_diff(check: u16, diff: u32) -> u16 {
+    let (s, carry) = diff.overflowing_add(!(check as u32));
+    !fold(s.wrapping_add(carry as u32) as u64)
+}
+
+/// The kernel's update of a partial checksum field (the pseudo-header's sum, which the
+/// device or `skb_checksum_help` completes) by a pseudo-header difference:
+/// `~csum_fold(csum_add(csum_unfold(check), diff))`.
+#[inline(always)]
+pub const fn partial_by_diff(check: u16, diff: u32) -> u16 {
+    let (s, carry) = (check as u32).overflowing_add(diff);
+    fold(s.wrapping_add(carry as u32) as u64)
+}
+
+/// How an skb carried its TCP/UDP checksum, as far as a rewrite of the segment's own fields
+/// cares: `Complete` (complete, or covered by `skb->csum`, or not yet checked: the field
+/// takes every change) or `Partial` (the field holds the pseudo-header's sum only).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Summed {
+    Complete,
+    Partial,
+}
+
+/// Tells, from what `bpf_l4_csum_replace` with `BPF_F_PSEUDO_HDR` did to the field (`before`
+/// to `after`, by the pseudo-header difference `diff`), which of the kernel's two updates it
+/// applied: a complete checksum loses the difference, a partial one gains it. `None` when
+/// the two cannot be told apart (a difference of 0 in one's complement, where both leave the
+/// field as it was) or when `after` is neither: the caller then asks the kernel again.
+#[inline(always)]
+pub const fn summed_by_pseudo_update(before: u16, diff: u32, after: u16) -> Option<Summed> {
+    let complete = replace_by_diff(before, diff);
+    let partial = partial_by_diff(before, diff);
+    if same(complete, partial) {
+        None
+    } else if same(after, complete) {
+        Some(Summed::Complete)
+    } else if same(after, partial) {
+        Some(Summed::Partial)
+    } else {
+        None
+    }
+}
+
+/// Equal in one's complement, where 0x0000 and 0xffff are both zero.
+#[inline(always)]
+const fn same(a: u16, b: u16) -> bool {
+    a == b || (a == 0 && b == 0xffff) || (a == 0xffff && b == 0)
+}
+
 /// The raw value that stands for a 32-bit field at an odd offset from the checksummed data's
 /// start in `update32` (a TCP option need not be aligned): such a field's bytes fall into
 /// the 16-bit words the other way round, so each half is seen byte-swapped.
@@ -236,14 +289,6 @@ mod tests {
         }
     }
 
-    /// The kernel's `csum_replace_by_diff` (what `bpf_l4_csum_replace` does with size 0 on a
-    /// complete checksum): `csum_fold(csum_add(diff, ~csum_unfold(sum)))`, with 32-bit adds.
-    fn kernel_replace_by_diff(check: u16, diff: u32) -> u16 {
-        let (s, carry) = diff.overflowing_add(!(check as u32));
-        let s = s.wrapping_add(carry as u32);
-        !fold(s as u64)
-    }
-
     #[test]
     fn one_diff_over_many_fields_matches_a_full_recompute_and_the_kernel() {
         let mut rng = Rng(0x0bad_cafe);
@@ -279,12 +324,112 @@ mod tests {
                 .add32(at_odd_offset(old_ts), at_odd_offset(new_ts));
             let want = l4_checksum(nsrc, ndst, 6, &seg);
             assert_eq!(pseudo.plus(plain).apply(check), want);
-            let by_kernel =
-                kernel_replace_by_diff(kernel_replace_by_diff(check, pseudo.wsum()), plain.wsum());
+            let by_kernel = replace_by_diff(replace_by_diff(check, pseudo.wsum()), plain.wsum());
             assert_eq!(by_kernel, want);
         }
         assert_eq!(Diff::NONE.add32(7, 7), Diff::NONE);
         assert_eq!(Diff::NONE.apply(0x1234), 0x1234);
+    }
+
+    /// One rewrite as TC's `l4_csum` makes it: the addresses by the kernel's pseudo-header
+    /// update (complete or partial, as the skb is), then the segment's own changes applied
+    /// directly where the update shows a complete checksum, left out where it shows a
+    /// partial one, and left to the kernel where it cannot tell.
+    fn tc_rewrite(check: u16, pseudo: Diff, plain: Diff, partial: bool) -> (u16, Option<Summed>) {
+        let d = pseudo.wsum();
+        let after = if partial {
+            partial_by_diff(check, d)
+        } else {
+            replace_by_diff(check, d)
+        };
+        let summed = summed_by_pseudo_update(check, d, after);
+        let done = match summed {
+            Some(Summed::Complete) => replace_by_diff(after, plain.wsum()),
+            Some(Summed::Partial) => after,
+            None if partial => after,
+            None => replace_by_diff(after, plain.wsum()),
+        };
+        (done, summed)
+    }
+
+    #[test]
+    fn the_pseudo_header_update_tells_complete_from_partial_checksums() {
+        let mut rng = Rng(0x5eed_1234);
+        let mut undecided = 0;
+        for i in 0..200_000 {
+            let mut seg = [0u8; 40];
+            for b in seg.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            seg[16] = 0;
+            seg[17] = 0;
+            let src = (rng.next() as u32).to_ne_bytes();
+            let dst = (rng.next() as u32).to_ne_bytes();
+            // Every 1000th rewrite keeps the addresses' sum: a difference of 0.
+            let (nsrc, ndst) = if i % 1000 == 0 {
+                (dst, src)
+            } else {
+                (
+                    (rng.next() as u32).to_ne_bytes(),
+                    (rng.next() as u32).to_ne_bytes(),
+                )
+            };
+            let pseudo = Diff::NONE
+                .add32(u32::from_ne_bytes(src), u32::from_ne_bytes(nsrc))
+                .add32(u32::from_ne_bytes(dst), u32::from_ne_bytes(ndst));
+            let old_ports = u32::from_ne_bytes(seg[0..4].try_into().unwrap());
+            let new_ports = rng.next() as u32;
+            let plain = Diff::NONE
+                .add16(old_ports as u16, new_ports as u16)
+                .add16((old_ports >> 16) as u16, (new_ports >> 16) as u16);
+            let len = (seg.len() as u16).to_be_bytes();
+            let pseudo_sum = |s: [u8; 4], d: [u8; 4]| {
+                let mut h = [0u8; 12];
+                h[..4].copy_from_slice(&s);
+                h[4..8].copy_from_slice(&d);
+                h[9] = 6;
+                h[10..].copy_from_slice(&len);
+                sum(&h, 0)
+            };
+            // Complete: the field holds the whole checksum.
+            let complete = l4_checksum(src, dst, 6, &seg);
+            // Partial (an offloaded send): the field holds the pseudo-header's sum, which
+            // the device, or skb_checksum_help, completes over the segment.
+            let partial = fold(pseudo_sum(src, dst));
+            seg[0..4].copy_from_slice(&new_ports.to_ne_bytes());
+            let want = l4_checksum(nsrc, ndst, 6, &seg);
+
+            let (got, summed) = tc_rewrite(complete, pseudo, plain, false);
+            assert_eq!(got, want, "complete, case {i}");
+            let (field, summed_partial) = tc_rewrite(partial, pseudo, plain, true);
+            assert!(
+                same(field, fold(pseudo_sum(nsrc, ndst))),
+                "partial field, case {i}"
+            );
+            seg[16..18].copy_from_slice(&field.to_ne_bytes());
+            assert_eq!(checksum(&seg), want, "partial completed, case {i}");
+
+            if i % 1000 == 0 {
+                assert_eq!(
+                    (summed, summed_partial),
+                    (None, None),
+                    "difference 0, case {i}"
+                );
+                undecided += 1;
+            } else if summed.is_none() || summed_partial.is_none() {
+                // Only a difference of 0 in one's complement leaves it open.
+                assert!(same(pseudo.wsum() as u16, 0), "case {i}");
+                undecided += 1;
+            } else {
+                assert_eq!(summed, Some(Summed::Complete), "case {i}");
+                assert_eq!(summed_partial, Some(Summed::Partial), "case {i}");
+            }
+        }
+        assert!(undecided < 300, "{undecided} rewrites left to the kernel");
+        // A field that is neither of the kernel's results is not guessed at.
+        let (c, d) = (0x1234, 0x0101);
+        assert_eq!(summed_by_pseudo_update(c, d, 0x4321), None);
+        assert!(same(0, 0xffff) && same(0xffff, 0) && !same(1, 0xffff));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Stat,
-    csum::{self, Diff},
+    csum::{self, Diff, Summed},
     tcpopt::MAX_OPTIONS_LEN,
 };
 
@@ -173,14 +173,57 @@ impl Packet for TcContext {
         // covered by skb->csum, and updates whichever is in force. Size 0 takes a whole
         // difference: one call per kind rather than one per changed field.
         let mm0 = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-        if !pseudo.is_none() {
-            self.l4_csum_replace(off, 0, pseudo.wsum() as u64, BPF_F_PSEUDO_HDR as u64 | mm0)
-                .map_err(|_| Stat::ErrRewrite)?;
+        if pseudo.is_none() || plain.is_none() {
+            if !pseudo.is_none() {
+                self.l4_csum_replace(off, 0, pseudo.wsum() as u64, BPF_F_PSEUDO_HDR as u64 | mm0)
+                    .map_err(|_| Stat::ErrRewrite)?;
+            }
+            if !plain.is_none() {
+                self.l4_csum_replace(off, 0, plain.wsum() as u64, mm0)
+                    .map_err(|_| Stat::ErrRewrite)?;
+            }
+            return Ok(());
         }
-        if !plain.is_none() {
-            self.l4_csum_replace(off, 0, plain.wsum() as u64, mm0)
-                .map_err(|_| Stat::ErrRewrite)?;
+        let before = read_check(self, off)?;
+        if udp && before == 0 {
+            // A datagram without a checksum keeps none (the helper would leave it too).
+            return Ok(());
+        }
+        self.l4_csum_replace(off, 0, pseudo.wsum() as u64, BPF_F_PSEUDO_HDR as u64 | mm0)
+            .map_err(|_| Stat::ErrRewrite)?;
+        // A TC program cannot read the skb's ip_summed, but the call above showed it: a
+        // complete checksum loses the addresses' difference, a partial one gains it. The
+        // segment's own changes (ports, timestamps) then go into a complete field directly
+        // and stay out of a partial one, as the helper would do them, without its second
+        // call (30 ns of an established packet's 300). Where the call cannot tell, the
+        // helper does it.
+        let after = read_check(self, off)?;
+        match csum::summed_by_pseudo_update(before, pseudo.wsum(), after) {
+            Some(Summed::Complete) => {
+                let updated = csum::replace_by_diff(after, plain.wsum());
+                let updated = if udp {
+                    csum::udp_fixup(before, updated)
+                } else {
+                    updated
+                };
+                let p: *mut u16 = ptr_at(self, off).ok_or(Stat::ErrRewrite)?;
+                // SAFETY: bounds checked by ptr_at; the helper above made it writable.
+                unsafe { p.write_unaligned(updated) };
+            }
+            Some(Summed::Partial) => {}
+            None => {
+                self.l4_csum_replace(off, 0, plain.wsum() as u64, mm0)
+                    .map_err(|_| Stat::ErrRewrite)?;
+            }
         }
         Ok(())
     }
+}
+
+/// The L4 checksum field at `off`.
+#[inline(always)]
+fn read_check(ctx: &TcContext, off: usize) -> Result<u16, Stat> {
+    let p: *const u16 = ptr_at(ctx, off).ok_or(Stat::ErrRewrite)?;
+    // SAFETY: bounds checked by ptr_at.
+    Ok(unsafe { p.read_unaligned() })
 }

@@ -527,6 +527,23 @@ fn udp_flows_and_checksums() {
             out,
             expected(&q, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC)))
         );
+        let (v, out) = lb.tc(&bare.bytes());
+        assert_eq!(v, TC_ACT_REDIRECT);
+        assert_eq!(read(&out).l4_checksum, 0, "UDP checksum 0 stays 0 in TC");
+        // A rewrite whose checksum comes out 0 must send it as 0xffff (0 means none). The
+        // payload word that makes it so is the checksum the datagram gets with a zero word.
+        let to_task =
+            |p: &Pkt| expected(p, nat, sa("192.168.1.11:53"), Some((CALI0_MAC, TASK1_MAC)));
+        const UDP_CHECK: std::ops::Range<usize> = 14 + 20 + 6..14 + 20 + 8;
+        let mut zero = Pkt::udp(client, vip);
+        zero.payload = vec![0, 0];
+        zero.payload = to_task(&zero)[UDP_CHECK].to_vec();
+        let want = to_task(&zero);
+        assert_eq!(want[UDP_CHECK], [0xff, 0xff], "the payload makes the sum 0");
+        let (v, out) = lb.tc(&zero.bytes());
+        assert_eq!((v, &out), (TC_ACT_REDIRECT, &want), "TC");
+        let (v, out) = lb.xdp(&zero.bytes());
+        assert_eq!((v, &out), (XDP_REDIRECT, &want), "XDP");
     });
 }
 
